@@ -1,0 +1,190 @@
+"""Configuration: JSON-schema validation with defaults, and the checks a schema cannot express.
+
+Every error is one line that names the offending key, e.g.
+``config error at assimilation.axes.coarsen.values[1]: 7 does not divide the 32 x 64 grid``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+AXES = ("coarsen", "noise", "gap")
+MODALITY_SETS = ("none", "insitu", "exsitu", "both")
+LATENT_METHODS = tuple(f"latent-{m}" for m in MODALITY_SETS)
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message is one line naming the key."""
+
+
+def _resolve(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        pointer = schema["$ref"].removeprefix("#/").split("/")
+        schema = root
+        for part in pointer:
+            schema = schema[part]
+    return schema
+
+
+def _fill_defaults(instance: Any, schema: dict, root: dict) -> None:
+    schema = _resolve(schema, root)
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        sub = _resolve(sub, root)
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub, root)
+
+
+def _key_path(path: Any) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text.lstrip(".") or "<top level>"
+
+
+def validate_config(config: dict, schema_path: str | Path) -> dict:
+    """Fill defaults from the schema into ``config`` (in place), validate, and check consistency.
+
+    Raises :class:`ConfigError` with a one-line message naming the key.
+    """
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    _fill_defaults(config, schema, schema)
+    validator = jsonschema.Draft7Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        raise ConfigError(f"config error at {_key_path(error.absolute_path)}: {error.message}")
+    check_consistency(config)
+    return config
+
+
+def grid_shape(resolution: float) -> tuple[int, int]:
+    """(n_lat, n_lon) of the cell-centred grid; the resolution must divide 180 degrees."""
+    n_lat = 180.0 / resolution
+    if abs(n_lat - round(n_lat)) > 1e-6:
+        raise ConfigError(
+            f"config error at data.resolution: {resolution} does not divide 180 degrees "
+            "into whole grid rows"
+        )
+    return round(n_lat), 2 * round(n_lat)
+
+
+def check_consistency(config: dict) -> None:
+    """Checks across keys that the JSON schema cannot express."""
+    data, split = config["data"], config["split"]
+    n_lat, n_lon = grid_shape(data["resolution"])
+    first, last = data["years"]
+    if first > last:
+        raise ConfigError(f"config error at data.years: first year {first} is after {last}")
+    spans = {}
+    for name in ("train", "validation", "test"):
+        a, b = split[name]
+        if a > b:
+            raise ConfigError(f"config error at split.{name}: first year {a} is after {b}")
+        if a < first or b > last:
+            raise ConfigError(
+                f"config error at split.{name}: years {a}-{b} lie outside data.years {first}-{last}"
+            )
+        spans[name] = set(range(a, b + 1))
+    for one, two in itertools.combinations(spans, 2):
+        common = spans[one] & spans[two]
+        if common:
+            raise ConfigError(
+                f"config error at split.{two}: year {min(common)} is also in split.{one}"
+            )
+    window = config["score"]["window"]
+    if window % 2 == 0:
+        raise ConfigError(f"config error at score.window: {window} must be odd")
+    if config["assimilation"]["window_days"] < window:
+        raise ConfigError(
+            "config error at assimilation.window_days: "
+            f"{config['assimilation']['window_days']} is shorter than score.window {window}"
+        )
+    for space in ("pixel", "latent"):
+        net = config["score"][space]
+        if len(net["hidden"]) != len(net["blocks"]):
+            raise ConfigError(
+                f"config error at score.{space}.blocks: {len(net['blocks'])} entries "
+                f"but score.{space}.hidden has {len(net['hidden'])}"
+            )
+        factor = 2 ** (len(net["hidden"]) - 1)
+        if n_lat % factor or n_lon % factor:
+            raise ConfigError(
+                f"config error at score.{space}.hidden: {len(net['hidden'])} U-Net levels need "
+                f"grid sides divisible by {factor}, the grid is {n_lat} x {n_lon}"
+            )
+    for axis, spec in config["assimilation"]["axes"].items():
+        for i, value in enumerate(spec["values"]):
+            params = setting_parameters(config, axis, value)
+            if params["coarsen"] != int(params["coarsen"]) or params["gap"] != int(params["gap"]):
+                raise ConfigError(
+                    f"config error at assimilation.axes.{axis}.values[{i}]: {value} must be "
+                    "a whole number"
+                )
+            r = int(params["coarsen"])
+            if n_lat % r or n_lon % r:
+                where = (
+                    f"assimilation.axes.{axis}.values[{i}]"
+                    if axis == "coarsen"
+                    else f"assimilation.axes.{axis}.fixed.coarsen"
+                )
+                raise ConfigError(
+                    f"config error at {where}: coarsening factor {r} does not divide "
+                    f"the {n_lat} x {n_lon} grid"
+                )
+
+
+def setting_parameters(config: dict, axis: str, value: float) -> dict[str, float]:
+    """Measurement parameters of one ablation setting: the axis value over the axis' fixed values.
+
+    Returns ``{"coarsen": r, "gap": g, "noise": sigma^2, "every": n}``.
+    """
+    params = {"coarsen": 1, "gap": 1, "noise": 0.0, "every": 1}
+    params.update(config["assimilation"]["axes"][axis].get("fixed", {}))
+    params[axis] = value
+    return params
+
+
+def format_value(value: float) -> str:
+    """The text of an axis value in file names: 4 -> '4', 0.5 -> '0.5', 4.0 -> '4'."""
+    return f"{float(value):g}"
+
+
+def settings(config: dict) -> list[tuple[str, str]]:
+    """All (axis, value text) pairs of the ablation grid, in config order."""
+    return [
+        (axis, format_value(value))
+        for axis, spec in config["assimilation"]["axes"].items()
+        for value in spec["values"]
+    ]
+
+
+def merge(base: dict, overlay: dict) -> dict:
+    """Deep merge as Snakemake merges --configfile overlays: dicts merge, everything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(*paths: str | Path, schema_path: str | Path | None = None) -> dict:
+    """Load config.yaml and overlays in order, then validate (as the Snakefile does)."""
+    config: dict = {}
+    for path in paths:
+        config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    if schema_path is None:
+        schema_path = Path(paths[0]).parent / "workflow" / "schemas" / "config.schema.yaml"
+    return validate_config(config, schema_path)

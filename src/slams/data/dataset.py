@@ -1,0 +1,302 @@
+"""Build the normalised train/validation/test datasets, statistics and climatology.
+
+Inputs are the regridded per-year files (``t`` (time, level, lat, lon) in K, ``precip``
+(time, lat, lon) in mm/day, ``olr`` (time, lat, lon) in W m-2, all on one target grid).
+Outputs in ``out_dir``:
+
+- ``{split}.nc``: float32 ``t`` normalised per level, ``x_n = (x - mean_level) / std_level``;
+  ``precip`` as ``(log1p(p) - mean) / std`` and ``olr`` as ``(o - mean) / std``, each with NaN
+  replaced by 0.0 and a ``precip_mask`` / ``olr_mask`` (1 valid, 0 missing).
+- ``stats.json``: the means and stds, from the training years only.
+- ``climatology.nc``: ``t`` in K with dims (dayofyear=1..366, level, lat, lon), the least-squares
+  fit ``c_0 + sum_{k=1..3} a_k cos(k theta) + b_k sin(k theta)``,
+  ``theta = 2 pi (dayofyear - 1) / 365.25``, to the training days at each grid point (the
+  day-of-year mean smoothed by 3 annual harmonics).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+logger = logging.getLogger(__name__)
+
+TRANSFORMS = ("log1p", "none")
+HARMONICS = 3
+
+
+@dataclass
+class _Files:
+    """The per-year files of one variable and the dates each holds."""
+
+    name: str
+    dates: dict[Path, pd.DatetimeIndex]
+
+    @staticmethod
+    def index(paths: list, name: str) -> _Files:
+        dates: dict[Path, pd.DatetimeIndex] = {}
+        for path in sorted(Path(p) for p in paths):
+            with xr.open_dataset(path, engine="netcdf4") as ds:
+                if name not in ds:
+                    raise ValueError(f"{path}: no variable '{name}' (has {list(ds)})")
+                dates[path] = ds.indexes["time"]
+        if not dates:
+            raise ValueError(f"no input files for '{name}'")
+        every = pd.DatetimeIndex(np.concatenate([d.values for d in dates.values()]))
+        if every.has_duplicates:
+            raise ValueError(
+                f"'{name}' files hold some dates twice: {every[every.duplicated()][:3]}"
+            )
+        return _Files(name, dates)
+
+    def all_dates(self) -> pd.DatetimeIndex:
+        return pd.DatetimeIndex(np.concatenate([d.values for d in self.dates.values()]))
+
+    def load(self, dates: pd.DatetimeIndex) -> xr.DataArray:
+        """The variable at ``dates`` (sorted), read only from the files that hold them."""
+        parts = []
+        for path, held in self.dates.items():
+            wanted = held.intersection(dates)
+            if len(wanted):
+                with xr.open_dataset(path, engine="netcdf4") as ds:
+                    parts.append(ds[self.name].sel(time=wanted).load())
+        # join="exact": files of one variable on different grids are an error, not NaN padding.
+        return xr.concat(parts, dim="time", join="exact").sortby("time").astype(np.float32)
+
+
+def _check_splits(splits: dict[str, tuple[int, int]]) -> None:
+    """Raise a one-line ValueError for a missing train split, reversed or overlapping ranges."""
+    if "train" not in splits:
+        raise ValueError(f"splits need a 'train' entry (got {sorted(splits)})")
+    for name, (first, last) in splits.items():
+        if first > last:
+            raise ValueError(f"split '{name}' starts after it ends ({first} > {last})")
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            (a0, a1), (b0, b1) = splits[a], splits[b]
+            if a0 <= b1 and b0 <= a1:
+                raise ValueError(
+                    f"splits '{a}' ({a0}-{a1}) and '{b}' ({b0}-{b1}) overlap: "
+                    "each year must belong to one split"
+                )
+
+
+def _check_same_grid(arrays: list[xr.DataArray]) -> None:
+    reference = arrays[0]
+    for other in arrays[1:]:
+        for dim in ("lat", "lon"):
+            if reference.sizes[dim] != other.sizes[dim] or not np.allclose(
+                reference[dim], other[dim]
+            ):
+                raise ValueError(
+                    f"'{reference.name}' and '{other.name}' are on different {dim} grids: "
+                    "regrid all sources to the same resolution"
+                )
+
+
+def _mean_std(values: np.ndarray, axis: tuple[int, ...] | None = None) -> tuple:
+    """Mean and population std over the finite values, accumulated in float64."""
+    mean = np.nanmean(values, axis=axis, dtype=np.float64)
+    std = np.nanstd(values, axis=axis, dtype=np.float64)
+    if np.any(std == 0) or not np.all(np.isfinite(std)):
+        raise ValueError("a variable has no variance (or no valid values) in the training years")
+    return mean, std
+
+
+def _transform_precip(precip: np.ndarray, transform: str) -> np.ndarray:
+    # Conservative regridding keeps precip >= 0; clip guards log1p against rounding noise.
+    return np.log1p(np.clip(precip, 0.0, None)) if transform == "log1p" else precip
+
+
+def _compute_stats(
+    t: xr.DataArray, precip: xr.DataArray, olr: xr.DataArray, transform: str, years: tuple
+) -> dict:
+    """Statistics of the training arrays: per level for t, over valid points for precip/olr."""
+    t_mean, t_std = _mean_std(t.values, axis=(0, 2, 3))
+    p_mean, p_std = _mean_std(_transform_precip(precip.values, transform))
+    o_mean, o_std = _mean_std(olr.values)
+    return {
+        "t": {"mean": t_mean.tolist(), "std": t_std.tolist()},
+        "precip": {"mean": float(p_mean), "std": float(p_std), "transform": transform},
+        "olr": {"mean": float(o_mean), "std": float(o_std)},
+        "levels": [float(level) for level in t["level"].values],
+        "train_years": [int(years[0]), int(years[1])],
+    }
+
+
+def _normalised_split(
+    t: xr.DataArray, precip: xr.DataArray, olr: xr.DataArray, stats: dict
+) -> xr.Dataset:
+    """Normalised float32 dataset with NaN -> 0 fill and validity masks for precip and olr."""
+    if t.isnull().any():
+        raise ValueError("temperature has missing values: ERA5 t must be complete")
+    data = {"t": normalise_t(t, stats).astype(np.float32)}
+    transform = stats["precip"]["transform"]
+    for name, values in (
+        ("precip", _transform_precip(precip.values, transform)),
+        ("olr", olr.values),
+    ):
+        valid = np.isfinite(values)
+        normalised = (values - stats[name]["mean"]) / stats[name]["std"]
+        data[name] = (("time", "lat", "lon"), np.where(valid, normalised, 0.0).astype(np.float32))
+        data[f"{name}_mask"] = (("time", "lat", "lon"), valid.astype(np.float32))
+    ds = xr.Dataset(data, coords={"time": t["time"], "lat": t["lat"], "lon": t["lon"]})
+    for name in ("t", "precip", "olr"):
+        ds[name].attrs = {"units": "1", "normalisation": "(x - mean) / std, see stats.json"}
+    ds["precip"].attrs["transform"] = transform
+    for name in ("precip_mask", "olr_mask"):
+        ds[name].attrs = {"units": "1", "long_name": "1 where observed, 0 where missing"}
+    return ds
+
+
+def _harmonic_design(dayofyear: np.ndarray) -> np.ndarray:
+    """``(n, 1 + 2 HARMONICS)`` columns ``1, cos(k theta), sin(k theta)``."""
+    theta = 2 * np.pi * (np.asarray(dayofyear, dtype=np.float64) - 1.0) / 365.25
+    columns = [np.ones_like(theta)]
+    for k in range(1, HARMONICS + 1):
+        columns += [np.cos(k * theta), np.sin(k * theta)]
+    return np.stack(columns, axis=1)
+
+
+def _climatology(t: xr.DataArray) -> xr.DataArray:
+    """Harmonic fit of the training ``t`` (time, level, lat, lon) in K, on dayofyear 1..366."""
+    design = _harmonic_design(t.indexes["time"].day_of_year.to_numpy())
+    values = t.values.reshape(t.sizes["time"], -1)
+    dayofyear = np.arange(1, 367)
+    # Normal equations, solved block by block of grid points to bound float64 temporaries.
+    gram, evaluate = design.T @ design, _harmonic_design(dayofyear)
+    fitted = np.empty((366, values.shape[1]), np.float32)
+    for start in range(0, values.shape[1], 2**16):
+        block = values[:, start : start + 2**16].astype(np.float64)
+        fitted[:, start : start + 2**16] = evaluate @ np.linalg.solve(gram, design.T @ block)
+    fitted = fitted.reshape(366, *t.shape[1:])
+    return xr.DataArray(
+        fitted,
+        dims=("dayofyear", "level", "lat", "lon"),
+        coords={"dayofyear": dayofyear, "level": t["level"], "lat": t["lat"], "lon": t["lon"]},
+        name="t",
+        attrs={
+            "units": "K",
+            "long_name": "temperature climatology of the training years",
+            "method": f"least-squares fit of mean + {HARMONICS} annual harmonics per grid point",
+        },
+    )
+
+
+def _write(ds: xr.Dataset, path: Path) -> None:
+    # Normalised temperature/OLR are incompressible noise to zlib (slow, ~10 % smaller);
+    # masks and zero-filled precip compress well.
+    encoding = {
+        name: {"zlib": True, "complevel": 1}
+        for name in ds.data_vars
+        if name.endswith("_mask") or name == "precip"
+    }
+    ds.to_netcdf(path, engine="netcdf4", format="NETCDF4", encoding=encoding)
+
+
+def build_dataset(
+    t_paths: list,
+    precip_paths: list,
+    olr_paths: list,
+    out_dir: str | Path,
+    splits: dict[str, tuple[int, int]],
+    precip_transform: str = "log1p",
+) -> None:
+    """Write ``{split}.nc``, ``stats.json`` and ``climatology.nc`` into ``out_dir``.
+
+    splits: e.g. ``{"train": (2000, 2002), "validation": (2003, 2003), "test": (2004, 2004)}``,
+    inclusive years, no overlap, "train" required. Only dates present in all three variables
+    are used (the others are reported with ``logging.warning``); a split without dates raises.
+    Statistics and climatology come from the training years only.
+    """
+    if precip_transform not in TRANSFORMS:
+        raise ValueError(f"precip_transform '{precip_transform}' unknown: use one of {TRANSFORMS}")
+    _check_splits(splits)
+    files = [
+        _Files.index(t_paths, "t"),
+        _Files.index(precip_paths, "precip"),
+        _Files.index(olr_paths, "olr"),
+    ]
+    every = [f.all_dates() for f in files]
+    common = every[0].intersection(every[1]).intersection(every[2]).sort_values()
+    union = every[0].union(every[1]).union(every[2])
+    dropped = union.difference(common)
+    if len(dropped):
+        logger.warning(
+            "dropping %d dates not present in all of t, precip and olr (%s ... %s)",
+            len(dropped),
+            dropped[0].date(),
+            dropped[-1].date(),
+        )
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = None
+    # Train first: its statistics normalise every split.
+    for name in ["train", *(s for s in splits if s != "train")]:
+        first, last = splits[name]
+        dates = common[(common.year >= first) & (common.year <= last)]
+        if len(dates) == 0:
+            raise ValueError(
+                f"split '{name}' ({first}-{last}) has no dates common to t, precip and olr"
+            )
+        t, precip, olr = (f.load(dates) for f in files)
+        _check_same_grid([t, precip, olr])
+        if stats is None:
+            stats = _compute_stats(t, precip, olr, precip_transform, (first, last))
+            (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+            _write(_climatology(t).to_dataset(), out_dir / "climatology.nc")
+        elif [float(level) for level in t["level"].values] != stats["levels"]:
+            raise ValueError(f"split '{name}' has levels {t['level'].values}, train has others")
+        ds = _normalised_split(t, precip, olr, stats)
+        ds.attrs = {"split": name, "years": f"{first}-{last}"}
+        _write(ds, out_dir / f"{name}.nc")
+
+
+def load_stats(path: str | Path) -> dict:
+    """Read ``stats.json`` written by :func:`build_dataset`."""
+    return json.loads(Path(path).read_text())
+
+
+def _level_stats(x, stats: dict):
+    """Per-level mean and std shaped to broadcast against ``x``.
+
+    xarray: DataArrays on dim "level" (selected at ``x``'s levels when it has them);
+    numpy / torch: level axis -3, i.e. shape ``(L, 1, 1)``.
+    """
+    mean = np.asarray(stats["t"]["mean"], dtype=np.float64)
+    std = np.asarray(stats["t"]["std"], dtype=np.float64)
+    if isinstance(x, xr.DataArray):
+        coords = {"level": np.asarray(stats["levels"], dtype=np.float64)}
+        mean = xr.DataArray(mean, dims="level", coords=coords)
+        std = xr.DataArray(std, dims="level", coords=coords)
+        if "level" in x.coords:
+            mean, std = mean.sel(level=x["level"].values), std.sel(level=x["level"].values)
+            mean, std = mean.assign_coords(level=x["level"]), std.assign_coords(level=x["level"])
+        return mean.astype(x.dtype), std.astype(x.dtype)
+    if x.shape[-3] != mean.size:
+        raise ValueError(f"level axis -3 has size {x.shape[-3]}, stats have {mean.size} levels")
+    mean, std = mean[:, None, None], std[:, None, None]
+    if hasattr(x, "new_tensor"):  # torch tensor: stay on its device and dtype
+        return x.new_tensor(mean), x.new_tensor(std)
+    dtype = x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64
+    return mean.astype(dtype), std.astype(dtype)
+
+
+def normalise_t(x, stats: dict):
+    """``(x - mean_level) / std_level`` for xarray (dim "level"), numpy or torch (axis -3)."""
+    mean, std = _level_stats(x, stats)
+    return (x - mean) / std
+
+
+def denormalise_t(x, stats: dict):
+    """``x std_level + mean_level`` (kelvin) for xarray (dim "level"), numpy or torch (axis -3)."""
+    mean, std = _level_stats(x, stats)
+    return x * std + mean

@@ -1,0 +1,66 @@
+"""Variance-preserving SDE with SDA's cosine schedule, and the denoising score-matching loss."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+class VPSDE:
+    """Perturbation kernel ``p(x(t) | x) = N(mu(t) x, sigma(t)^2 I)`` for ``t in [0, 1]``.
+
+    ``mu(t) = cos(acos(sqrt(eta)) t)^2`` and ``sigma(t) = sqrt(1 - mu(t)^2 + eta^2)``.
+
+    Endpoints: ``mu(0) = 1, sigma(0) = eta`` (almost clean data) and ``mu(1) = eta``
+    (``cos(acos(sqrt(eta)))^2 = sqrt(eta)^2``), ``sigma(1) = 1`` (almost pure noise). Both
+    are bounded below by ``eta`` on ``[0, 1]``, so ``1 / mu`` and ``1 / sigma`` stay finite
+    (at most ``1 / eta = 1e3`` for the default ``eta``); ``t`` is clamped to ``[0, 1]`` so
+    this also holds for slightly out-of-range inputs.
+    """
+
+    def __init__(self, eta: float = 1e-3):
+        if not 0.0 < eta < 1.0:
+            raise ValueError(f"VPSDE needs 0 < eta < 1, got eta={eta}")
+        self.eta = eta
+        self.angle = math.acos(math.sqrt(eta))
+
+    def mu(self, t: Tensor | float) -> Tensor:
+        """``mu(t) = cos(acos(sqrt(eta)) t)^2``, elementwise, same shape as ``t``."""
+        t = torch.as_tensor(t)
+        if not t.is_floating_point():
+            t = t.to(torch.get_default_dtype())
+        return torch.cos(self.angle * t.clamp(0.0, 1.0)) ** 2
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        """``sigma(t) = sqrt(1 - mu(t)^2 + eta^2)``, elementwise, same shape as ``t``."""
+        # 1 - mu^2 >= 0 mathematically; clamping guards against rounding below zero.
+        return torch.sqrt((1 - self.mu(t) ** 2).clamp(min=0.0) + self.eta**2)
+
+    def __repr__(self) -> str:
+        return f"VPSDE(eta={self.eta})"
+
+
+def denoising_loss(
+    eps_net: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    sde: VPSDE | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Denoising score-matching loss (paper eq. 5), a scalar:
+
+    ``mean ||eps_net(mu(t) x + sigma(t) eps, t) - eps||^2`` with ``t ~ U(0, 1)`` per batch
+    member and ``eps ~ N(0, I)``; the mean runs over batch members and elements.
+
+    ``x`` is ``(B, ...)`` (e.g. Markov-blanket windows ``(B, K*C, H, W)``); ``eps_net``
+    receives ``x(t)`` of the same shape and ``t`` of shape ``(B,)``. ``sde`` defaults to
+    ``VPSDE()``. ``generator`` (on ``x``'s device) makes ``t`` and ``eps`` reproducible.
+    """
+    sde = sde if sde is not None else VPSDE()
+    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    x_t = sde.mu(t).reshape(shape) * x + sde.sigma(t).reshape(shape) * eps
+    return (eps_net(x_t, t) - eps).square().mean()

@@ -1,0 +1,29 @@
+"""Glue between Snakemake scripts and the library: logging to the rule's log file."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+
+def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO) -> None:
+    """Send library logs (and warnings) to the rule's log file and to stderr."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_path, mode="w"))
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+    logging.captureWarnings(True)
+
+
+def set_threads(threads: int) -> None:
+    """Use exactly the cores Snakemake gave the job (torch defaults to all of the machine's)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))

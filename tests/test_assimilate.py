@@ -1,0 +1,103 @@
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from slams.assimilate import (
+    Measurement,
+    SamplerSettings,
+    analysis_dataset,
+    assimilate_states,
+    make_observations,
+    upsample_observations,
+    window_slices,
+)
+from slams.diffusion import VPSDE, MarkovBlanketDenoiser
+
+
+class StandardNormalEps(torch.nn.Module):
+    """Exact epsilon of an i.i.d. N(0, 1) prior: eps(x_t, t) = sigma x_t / (mu^2 + sigma^2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sde = VPSDE()
+
+    def forward(self, x, t):
+        t = torch.as_tensor(t).reshape(-1, *([1] * (x.ndim - 1)))
+        mu, sigma = self.sde.mu(t), self.sde.sigma(t)
+        return sigma * x / (mu**2 + sigma**2)
+
+
+def test_window_slices_cover_the_period_without_short_windows():
+    slices = window_slices(20, 10, 5)
+    assert [(s.start, s.stop) for s in slices] == [(0, 10), (10, 20)]
+    slices = window_slices(23, 10, 5)  # a 3-day remainder joins the previous window
+    assert [(s.start, s.stop) for s in slices] == [(0, 10), (10, 23)]
+    assert sum(s.stop - s.start for s in window_slices(365, 29, 5)) == 365
+    with pytest.raises(ValueError, match="fewer than the score window"):
+        window_slices(3, 10, 5)
+
+
+def test_observations_follow_the_schedule_and_variance():
+    states = torch.zeros(12, 2, 8, 16)
+    measurement = Measurement(coarsen=2, gap=1, noise=0.5, every=4)
+    observed, y = make_observations(states, measurement, torch.Generator().manual_seed(0))
+    assert observed.tolist() == [i % 4 == 0 for i in range(12)]
+    assert y.shape == (3, 2, 4, 8)
+    assert float(y.var()) == pytest.approx(0.5, rel=0.3)  # a variance, not a std
+    full = upsample_observations(observed, y, measurement, (8, 16))
+    assert full.shape == (12, 2, 8, 16)
+    assert torch.isnan(full[1]).all() and torch.isfinite(full[0]).all()
+
+
+def test_guided_ensemble_matches_the_observed_block_means():
+    """Exact prior N(0, I), observe 2x2 block means with small noise on every 2nd day.
+
+    The exact posterior mean of each block is y / (1 + n v) with n = 4 pixels, v = noise
+    variance; unobserved days keep the prior mean 0.
+    """
+    torch.manual_seed(0)
+    days, shape = 10, (1, 4, 8)
+    truth = torch.randn(days, *shape)
+    measurement = Measurement(coarsen=2, gap=1, noise=0.01, every=2)
+    observed, y = make_observations(truth, measurement, torch.Generator().manual_seed(1))
+    denoiser = MarkovBlanketDenoiser(StandardNormalEps(), window=5)
+    analysis = assimilate_states(
+        denoiser,
+        observed,
+        y,
+        measurement,
+        shape,
+        members=64,
+        window_days=10,
+        settings=SamplerSettings(steps=64, corrections=1, tau=0.5, gamma=1e-2),
+        generator=torch.Generator().manual_seed(2),
+        device=torch.device("cpu"),
+        progress=False,
+    )
+    assert analysis.shape == (64, days, *shape)
+    block_means = measurement.operator()(analysis.mean(0))
+    expected = y / (1 + 4 * 0.01)
+    error = (block_means[observed] - expected).abs().mean() / expected.abs().mean()
+    assert error < 0.15
+    # days without observations stay near the prior mean (|mean of 64 members| ~ 1/8)
+    assert analysis.mean(0)[~observed].abs().mean() < 0.25
+
+
+def test_analysis_dataset_holds_every_member_day_and_level():
+    truth = xr.DataArray(
+        np.full((3, 2, 4, 8), 250.0),
+        dims=("time", "level", "lat", "lon"),
+        coords={
+            "time": np.arange("2004-01-01", "2004-01-04", dtype="datetime64[D]"),
+            "level": [500.0, 850.0],
+            "lat": np.linspace(-67.5, 67.5, 4),
+            "lon": np.arange(8) * 45.0 + 22.5,
+        },
+    )
+    ds = analysis_dataset(
+        np.full((5, 3, 2, 4, 8), 251.0), truth, None, np.array([1, 0, 1]), {"method": "pixel"}
+    )
+    assert ds["analysis"].dims == ("member", "time", "level", "lat", "lon")
+    assert ds.sizes["member"] == 5 and ds["observed"].values.tolist() == [1, 0, 1]
+    assert ds.attrs["method"] == "pixel" and ds["analysis"].attrs["units"] == "K"

@@ -1,0 +1,115 @@
+import copy
+
+import pytest
+import yaml
+
+from slams.config import (
+    ConfigError,
+    format_value,
+    grid_shape,
+    load_config,
+    setting_parameters,
+    settings,
+    validate_config,
+)
+
+
+@pytest.fixture(scope="module")
+def paper(root):
+    return yaml.safe_load((root / "config.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def schema(root):
+    return root / "workflow" / "schemas" / "config.schema.yaml"
+
+
+@pytest.mark.parametrize("preset", [None, "demo", "smoke"])
+def test_shipped_configs_validate(root, preset):
+    paths = [root / "config.yaml"] + ([root / "presets" / f"{preset}.yaml"] if preset else [])
+    config = load_config(*paths)
+    assert config["name"] == (preset or "paper")
+    assert config["assimilation"]["sampler"]["steps"] >= 1
+
+
+def test_paper_config_is_the_paper(root):
+    config = load_config(root / "config.yaml")
+    assert config["data"]["levels"] == [10, 50, 100, 200, 300, 500, 700, 850, 925, 1000]
+    assert config["split"] == {"train": [2000, 2015], "validation": [2016, 2021], "test": [2022, 2022]}
+    assert config["score"]["pixel"]["hidden"] == [64, 128, 256]
+    assert config["score"]["latent"]["hidden"] == [32, 64, 128]
+    sampler = config["assimilation"]["sampler"]
+    assert (sampler["steps"], sampler["corrections"], sampler["tau"], sampler["gamma"]) == (
+        512, 1, 0.5, 0.01,
+    )
+    assert config["assimilation"]["axes"]["coarsen"]["values"] == [4, 8, 12, 15, 20]
+    assert config["assimilation"]["members"] >= 8
+
+
+def test_defaults_are_filled(paper, schema):
+    config = copy.deepcopy(paper)
+    del config["assimilation"]["sampler"]
+    del config["seed"]
+    validate_config(config, schema)
+    assert config["assimilation"]["sampler"] == {
+        "steps": 512, "corrections": 1, "tau": 0.5, "gamma": 0.01,
+    }
+    assert config["seed"] == 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [
+        (lambda c: c["assimilation"].update(memebers=8), "assimilation"),
+        (lambda c: c["assimilation"].update(members="eight"), "assimilation.members"),
+        (lambda c: c["score"]["pixel"].update(hidden=[64, -1]), "score.pixel.hidden[1]"),
+        (lambda c: c["data"].update(source="ftp"), "data.source"),
+    ],
+)
+def test_schema_errors_name_the_key(paper, schema, edit, key):
+    config = copy.deepcopy(paper)
+    edit(config)
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, schema)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"config error at {key}:")
+
+
+def test_unknown_key_is_named(paper, schema):
+    config = copy.deepcopy(paper)
+    config["assimilation"]["memebers"] = 8
+    with pytest.raises(ConfigError, match="memebers"):
+        validate_config(config, schema)
+
+
+def test_coarsening_must_divide_grid(paper, schema):
+    config = copy.deepcopy(paper)
+    config["assimilation"]["axes"]["coarsen"]["values"] = [4, 7]
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, schema)
+    assert str(info.value).startswith("config error at assimilation.axes.coarsen.values[1]:")
+    assert "120 x 240" in str(info.value)
+
+
+def test_overlapping_splits_fail(paper, schema):
+    config = copy.deepcopy(paper)
+    config["split"]["test"] = [2021, 2022]
+    with pytest.raises(ConfigError, match=r"split\.test: year 2021 is also in split\.validation"):
+        validate_config(config, schema)
+
+
+def test_grid_and_settings(paper, schema):
+    assert grid_shape(1.5) == (120, 240)
+    assert grid_shape(5.625) == (32, 64)
+    with pytest.raises(ConfigError, match="data.resolution"):
+        grid_shape(7.0)
+    config = validate_config(copy.deepcopy(paper), schema)
+    grid = settings(config)
+    assert ("coarsen", "20") in grid and ("noise", "0.1") in grid and ("gap", "16") in grid
+    assert len(grid) == 5 + 5 + 4
+    assert setting_parameters(config, "noise", 4.0) == {
+        "coarsen": 4, "gap": 1, "noise": 4.0, "every": 4,
+    }
+    assert setting_parameters(config, "gap", 16)["coarsen"] == 1
+    assert format_value(4.0) == "4" and format_value(0.5) == "0.5"

@@ -1,0 +1,150 @@
+"""Tests of the networks: periodic padding, U-Net and autoencoder shapes and behaviour."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from slams.nn import AutoEncoder, ChannelLayerNorm, PeriodicConv2d, ScoreUNet
+
+
+def _ones_conv(kernel_size: int = 3, stride: int = 1) -> PeriodicConv2d:
+    conv = PeriodicConv2d(1, 1, kernel_size, stride=stride)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.zero_()
+    return conv
+
+
+def test_periodic_conv_wraps_longitude_only():
+    height, width = 6, 10
+    conv = _ones_conv()
+
+    east = torch.zeros(1, 1, height, width)
+    east[..., 3, width - 1] = 1.0  # impulse at the east edge
+    out = conv(east)
+    assert out.shape == east.shape
+    assert out[0, 0, 3, 0] == 1.0  # ... reaches the west edge across the antimeridian
+    assert out[0, 0, 2:5, 0].tolist() == [1.0, 1.0, 1.0]
+    assert out[0, 0, 3, 1] == 0.0  # but no further than the kernel radius
+
+    north = torch.zeros(1, 1, height, width)
+    north[..., height - 1, 4] = 1.0  # impulse at the northernmost row
+    out = conv(north)
+    assert out[0, 0, height - 2, 4] == 1.0  # its southern neighbour sees it
+    assert out[0, 0, 0].abs().sum() == 0.0  # the southernmost row does not (no wrap)
+
+    # zero padding in latitude: a constant field loses a third of its mass at the poles
+    out = conv(torch.ones(1, 1, height, width))
+    assert torch.all(out[0, 0, 1:-1] == 9.0)
+    assert torch.all(out[0, 0, [0, -1]] == 6.0)
+
+
+def test_periodic_conv_shapes_and_kernel():
+    x = torch.randn(2, 3, 8, 16)
+    assert PeriodicConv2d(3, 5, 5)(x).shape == (2, 5, 8, 16)
+    assert PeriodicConv2d(3, 5, 3, stride=2)(x).shape == (2, 5, 4, 8)
+    assert PeriodicConv2d(3, 5, 1)(x).shape == (2, 5, 8, 16)
+    with pytest.raises(ValueError, match="odd kernel_size"):
+        PeriodicConv2d(3, 5, 4)
+    # a periodic conv commutes with rolls in longitude
+    conv = PeriodicConv2d(3, 4, 5)
+    torch.testing.assert_close(conv(x.roll(3, dims=-1)), conv(x).roll(3, dims=-1))
+
+
+def test_channel_layer_norm():
+    x = 3 + 2 * torch.randn(4, 6, 5, 7)
+    y = ChannelLayerNorm()(x)
+    torch.testing.assert_close(y.mean(dim=1), torch.zeros(4, 5, 7), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(dim=1, unbiased=False), torch.ones(4, 5, 7), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "blocks", "shape"),
+    [
+        ((8, 16, 32), (1, 2, 1), (2, 5, 8, 16)),
+        ((8,), (2,), (1, 3, 5, 7)),
+        ((8, 16), (1, 1), (3, 4, 6, 10)),
+    ],
+)
+def test_unet_shapes(hidden, blocks, shape):
+    net = ScoreUNet(shape[1], hidden=hidden, blocks=blocks, time_features=16, time_hidden=32)
+    out = net(torch.randn(shape), torch.rand(shape[0]))
+    assert out.shape == shape
+    assert torch.isfinite(out).all()
+
+
+def test_unet_rejects_grids_that_do_not_halve():
+    net = ScoreUNet(2, hidden=(8, 16, 32), blocks=(1, 1, 1), time_features=16, time_hidden=32)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        net(torch.randn(1, 2, 6, 16), torch.rand(1))
+    with pytest.raises(ValueError, match="one entry per level"):
+        ScoreUNet(2, hidden=(8, 16), blocks=(1,))
+
+
+def test_unet_time_argument_and_dependence():
+    torch.manual_seed(0)
+    net = ScoreUNet(3, hidden=(8, 16), blocks=(1, 1), time_features=16, time_hidden=32)
+    x = torch.randn(2, 3, 8, 16)
+    with torch.no_grad():
+        batched = net(x, torch.full((2,), 0.25))
+        torch.testing.assert_close(net(x, torch.tensor(0.25)), batched)
+        torch.testing.assert_close(net(x, 0.25), batched)
+        assert not torch.allclose(net(x, torch.full((2,), 0.75)), batched)
+        # batch members are independent (LayerNorm, no batch statistics)
+        torch.testing.assert_close(net(x[1:], torch.full((1,), 0.25)), batched[1:])
+
+
+def test_unet_is_periodic_in_longitude_but_not_latitude():
+    torch.manual_seed(0)
+    net = ScoreUNet(2, hidden=(8, 16, 32), blocks=(1, 1, 1), time_features=16, time_hidden=32)
+    x, t = torch.randn(1, 2, 8, 16), torch.tensor([0.4])
+    with torch.no_grad():
+        out = net(x, t)
+        # rolling by a multiple of the coarsest cell (4) commutes with the whole network
+        torch.testing.assert_close(net(x.roll(4, dims=-1), t), out.roll(4, dims=-1))
+        # latitude is zero padded: the same roll in latitude does not commute
+        shifted = net(x.roll(4, dims=-2), t)
+        assert (shifted - out.roll(4, dims=-2)).abs().max() > 1e-2
+
+
+def test_unet_backward_in_the_paper_latent_configuration():
+    # the paper's latent configuration accepts a 5-day window of 10 channels on 32 x 64
+    net = ScoreUNet(50, hidden=(32, 64, 128), blocks=(3, 3, 3))
+    x = torch.randn(2, 50, 32, 64)
+    loss = net(x, torch.rand(2)).square().mean()
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_autoencoder_structure_and_shapes():
+    ae = AutoEncoder(in_channels=14, out_channels=10, latent_channels=6, hidden=16, layers=5)
+    for part in (ae.encoder, ae.decoder):
+        convs = [m for m in part if isinstance(m, PeriodicConv2d)]
+        assert len(convs) == 5
+        assert all(c.kernel_size == (5, 5) and c.stride == (1, 1) for c in convs)
+        assert sum(isinstance(m, nn.BatchNorm2d) for m in part) == 4
+        assert sum(isinstance(m, nn.ReLU) for m in part) == 4
+        assert isinstance(part[-1], PeriodicConv2d)  # nothing after the last layer
+    x = torch.randn(3, 14, 8, 16)
+    z = ae.encode(x)
+    assert z.shape == (3, 6, 8, 16)  # latent grid = input grid
+    assert ae.decode(z).shape == (3, 10, 8, 16)
+    assert ae(x).shape == (3, 10, 8, 16)
+    single = AutoEncoder(2, 3, 4, layers=1)
+    assert len(single.encoder) == 1 and single(torch.randn(1, 2, 4, 8)).shape == (1, 3, 4, 8)
+
+
+def test_autoencoder_eval_mode_is_batch_independent():
+    torch.manual_seed(0)
+    ae = AutoEncoder(3, 3, 2, hidden=8, layers=3)
+    x = torch.randn(4, 3, 8, 16)
+    other = torch.cat([x[:1], 10 * x[1:]])  # same first member, different rest of the batch
+    ae.train()
+    # in training mode BatchNorm uses batch statistics: a member's code depends on the batch
+    assert not torch.allclose(ae.encode(x)[:1], ae.encode(other)[:1])
+    ae.eval()  # what the caller must do when the autoencoder is frozen
+    with torch.no_grad():
+        torch.testing.assert_close(ae.encode(x)[:1], ae.encode(x[:1]))
+        torch.testing.assert_close(ae.encode(x)[:1], ae.encode(other)[:1])

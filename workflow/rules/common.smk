@@ -1,0 +1,131 @@
+# Configuration checks and every output path of the workflow, in one place.
+
+from pathlib import Path
+
+from slams.config import (
+    LATENT_METHODS,
+    ConfigError,
+    format_value,
+    setting_parameters,
+    settings,
+    validate_config,
+)
+
+try:
+    validate_config(
+        config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
+    )
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
+
+NAME = config["name"]
+DATA = config["data"]
+RESOLUTION = format_value(DATA["resolution"])
+YEARS = list(range(DATA["years"][0], DATA["years"][1] + 1))
+SOURCES = ["era5", "cpc", "olr"]
+MODALITIES = config["autoencoder"]["modalities"]
+METHODS = config["assimilation"]["methods"]
+SETTINGS = settings(config)
+SPLITS = ["train", "validation", "test"]
+
+RESOURCES = f"resources/{DATA['dataset']}"
+RESULTS = f"results/{NAME}"
+RAW = f"{RESOURCES}/raw/{{source}}/{{year}}.nc"
+REGRIDDED = f"{RESOURCES}/regridded-{RESOLUTION}deg/{{source}}/{{year}}.nc"
+DATASET = f"{RESULTS}/dataset/{{split}}.nc"
+STATS = f"{RESULTS}/dataset/stats.json"
+CLIMATOLOGY = f"{RESULTS}/dataset/climatology.nc"
+AUTOENCODER = f"{RESULTS}/models/autoencoder-{{modalities}}.pt"
+AUTOENCODER_LOSSES = f"{RESULTS}/models/autoencoder-{{modalities}}-losses.csv"
+LATENTS = f"{RESULTS}/latents/{{modalities}}/{{split}}.nc"
+SCORE_NET = f"{RESULTS}/models/score-{{space}}.pt"
+SCORE_LOSSES = f"{RESULTS}/models/score-{{space}}-losses.csv"
+ANALYSIS = f"{RESULTS}/analysis/{{method}}/{{axis}}-{{value}}.nc"
+SCORES = f"{RESULTS}/scores.csv"
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+
+SPACES = ["pixel"] * ("pixel" in METHODS) + [m for m in METHODS if m in LATENT_METHODS]
+LATENT_SETS = sorted(
+    {m.removeprefix("latent-") for m in METHODS if m in LATENT_METHODS}
+)
+for _set in LATENT_SETS:
+    if _set not in MODALITIES:
+        raise WorkflowError(
+            f"config error at autoencoder.modalities: method latent-{_set} needs "
+            f"modality set '{_set}' in the list"
+        )
+
+FIGURES = {
+    "fig7": f"{RESULTS}/figures/fig7-wasserstein.png",
+    "curves": f"{RESULTS}/figures/training-curves.png",
+}
+
+
+wildcard_constraints:
+    source="era5|cpc|olr",
+    year=r"\d{4}",
+    split="train|validation|test",
+    modalities="none|insitu|exsitu|both",
+    space=r"pixel|latent-(none|insitu|exsitu|both)",
+    method=r"pixel|latent-(none|insitu|exsitu|both)|climatology",
+    axis="coarsen|noise|gap",
+    value=r"[0-9.]+",
+
+
+def analysis_files():
+    return [
+        ANALYSIS.format(method=method, axis=axis, value=value)
+        for method in METHODS
+        for axis, value in SETTINGS
+    ]
+
+
+def gpu_resources(kind):
+    """Slurm resources of the training and assimilation rules, taken from the config."""
+    res = config["resources"]
+    resources = {
+        "runtime": res[f"{kind}_runtime_min"],
+        "mem_mb": res[f"{kind}_mem_mb"],
+    }
+    if res["gpu_rules_use_gpu"]:
+        resources["gpu"] = 1
+    return resources
+
+
+def analysis_inputs(wildcards):
+    """The trained networks and data an analysis needs, by method."""
+    method = wildcards.method
+    inputs = {
+        "test": DATASET.format(split="test"),
+        "stats": STATS,
+        "climatology": CLIMATOLOGY,
+    }
+    if method == "pixel":
+        inputs["score"] = SCORE_NET.format(space="pixel")
+    elif method.startswith("latent-"):
+        modalities = method.removeprefix("latent-")
+        inputs["score"] = SCORE_NET.format(space=method)
+        inputs["autoencoder"] = AUTOENCODER.format(modalities=modalities)
+        inputs["latents"] = LATENTS.format(modalities=modalities, split="test")
+    return inputs
+
+
+def measurement(wildcards):
+    return setting_parameters(config, wildcards.axis, float(wildcards.value))
+
+
+def score_inputs(wildcards):
+    """Training and validation states of a score network: the dataset or stored latents."""
+    if wildcards.space == "pixel":
+        return {s: DATASET.format(split=s) for s in ("train", "validation")}
+    modalities = wildcards.space.removeprefix("latent-")
+    return {
+        s: LATENTS.format(modalities=modalities, split=s)
+        for s in ("train", "validation")
+    }
+
+
+def parent_of(name, levels=1):
+    """A param holding the folder of an output (lint: no hard-coded output prefixes)."""
+    return lambda wildcards, output: str(Path(output[name]).parents[levels - 1])

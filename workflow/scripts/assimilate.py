@@ -1,0 +1,19 @@
+"""Rule assimilate: one method in one ablation setting over the test period."""
+
+from slams.assimilate import run_method
+from slams.workflow import set_threads, setup_logging
+
+setup_logging(snakemake.log[0])
+set_threads(snakemake.threads)
+ds = run_method(
+    snakemake.wildcards.method,
+    snakemake.wildcards.axis,
+    snakemake.wildcards.value,
+    snakemake.params.measurement,
+    snakemake.params.assimilation,
+    snakemake.params.window,
+    dict(snakemake.input.items()),
+    device=snakemake.params.device,
+    seed=snakemake.params.seed,
+)
+ds.to_netcdf(snakemake.output[0])
