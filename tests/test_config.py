@@ -35,12 +35,19 @@ def test_shipped_configs_validate(root, preset):
 def test_paper_config_is_the_paper(root):
     config = load_config(root / "config.yaml")
     assert config["data"]["levels"] == [10, 50, 100, 200, 300, 500, 700, 850, 925, 1000]
-    assert config["split"] == {"train": [2000, 2015], "validation": [2016, 2021], "test": [2022, 2022]}
+    assert config["split"] == {
+        "train": [2000, 2015],
+        "validation": [2016, 2021],
+        "test": [2022, 2022],
+    }
     assert config["score"]["pixel"]["hidden"] == [64, 128, 256]
     assert config["score"]["latent"]["hidden"] == [32, 64, 128]
     sampler = config["assimilation"]["sampler"]
     assert (sampler["steps"], sampler["corrections"], sampler["tau"], sampler["gamma"]) == (
-        512, 1, 0.5, 0.01,
+        512,
+        1,
+        0.5,
+        0.01,
     )
     assert config["assimilation"]["axes"]["coarsen"]["values"] == [4, 8, 12, 15, 20]
     assert config["assimilation"]["members"] >= 8
@@ -52,7 +59,10 @@ def test_defaults_are_filled(paper, schema):
     del config["seed"]
     validate_config(config, schema)
     assert config["assimilation"]["sampler"] == {
-        "steps": 512, "corrections": 1, "tau": 0.5, "gamma": 0.01,
+        "steps": 512,
+        "corrections": 1,
+        "tau": 0.5,
+        "gamma": 0.01,
     }
     assert config["seed"] == 0
 
@@ -102,14 +112,17 @@ def test_overlapping_splits_fail(paper, schema):
 def test_grid_and_settings(paper, schema):
     assert grid_shape(1.5) == (120, 240)
     assert grid_shape(5.625) == (32, 64)
-    with pytest.raises(ConfigError, match="data.resolution"):
+    with pytest.raises(ConfigError, match=r"data\.resolution"):
         grid_shape(7.0)
     config = validate_config(copy.deepcopy(paper), schema)
     grid = settings(config)
     assert ("coarsen", "20") in grid and ("noise", "0.1") in grid and ("gap", "16") in grid
     assert len(grid) == 5 + 5 + 4
     assert setting_parameters(config, "noise", 4.0) == {
-        "coarsen": 4, "gap": 1, "noise": 4.0, "every": 4,
+        "coarsen": 4,
+        "gap": 1,
+        "noise": 4.0,
+        "every": 4,
     }
     assert setting_parameters(config, "gap", 16)["coarsen"] == 1
     assert format_value(4.0) == "4" and format_value(0.5) == "0.5"

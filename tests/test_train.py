@@ -3,6 +3,7 @@ import pytest
 import torch
 import xarray as xr
 
+from slams.nn import AutoEncoder
 from slams.train import (
     TrainingDiverged,
     TrainSettings,
@@ -15,7 +16,6 @@ from slams.train import (
     save_checkpoint,
     train_score,
 )
-from slams.nn import AutoEncoder
 
 
 def split_dataset(days=6, levels=3, h=8, w=16):
@@ -51,8 +51,18 @@ def test_autoencoder_inputs_stack_values_and_masks():
 
 
 def test_windows_never_span_a_missing_day():
-    times = np.array(["2000-01-01", "2000-01-02", "2000-01-03", "2000-01-05", "2000-01-06",
-                      "2000-01-07", "2000-01-08"], dtype="datetime64[ns]")
+    times = np.array(
+        [
+            "2000-01-01",
+            "2000-01-02",
+            "2000-01-03",
+            "2000-01-05",
+            "2000-01-06",
+            "2000-01-07",
+            "2000-01-08",
+        ],
+        dtype="datetime64[ns]",
+    )
     assert consecutive_starts(times, 3).tolist() == [0, 3, 4]
     states = torch.arange(7 * 2 * 4 * 4, dtype=torch.float32).reshape(7, 2, 4, 4)
     data = WindowDataset(states, consecutive_starts(times, 3), 3)
@@ -81,13 +91,18 @@ def test_nan_loss_stops_training_with_a_message(tmp_path):
     x[0, 0, 0, 0] = float("nan")
     settings = TrainSettings(epochs=1, batch_size=4, learning_rate=1e-3, weight_decay=0.0)
     with pytest.raises(TrainingDiverged, match="loss became nan in epoch 1"):
-        fit(model, lambda m, b, g: (m(b) - b).square().mean(), x, x, settings,
-            tmp_path / "l.csv")
+        fit(model, lambda m, b, g: (m(b) - b).square().mean(), x, x, settings, tmp_path / "l.csv")
 
 
 def test_checkpoint_rebuilds_a_frozen_model_in_eval_mode(tmp_path):
-    kwargs = {"in_channels": 3, "out_channels": 2, "latent_channels": 2, "hidden": 4,
-              "layers": 2, "kernel_size": 3}
+    kwargs = {
+        "in_channels": 3,
+        "out_channels": 2,
+        "latent_channels": 2,
+        "hidden": 4,
+        "layers": 2,
+        "kernel_size": 3,
+    }
     model = AutoEncoder(**kwargs)
     model.train()
     model(torch.randn(4, 3, 8, 16))  # moves the BatchNorm running statistics
@@ -108,8 +123,17 @@ def test_train_score_saves_a_window_network(tmp_path):
     )
     states = torch.randn(12, 2, 8, 16)
     settings = TrainSettings(epochs=1, batch_size=4, learning_rate=1e-3, weight_decay=0.0)
-    train_score(states, times, states, times, 5, {"hidden": [4, 8], "blocks": [1, 1]},
-                settings, tmp_path / "s.pt", tmp_path / "s.csv")
+    train_score(
+        states,
+        times,
+        states,
+        times,
+        5,
+        {"hidden": [4, 8], "blocks": [1, 1]},
+        settings,
+        tmp_path / "s.pt",
+        tmp_path / "s.csv",
+    )
     net, meta = load_model(tmp_path / "s.pt")
     assert meta["window"] == 5 and meta["state_channels"] == 2
     out = net(torch.randn(3, 10, 8, 16), torch.rand(3))

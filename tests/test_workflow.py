@@ -14,9 +14,11 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 def snakemake(root: Path, workdir: Path, *args: str, check: bool = True):
     cmd = [*SNAKEMAKE, "-s", str(root / "Snakefile"), "--directory", str(workdir), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=workdir)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+        )
     return result
 
 
@@ -48,8 +50,9 @@ def test_demo_dry_run_lists_every_job(root, tmp_path):
 
 def test_single_target_builds_only_what_it_needs(root, tmp_path):
     target = "results/demo/analysis/latent-both/coarsen-4.nc"
+    # the target goes first: --configfile takes several values and would swallow it
     result = snakemake(
-        root, tmp_path, "-n", "--configfile", str(root / "presets/demo.yaml"), target
+        root, tmp_path, target, "-n", "--configfile", str(root / "presets/demo.yaml")
     )
     counts = job_counts(result.stdout)
     assert counts["assimilate"] == 1
@@ -60,19 +63,20 @@ def test_single_target_builds_only_what_it_needs(root, tmp_path):
 
 
 def test_config_error_names_the_key(root, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("assimilation:\n  axes:\n    coarsen:\n      values: [2, 3]\n")
     result = snakemake(
         root,
         tmp_path,
         "-n",
         "--configfile",
         str(root / "presets/demo.yaml"),
-        "--config",
-        "assimilation={'methods': ['pixel'], 'axes': {'coarsen': {'values': [3]}}}",
+        str(bad),
         check=False,
     )
     assert result.returncode != 0
     assert (
-        "config error at assimilation.axes.coarsen.values[0]: coarsening factor 3 does not "
+        "config error at assimilation.axes.coarsen.values[1]: coarsening factor 3 does not "
         "divide the 32 x 64 grid" in result.stderr + result.stdout
     )
 
@@ -86,7 +90,12 @@ def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
     scores = pd.read_csv(out / "scores.csv")
     assert list(scores.columns) == ["method", "axis", "value", "level", "days", "metric", "score"]
     assert set(scores["method"]) == {
-        "pixel", "latent-none", "latent-insitu", "latent-exsitu", "latent-both", "climatology",
+        "pixel",
+        "latent-none",
+        "latent-insitu",
+        "latent-exsitu",
+        "latent-both",
+        "climatology",
     }
     assert set(scores["axis"]) == {"coarsen", "noise", "gap"}
     assert {"wasserstein", "rmse"} <= set(scores["metric"])

@@ -9,6 +9,7 @@ at once through the Markov-blanket score, guided by the Gaussian likelihood of `
 
 from __future__ import annotations
 
+import itertools
 import logging
 from dataclasses import dataclass
 
@@ -64,10 +65,10 @@ def window_slices(n_days: int, window_days: int, min_days: int) -> list[slice]:
         raise ValueError(
             f"the assimilation period has {n_days} days, fewer than the score window {min_days}"
         )
-    bounds = list(range(0, n_days, window_days)) + [n_days]
+    bounds = [*range(0, n_days, window_days), n_days]
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < min_days:
         bounds.pop(-2)
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
 
 def make_observations(
@@ -232,9 +233,7 @@ def run_method(
     t_norm = states_of(test, ["t"])
     grid = tuple(t_norm.shape[-2:])
 
-    observed, y_pixel = make_observations(
-        t_norm, measurement, torch.Generator().manual_seed(seed)
-    )
+    observed, y_pixel = make_observations(t_norm, measurement, torch.Generator().manual_seed(seed))
     observation_k = denormalise_t(
         upsample_observations(observed, y_pixel, measurement, grid).numpy(), stats
     )

@@ -170,7 +170,7 @@ def settings(config: dict) -> list[tuple[str, str]]:
 
 
 def merge(base: dict, overlay: dict) -> dict:
-    """Deep merge as Snakemake merges --configfile overlays: dicts merge, everything else replaces."""
+    """Deep merge as Snakemake merges --configfile overlays: dicts merge, the rest replaces."""
     out = copy.deepcopy(base)
     for key, value in overlay.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):

@@ -16,9 +16,10 @@ settings = TrainSettings(
     seed=snakemake.params.seed,
     device=snakemake.params.device,
 )
-with xr.open_dataset(snakemake.input.train) as train, xr.open_dataset(
-    snakemake.input.validation
-) as validation:
+with (
+    xr.open_dataset(snakemake.input.train) as train,
+    xr.open_dataset(snakemake.input.validation) as validation,
+):
     train_autoencoder(
         train.load(),
         validation.load(),

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from slams.diffusion.sde import VPSDE
 from slams.nn.layers import ChannelLayerNorm, PeriodicConv2d, ResidualBlock, SinusoidalEmbedding
 
 
@@ -69,8 +70,19 @@ class ScoreUNet(nn.Module):
             PeriodicConv2d(2 * hidden[i], hidden[i], kernel_size) for i in range(self.levels - 1)
         )
         self.decoder = nn.ModuleList(stack(hidden[i], blocks[i]) for i in range(self.levels - 1))
-        self.tail_norm = ChannelLayerNorm()
         self.tail = PeriodicConv2d(hidden[0], in_channels, kernel_size)
+        # Beyond the paper: the network predicts the residual from the exact epsilon of a
+        # standard-normal prior (the data are standardised), eps = sigma x_t / (mu^2 + sigma^2)
+        # + net. At t -> 1 that prior term is almost the whole answer (eps ~ x_t / sigma, one
+        # independent number per input channel and pixel), which a network narrower than its
+        # input (hidden[0] < K * C) cannot pass through; any error there is amplified ~1/mu(1)
+        # by the sampler's first steps, and the samples diverge (seen on the demo).
+        # The residual is scaled by mu / sqrt(mu^2 + sigma^2), so it fades where the prior
+        # term is exact, plus a learned per-channel skip s(t) x_t (zero at start).
+        self.sde = VPSDE()
+        self.skip = nn.Linear(time_features, in_channels)
+        nn.init.zeros_(self.skip.weight)
+        nn.init.zeros_(self.skip.bias)
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         factor = 2 ** (self.levels - 1)
@@ -97,4 +109,10 @@ class ScoreUNet(nn.Module):
             h = self.merge[level](torch.cat([h, skips[level]], dim=1))
             for block in self.decoder[level]:
                 h = block(h, embedding)
-        return self.tail(F.silu(self.tail_norm(h)))
+        # No normalisation before the output: a per-pixel LayerNorm here would erase the
+        # amplitude that epsilon must carry (at t -> 1, eps ~ x_t / sigma pixel by pixel).
+        mu = self.sde.mu(t).reshape(-1, 1, 1, 1)
+        sigma = self.sde.sigma(t).reshape(-1, 1, 1, 1)
+        signal = mu / torch.sqrt(mu**2 + sigma**2)  # ~1e-3 at t = 1, ~1 at t = 0
+        residual = self.tail(h) + self.skip(embedding)[..., None, None] * x
+        return sigma / (mu**2 + sigma**2) * x + signal * residual
