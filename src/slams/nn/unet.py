@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slams.diffusion.sde import VPSDE
-from slams.nn.layers import ChannelLayerNorm, PeriodicConv2d, ResidualBlock, SinusoidalEmbedding
+from slams.nn.layers import PeriodicConv2d, ResidualBlock, SinusoidalEmbedding
 
 
 class ScoreUNet(nn.Module):
