@@ -24,6 +24,17 @@ class ScoreUNet(nn.Module):
     enters through sinusoidal features -> Linear(time_features, time_hidden) -> SiLU ->
     Linear(time_hidden, time_features), shared by all blocks.
 
+    Output (beyond the paper, preconditioned)::
+
+        eps = sigma x_t / (mu^2 + sigma^2) + mu / sqrt(mu^2 + sigma^2) * (tail(h) + s(t) x_t)
+
+    The first term is the exact eps of a standard-normal prior (the data are standardised);
+    the network adds the residual, faded where that term is exact, plus a learned per-channel
+    skip ``s(t)`` (zero at start). At t -> 1 the prior term is almost the whole answer
+    (eps ~ x_t / sigma, one number per input channel and pixel), which a network narrower than
+    its input (hidden[0] < K * C) cannot pass through, and the sampler's first steps amplify
+    any error there by ~1/mu(1) = 1e3 (seen on the demo: samples diverged).
+
     Shapes: ``x (B, C, H, W)``, ``t (B,)`` or scalar in ``[0, 1]`` -> ``(B, C, H, W)``, with
     ``H`` and ``W`` divisible by ``2 ** (len(hidden) - 1)``.
     """
@@ -71,14 +82,7 @@ class ScoreUNet(nn.Module):
         )
         self.decoder = nn.ModuleList(stack(hidden[i], blocks[i]) for i in range(self.levels - 1))
         self.tail = PeriodicConv2d(hidden[0], in_channels, kernel_size)
-        # Beyond the paper: the network predicts the residual from the exact epsilon of a
-        # standard-normal prior (the data are standardised), eps = sigma x_t / (mu^2 + sigma^2)
-        # + net. At t -> 1 that prior term is almost the whole answer (eps ~ x_t / sigma, one
-        # independent number per input channel and pixel), which a network narrower than its
-        # input (hidden[0] < K * C) cannot pass through; any error there is amplified ~1/mu(1)
-        # by the sampler's first steps, and the samples diverge (seen on the demo).
-        # The residual is scaled by mu / sqrt(mu^2 + sigma^2), so it fades where the prior
-        # term is exact, plus a learned per-channel skip s(t) x_t (zero at start).
+        # Preconditioned output (see the class docstring).
         self.sde = VPSDE()
         self.skip = nn.Linear(time_features, in_channels)
         nn.init.zeros_(self.skip.weight)
@@ -109,8 +113,8 @@ class ScoreUNet(nn.Module):
             h = self.merge[level](torch.cat([h, skips[level]], dim=1))
             for block in self.decoder[level]:
                 h = block(h, embedding)
-        # No normalisation before the output: a per-pixel LayerNorm here would erase the
-        # amplitude that epsilon must carry (at t -> 1, eps ~ x_t / sigma pixel by pixel).
+        # No normalisation before the tail: a per-pixel LayerNorm would erase the amplitude
+        # that eps must carry.
         mu = self.sde.mu(t).reshape(-1, 1, 1, 1)
         sigma = self.sde.sigma(t).reshape(-1, 1, 1, 1)
         signal = mu / torch.sqrt(mu**2 + sigma**2)  # ~1e-3 at t = 1, ~1 at t = 0
