@@ -50,7 +50,8 @@ def test_observations_follow_the_schedule_and_variance():
     assert torch.isnan(full[1]).all() and torch.isfinite(full[0]).all()
 
 
-def test_guided_ensemble_matches_the_observed_block_means():
+@pytest.mark.parametrize("guidance", ["sda", "mmps"])
+def test_guided_ensemble_matches_the_observed_block_means(guidance):
     """Exact prior N(0, I), observe 2x2 block means with small noise on every 2nd day.
 
     The exact posterior mean of each block is y / (1 + n v) with n = 4 pixels, v = noise
@@ -70,7 +71,7 @@ def test_guided_ensemble_matches_the_observed_block_means():
         shape,
         members=64,
         window_days=10,
-        settings=SamplerSettings(steps=64, corrections=1, tau=0.5, gamma=1e-2),
+        settings=SamplerSettings(steps=64, corrections=1, tau=0.5, gamma=1e-2, guidance=guidance),
         generator=torch.Generator().manual_seed(2),
         device=torch.device("cpu"),
         progress=False,
@@ -82,6 +83,11 @@ def test_guided_ensemble_matches_the_observed_block_means():
     assert error < 0.15
     # days without observations stay near the prior mean (|mean of 64 members| ~ 1/8)
     assert analysis.mean(0)[~observed].abs().mean() < 0.25
+
+
+def test_sampler_settings_reject_unknown_guidance():
+    with pytest.raises(ValueError, match="guidance must be"):
+        SamplerSettings(guidance="dps")
 
 
 def test_analysis_dataset_holds_every_member_day_and_level():

@@ -63,6 +63,8 @@ def test_defaults_are_filled(paper, schema):
         "corrections": 1,
         "tau": 0.5,
         "gamma": 0.01,
+        "guidance": "sda",
+        "cg_iterations": 3,
     }
     assert config["seed"] == 0
 
@@ -74,6 +76,10 @@ def test_defaults_are_filled(paper, schema):
         (lambda c: c["assimilation"].update(members="eight"), "assimilation.members"),
         (lambda c: c["score"]["pixel"].update(hidden=[64, -1]), "score.pixel.hidden[1]"),
         (lambda c: c["data"].update(source="ftp"), "data.source"),
+        (
+            lambda c: c["assimilation"]["sampler"].update(guidance="dps"),
+            "assimilation.sampler.guidance",
+        ),
     ],
 )
 def test_schema_errors_name_the_key(paper, schema, edit, key):

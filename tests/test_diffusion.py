@@ -16,65 +16,22 @@ from slams.diffusion import (
     VPSDE,
     GaussianGuidance,
     MarkovBlanketDenoiser,
+    MomentMatchingGuidance,
     denoising_loss,
     sample,
     windows,
 )
+from slams.diffusion.analytic import GaussianPrior, posterior_agreement
 from slams.nn import ScoreUNet
 from slams.observe import MeasurementOperator
 
 F64 = torch.float64
 SDE = VPSDE()
+OPERATORS = [MeasurementOperator(coarsen=2), MeasurementOperator(gap=2)]
+OPERATOR_IDS = ["coarsen-2", "gap-2"]
 
 
 # --------------------------------------------------------------------------- Gaussian prior
-
-
-class GaussianPrior:
-    """``x ~ N(m, S)`` on a ``(1, H, W)`` grid with a smooth, lon-periodic kernel.
-
-    ``x(t) ~ N(mu m, Sigma_t)`` with ``Sigma_t = mu^2 S + sigma^2 I``, so the exact noise
-    prediction is ``eps(x, t) = -sigma score = sigma Sigma_t^{-1} (x - mu m)``.
-    """
-
-    def __init__(self, height: int = 4, width: int = 8, length_scale: float = 1.5):
-        self.shape = (1, height, width)
-        lat, lon = torch.meshgrid(
-            torch.arange(height, dtype=F64), torch.arange(width, dtype=F64), indexing="ij"
-        )
-        lat, lon = lat.flatten(), lon.flatten()
-        dlon = torch.remainder(lon[:, None] - lon[None], width)
-        dlon = torch.minimum(dlon, width - dlon)
-        distance2 = (lat[:, None] - lat[None]) ** 2 + dlon**2
-        # Smooth kernel plus a nugget: condition number ~200, like smooth weather fields.
-        kernel = torch.exp(-distance2 / (2 * length_scale**2))
-        self.cov = 0.9 * kernel + 0.1 * torch.eye(lat.numel(), dtype=F64)
-        self.mean = torch.sin(2 * math.pi * lon / width) + 0.5 * lat / (height - 1)
-        self.eigenvalues, self.eigenvectors = torch.linalg.eigh(self.cov)
-
-    @property
-    def dim(self) -> int:
-        return self.mean.numel()
-
-    def eps(self, x: Tensor, t: Tensor) -> Tensor:
-        t = torch.as_tensor(t, dtype=F64).expand(x.shape[0])
-        mu, sigma = SDE.mu(t)[:, None], SDE.sigma(t)[:, None]
-        rotated = (x.reshape(x.shape[0], -1) - mu * self.mean) @ self.eigenvectors
-        rotated = rotated / (mu**2 * self.eigenvalues + sigma**2)
-        return (sigma * rotated @ self.eigenvectors.T).reshape(x.shape)
-
-    def draw(self, n: int, generator: torch.Generator) -> Tensor:
-        z = torch.randn(n, self.dim, generator=generator, dtype=F64)
-        return self.mean + (z * self.eigenvalues.sqrt()) @ self.eigenvectors.T
-
-    def kalman(self, operator: MeasurementOperator, y: Tensor, variance: float):
-        """Exact posterior ``N(m + K (y - A m), S - K A S)``, ``K = S A^T (A S A^T + v I)^-1``."""
-        basis = torch.eye(self.dim, dtype=F64).reshape(self.dim, *self.shape)
-        matrix = operator(basis).reshape(self.dim, -1).T  # A: (M, D)
-        innovation_cov = matrix @ self.cov @ matrix.T + variance * torch.eye(matrix.shape[0])
-        gain = self.cov @ matrix.T @ torch.linalg.inv(innovation_cov)
-        mean = self.mean + gain @ (y.flatten() - matrix @ self.mean)
-        return matrix, mean, self.cov - gain @ matrix @ self.cov
 
 
 @pytest.fixture(scope="module")
@@ -203,17 +160,10 @@ def test_unconditional_predictor_corrector_reproduces_gaussian_prior(prior):
     assert 0.95 < stats["trace_ratio"] < 1.15
 
 
-@pytest.mark.parametrize(
-    "operator",
-    [MeasurementOperator(coarsen=2), MeasurementOperator(gap=2)],
-    ids=["coarsen-2", "gap-2"],
-)
+@pytest.mark.parametrize("operator", OPERATORS, ids=OPERATOR_IDS)
 def test_guided_sampling_matches_kalman_posterior(prior, operator):
     variance = 0.1
-    generator = torch.Generator().manual_seed(123)
-    truth = prior.draw(1, generator).reshape(1, *prior.shape)
-    clean = operator(truth)
-    y = clean + variance**0.5 * torch.randn(clean.shape, generator=generator, dtype=F64)
+    y = prior.observation(operator, variance)
     matrix, post_mean, post_cov = prior.kalman(operator, y, variance)
 
     guidance = GaussianGuidance(operator, y, variance)
@@ -525,3 +475,99 @@ def test_blanket_shapes_and_time_argument():
     torch.testing.assert_close(scalar, python_float)
     with pytest.raises(ValueError, match="shorter than the window"):
         denoiser(torch.randn(2, 4, channels, 4, 8), 0.3)
+
+
+# --------------------------------------------------------------------------- moment matching
+
+
+def _exact_posterior_eps(prior, operator, y, variance, x, t):
+    """For a Gaussian prior and a linear A, x(t) | y ~ N(mu m_post, mu^2 S_post + sigma^2 I),
+    so the exact guided noise is sigma (mu^2 S_post + sigma^2 I)^-1 (x - mu m_post)."""
+    _, post_mean, post_cov = prior.kalman(operator, y, variance)
+    mu, sigma = SDE.mu(t), SDE.sigma(t)
+    cov_t = mu**2 * post_cov + sigma**2 * torch.eye(prior.dim, dtype=F64)
+    flat = x.reshape(x.shape[0], -1) - mu * post_mean
+    return (sigma * torch.linalg.solve(cov_t, flat.T).T).reshape(x.shape)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.05, 0.3, 0.7, 1.0])
+@pytest.mark.parametrize("operator", OPERATORS, ids=OPERATOR_IDS)
+def test_moment_matching_is_the_exact_posterior_score(prior, operator, t):
+    # With a Gaussian prior and a linear A the MMPS likelihood is exact; with as many CG
+    # iterations as observed points (8) CG is exact too, so the guided eps equals the exact
+    # posterior eps at every t. The SDA guidance is not: it differs at intermediate t.
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, *prior.shape, generator=generator, dtype=F64)
+    y = operator(prior.draw(1, generator).reshape(1, *prior.shape))
+    y = y + 0.3 * torch.randn(y.shape, generator=generator, dtype=F64)
+    t = torch.tensor(t, dtype=F64)
+    exact = _exact_posterior_eps(prior, operator, y, 0.1, x, t)
+    with torch.no_grad():
+        mmps = MomentMatchingGuidance(operator, y, 0.1, cg_iterations=8)
+        guided = mmps.guided_eps(prior.eps, x, t, SDE)
+        sda = GaussianGuidance(operator, y, 0.1).guided_eps(prior.eps, x, t, SDE)
+    assert not guided.requires_grad
+    torch.testing.assert_close(guided, exact, rtol=1e-6, atol=1e-6)
+    sda_error = ((sda - exact).norm() / exact.norm()).item()
+    two = MomentMatchingGuidance(operator, y, 0.1, cg_iterations=2).guided_eps(prior.eps, x, t, SDE)
+    two_error = ((two - exact).norm() / exact.norm()).item()
+    # Measured: SDA's relative error is 1e-2 (t=0.05), 0.7-1.1 (t=0.3, 0.7) and <1e-3 at the
+    # ends; MMPS with 2 CG iterations: <= 3.5e-2 everywhere, 8 iterations: ~1e-8.
+    if 0.0 < t.item() < 1.0:
+        assert sda_error > 1e-2  # the control: SDA's diagonal approximation is not exact
+    assert two_error < 0.05
+
+
+def test_moment_matching_mask_and_nonlinear_observe(prior):
+    operator = MeasurementOperator(gap=2)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, *prior.shape, generator=generator, dtype=F64)
+    y = torch.randn(1, 1, 2, 4, generator=generator, dtype=F64)
+    t = torch.tensor(0.4, dtype=F64)
+    mask = torch.ones(y.shape, dtype=torch.bool)
+    mask[..., 0, :] = False
+
+    def guided(y, variance, mask=None, observe=operator):
+        guidance = MomentMatchingGuidance(observe, y, variance, mask, cg_iterations=8)
+        return guidance.guided_eps(prior.eps, x, t, SDE)
+
+    reference = guided(y, 0.2, mask)
+    y_bad, variance_bad = y.clone(), torch.full(y.shape, 0.2, dtype=F64)
+    y_bad[..., 0, :], variance_bad[..., 0, :] = torch.nan, 0.0
+    torch.testing.assert_close(guided(y_bad, variance_bad, mask), reference)
+    without = guided(y[..., 1:, :], 0.2, observe=lambda z: operator(z)[..., 1:, :])
+    torch.testing.assert_close(without, reference)
+    torch.testing.assert_close(guided(y, 0.2, torch.zeros_like(mask)), prior.eps(x, t))
+    with pytest.raises(ValueError, match="positive observation variance"):
+        MomentMatchingGuidance(operator, y, 0.0)
+    # A nonlinear A runs (its Jacobian enters by forward-mode AD) and stays finite.
+    cubic = guided(y, 0.2, observe=lambda z: operator(z) ** 3)
+    assert torch.isfinite(cubic).all() and not torch.allclose(cubic, reference)
+
+
+@pytest.mark.parametrize("operator", OPERATORS, ids=OPERATOR_IDS)
+def test_moment_matching_sampling_matches_kalman_posterior(prior, operator):
+    # MMPS's likelihood is exact for this problem, so without any Langevin correction the
+    # ensemble is the exact posterior up to the integrator's O(dt) error and sampling error.
+    variance = 0.1
+    y = prior.observation(operator, variance)
+    _, post_mean, post_cov = prior.kalman(operator, y, variance)
+    guidance = MomentMatchingGuidance(operator, y, variance, cg_iterations=3)
+    x = sample(
+        lambda x, t: guidance.guided_eps(prior.eps, x, t, SDE),
+        (2000, *prior.shape),
+        SDE,
+        steps=64,
+        corrections=0,
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+        dtype=F64,
+    )
+    agreement = posterior_agreement(x, prior.mean, post_mean, post_cov)
+    print(f"\nMMPS {operator}: {agreement}")
+    # Measured (seeded): coarsen-2 0.982 / 0.976, gap-2 0.981 / 0.973. The ensemble mean of
+    # 2000 members is off by ~1/sqrt(2000) of the posterior spread per point, which alone
+    # caps the closed gap near 0.98; the spread is 2-3 % low, the integrator's O(dt) at 64
+    # steps (benchmarks/gaussian_posterior.py). SDA at the same setting: 0.76 / 0.73 (gap-2).
+    assert agreement["gap_closed"] > 0.95
+    assert 0.93 < agreement["spread_ratio"] < 1.05

@@ -18,7 +18,13 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from slams.diffusion import VPSDE, GaussianGuidance, MarkovBlanketDenoiser, sample
+from slams.diffusion import (
+    VPSDE,
+    GaussianGuidance,
+    MarkovBlanketDenoiser,
+    MomentMatchingGuidance,
+    sample,
+)
 from slams.observe import MeasurementOperator, observed_days
 
 log = logging.getLogger(__name__)
@@ -30,10 +36,27 @@ MIN_OBSERVATION_VARIANCE = 1e-3
 
 @dataclass
 class SamplerSettings:
+    """Reverse-SDE sampler and likelihood guidance (config ``assimilation.sampler``).
+
+    ``guidance``: ``sda`` (the paper's, with the ``gamma`` stability term) or ``mmps``
+    (moment matching through ``cg_iterations`` conjugate-gradient iterations; ``gamma`` unused).
+    """
+
     steps: int = 512
     corrections: int = 1
     tau: float = 0.5
     gamma: float = 1e-2
+    guidance: str = "sda"
+    cg_iterations: int = 3
+
+    def __post_init__(self):
+        if self.guidance not in ("sda", "mmps"):
+            raise ValueError(f"guidance must be 'sda' or 'mmps', got {self.guidance!r}")
+
+    def make_guidance(self, observe, y: Tensor, variance: float):
+        if self.guidance == "mmps":
+            return MomentMatchingGuidance(observe, y, variance, cg_iterations=self.cg_iterations)
+        return GaussianGuidance(observe, y, variance, gamma=self.gamma)
 
 
 @dataclass
@@ -117,9 +140,9 @@ def assimilate_states(
             def observe(x: Tensor, local: Tensor = local) -> Tensor:
                 return operator(x[:, local])
 
-            guidance = GaussianGuidance(observe, y_window, variance, gamma=settings.gamma)
+            guidance = settings.make_guidance(observe, y_window, variance)
 
-            def eps_fn(x: Tensor, t: Tensor, guidance: GaussianGuidance = guidance) -> Tensor:
+            def eps_fn(x: Tensor, t: Tensor, guidance=guidance) -> Tensor:
                 return guidance.guided_eps(denoiser, x, t, sde)
 
         x = sample(
@@ -252,6 +275,8 @@ def run_method(
         "corrections": sampler.corrections,
         "gamma": sampler.gamma,
         "tau": sampler.tau,
+        "guidance": sampler.guidance,
+        "cg_iterations": sampler.cg_iterations if sampler.guidance == "mmps" else 0,
         "seed": seed,
         "noise_units": "variance in standardised units of the observed space",
     }

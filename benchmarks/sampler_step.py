@@ -1,0 +1,131 @@
+"""Milliseconds per sampler step, unguided and guided (SDA and MMPS), at demo and paper size.
+
+A "step" is what the sampler does per time step with the paper's one Langevin correction:
+two evaluations of the (guided) noise prediction. The network batch is ``--batch`` windows of
+``K`` days (default 8), i.e. 8 members of a K-day trajectory; a full step over ``M`` members of
+an ``L``-day trajectory costs ``M (L - K + 1) / batch`` times the figure printed here (the
+Markov-blanket windows of all members go through the network as one batch).
+
+Sizes come from the configs: pixel = the temperature levels on the target grid with the
+``score.pixel`` network; latent = ``autoencoder.latent_channels`` on the (downsampled) grid with
+the ``score.latent`` network. The observation is A = 4x4 block means on every day. Usage::
+
+    python benchmarks/sampler_step.py --preset demo paper [--device cpu|cuda] [--dtype bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from slams.config import grid_shape, load_config
+from slams.diffusion import (
+    VPSDE,
+    GaussianGuidance,
+    MarkovBlanketDenoiser,
+    MomentMatchingGuidance,
+    sample,
+)
+from slams.nn import ScoreUNet
+from slams.observe import MeasurementOperator
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "demo": [ROOT / "config.yaml", ROOT / "presets/demo.yaml"],
+    "paper": [ROOT / "config.yaml"],
+}
+
+
+def sizes(preset: str) -> dict[str, tuple[int, tuple[int, int], dict]]:
+    config = load_config(*CONFIGS[preset], schema_path=ROOT / "workflow/schemas/config.schema.yaml")
+    height, width = grid_shape(config["data"]["resolution"])
+    factor = config["autoencoder"].get("downsample", 1)
+    latent_grid = (height // factor, width // factor)
+    return {
+        "pixel": (len(config["data"]["levels"]), (height, width), config["score"]["pixel"]),
+        "latent": (
+            config["autoencoder"]["latent_channels"],
+            latent_grid,
+            config["score"]["latent"],
+        ),
+    }
+
+
+def time_step(eps_fn, shape, device, dtype, repeats: int) -> list[float]:
+    """Seconds per sampler step (predictor + 1 correction), measured over 1-step samplings."""
+    sde = VPSDE()
+    times = []
+    for i in range(repeats + 1):  # the first run warms up (allocations, kernels)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        sample(eps_fn, shape, sde, steps=1, corrections=1, device=device, progress=False,
+               dtype=dtype, generator=torch.Generator(device=device).manual_seed(i))  # fmt: skip
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", nargs="+", default=["demo", "paper"], choices=list(CONFIGS))
+    parser.add_argument("--space", nargs="+", default=["pixel", "latent"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--guidance", nargs="+", default=["none", "sda", "mmps"])
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    autocast = args.dtype == "bf16"
+    print(f"device {device} ({torch.get_num_threads()} threads), {args.dtype}, batch {args.batch}")
+    print("| preset | space | state (C x H x W) | guidance | ms/step | min | max |")
+    print("|---|---|---|---|---:|---:|---:|")
+    for preset in args.preset:
+        for space, (channels, (height, width), network) in sizes(preset).items():
+            if space not in args.space:
+                continue
+            torch.manual_seed(0)
+            net = ScoreUNet(args.window * channels, network["hidden"], network["blocks"])
+            net = net.to(device).eval().requires_grad_(False)
+            denoiser = MarkovBlanketDenoiser(net, window=args.window)
+            shape = (args.batch, args.window, channels, height, width)
+            operator = MeasurementOperator(coarsen=4)
+            y = torch.randn(1, args.window, channels, height // 4, width // 4, device=device)
+
+            def run(x, t, guidance=None, denoiser=denoiser):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    if guidance is None:
+                        return denoiser(x, t).float()
+                    return guidance.guided_eps(lambda x, t: denoiser(x, t).float(), x, t, VPSDE())
+
+            guidances = {
+                "none": None,
+                "sda": GaussianGuidance(operator, y, 0.1),
+                "mmps": MomentMatchingGuidance(operator, y, 0.1, cg_iterations=3),
+            }
+            for name in args.guidance:
+                seconds = time_step(
+                    lambda x, t, g=guidances[name]: run(x, t, g),
+                    shape,
+                    device,
+                    torch.float32,
+                    args.repeats,
+                )
+                ms = [1000 * s for s in seconds]
+                print(
+                    f"| {preset} | {space} | {channels} x {height} x {width} | {name} "
+                    f"| {statistics.median(ms):.0f} | {min(ms):.0f} | {max(ms):.0f} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
