@@ -108,6 +108,20 @@ def test_coarsening_must_divide_grid(paper, schema):
     assert "120 x 240" in str(info.value)
 
 
+def test_latent_grid_of_a_downsampling_autoencoder_is_checked(paper, schema):
+    config = copy.deepcopy(paper)
+    config["autoencoder"]["downsample"] = 2  # latent grid 60 x 120: the paper's r = 8 fails
+    with pytest.raises(ConfigError) as info:
+        validate_config(copy.deepcopy(config), schema)
+    assert str(info.value).startswith("config error at assimilation.axes.coarsen.values[1]:")
+    assert "coarsening factor 8 does not divide the 60 x 120 grid" in str(info.value)
+    config["assimilation"]["axes"]["coarsen"]["values"] = [4, 12, 20]
+    validate_config(copy.deepcopy(config), schema)
+    config["assimilation"]["methods"] = ["pixel", "climatology"]  # no latent method: r = 8 fine
+    config["assimilation"]["axes"]["coarsen"]["values"] = [4, 8]
+    validate_config(config, schema)
+
+
 def test_overlapping_splits_fail(paper, schema):
     config = copy.deepcopy(paper)
     config["split"]["test"] = [2021, 2022]

@@ -197,3 +197,16 @@ def test_end_to_end_from_synthetic_sources(tmp_path):
     test = xr.open_dataset(tmp_path / "out" / "test.nc")
     assert 0.1 < float(test["precip_mask"].mean()) < 0.5  # land only
     assert float(test["olr_mask"].mean()) == 1.0
+
+
+def test_missing_days_are_reported_per_variable_and_split_never_filled(tmp_path, caplog):
+    paths = write_inputs(tmp_path / "in", drop_olr_days=3)
+    with caplog.at_level(logging.INFO):
+        build_dataset(paths["t"], paths["precip"], paths["olr"], tmp_path / "out", SPLITS)
+    assert (
+        "'olr' lacks 3 of the 1827 days of the split years: 2001-01-01..2001-01-03 "
+        "(left out, not filled)" in caplog.text
+    )
+    assert "'t' lacks" not in caplog.text and "'precip' lacks" not in caplog.text
+    assert "split 'train' (2000-2002): 1093 of 1096 days have all three variables" in caplog.text
+    assert "split 'test' (2004-2004): all 366 days present" in caplog.text

@@ -136,6 +136,22 @@ def test_autoencoder_structure_and_shapes():
     assert len(single.encoder) == 1 and single(torch.randn(1, 2, 4, 8)).shape == (1, 3, 4, 8)
 
 
+@pytest.mark.parametrize("factor", [2, 4])
+def test_autoencoder_downsampling_shrinks_the_latent_grid(factor):
+    ae = AutoEncoder(14, 10, latent_channels=6, hidden=8, layers=5, kernel_size=3,
+                     downsample=factor)  # fmt: skip
+    strides = [m.stride for m in ae.encoder if isinstance(m, PeriodicConv2d)]
+    steps = factor.bit_length() - 1
+    assert strides == [(2, 2)] * steps + [(1, 1)] * (5 - steps)
+    assert sum(isinstance(m, nn.Upsample) for m in ae.decoder) == steps
+    x = torch.randn(2, 14, 16, 32)
+    z = ae.encode(x)
+    assert z.shape == (2, 6, 16 // factor, 32 // factor)
+    assert ae.decode(z).shape == (2, 10, 16, 32)
+    with pytest.raises(ValueError, match="downsample must be"):
+        AutoEncoder(14, 10, 6, downsample=3)
+
+
 def test_autoencoder_eval_mode_is_batch_independent():
     torch.manual_seed(0)
     ae = AutoEncoder(3, 3, 2, hidden=8, layers=3)

@@ -194,3 +194,122 @@ def test_regrid_file_backends(tmp_path):
         regrid_file(tmp_path / "a.nc", tmp_path / "b.nc", "era5", 5.625, backend="xesmf")
     with pytest.raises(ValueError, match="backend"):
         regrid_file(tmp_path / "a.nc", tmp_path / "b.nc", "era5", 5.625, backend="bilinear")
+
+
+# --- real source grids and formats (tests/formats.py) -----------------------------------------
+
+
+def exact_cell_means(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Exact area means of f = 2 + sin(phi) + cos(phi) cos(lambda) over the cells (lat, lon).
+
+    Cell edges as the regridder sees them (midpoints, latitude clipped to the poles).
+    Integrals of f cos(phi): 2 [sin phi] dl + [sin^2 phi / 2] dl + [phi/2 + sin 2phi / 4] [sin l].
+    """
+    from slams.data.regrid import _periodic_edges
+    from slams.grid import cell_edges
+
+    order = np.argsort(lon)
+    phi = np.deg2rad(cell_edges(lat, -90.0, 90.0))
+    west, east = (np.deg2rad(e) for e in _periodic_edges(np.sort(lon)))
+    lo, hi = phi[:-1], phi[1:]
+    area_lat = np.sin(hi) - np.sin(lo)  # signed alike for descending latitudes
+    term_const = 2.0 * area_lat[:, None] * (east - west)[None, :]
+    term_sin = ((np.sin(hi) ** 2 - np.sin(lo) ** 2) / 2)[:, None] * (east - west)[None, :]
+    cos2 = (hi / 2 + np.sin(2 * hi) / 4) - (lo / 2 + np.sin(2 * lo) / 4)
+    term_cos = cos2[:, None] * (np.sin(east) - np.sin(west))[None, :]
+    means = (term_const + term_sin + term_cos) / (area_lat[:, None] * (east - west)[None, :])
+    return means[:, np.argsort(order)]  # back to the given longitude order
+
+
+@pytest.mark.parametrize(
+    ("grid", "tolerance"),
+    [("cpc 0.5", 1e-5), ("olr 2.5", 0.02), ("era5 0.25", 1e-3)],
+    ids=["cpc-nested-exact", "olr-coarse-to-fine", "era5-nodes"],
+)
+def test_regridding_an_analytic_field_to_the_paper_grid(grid, tolerance):
+    """Source cells hold the exact cell means of an analytic field; the target cells of the
+    1.5 degree grid must hold theirs: exactly where the source cells nest in the target
+    (CPC 0.5 -> 1.5), within the source's resolution otherwise (max error stated)."""
+    from formats import cpc_grid, era5_grid, olr_grid
+
+    name, resolution = grid.split()
+    lat, lon = {"cpc": cpc_grid, "olr": olr_grid, "era5": era5_grid}[name](float(resolution))
+    values = exact_cell_means(lat, lon)[None].repeat(3, axis=0)
+    out = conservative_regrid(as_array(values, lat, lon), *target_grid(1.5))
+    expected = exact_cell_means(*target_grid(1.5))
+    assert out.shape == (3, 120, 240)
+    assert np.abs(out.values - expected).max() < tolerance
+    # The area-weighted global mean is conserved to float32 rounding (rtol 1e-6).
+    assert np.allclose(sphere_mean(out), sphere_mean(as_array(values, lat, lon)), rtol=1e-6)
+
+
+def test_blocks_of_days_give_the_same_answer(monkeypatch):
+    """Regridding streams blocks of the leading dim: memory bounded, result unchanged."""
+    import slams.data.regrid as regrid
+
+    lat, lon = target_grid(3.75)
+    values = np.random.default_rng(1).normal(size=(3, lat.size, lon.size))
+    values[:, :5] = np.nan
+    whole = conservative_regrid(as_array(values, lat, lon), *target_grid(11.25))
+    monkeypatch.setattr(regrid, "_CHUNK_VALUES", lat.size * lon.size)  # one day per block
+    blocks = conservative_regrid(as_array(values, lat, lon), *target_grid(11.25))
+    xr.testing.assert_equal(whole, blocks)
+
+
+def test_cpc_file_ocean_stays_missing_and_is_never_rain(tmp_path):
+    from formats import write_cpc
+
+    days = pd.date_range("2001-01-01", periods=2, freq="D")
+    write_cpc(tmp_path / "cpc.nc", days, value=3.0)
+    regrid_file(tmp_path / "cpc.nc", tmp_path / "out.nc", "cpc", 1.5)
+    out = xr.open_dataset(tmp_path / "out.nc")["precip"]
+    assert out.sizes == {"time": 2, "lat": 120, "lon": 240} and out.attrs["units"] == "mm/day"
+    finite = out.values[np.isfinite(out.values)]
+    assert np.allclose(finite, 3.0, atol=1e-6)  # no zeros (or fill values) mixed in at coasts
+    assert 0.05 < np.isfinite(out.values).mean() < 0.3  # the land blocks only
+    assert np.isnan(out.sel(lat=-60.75, lon=180.75)).all()  # open ocean
+
+
+def test_packed_olr_file_is_decoded_and_lon_convention_does_not_matter(tmp_path):
+    from formats import write_olr
+
+    values = write_olr(tmp_path / "olr.nc", TIMES, packed=True)
+    regrid_file(tmp_path / "olr.nc", tmp_path / "out.nc", "olr", 1.5)
+    # The same file with longitudes -180..180 (a common re-export) regrids identically.
+    with xr.open_dataset(tmp_path / "olr.nc", mask_and_scale=False) as raw:
+        raw = raw.load()
+    shifted = raw.assign_coords(lon=np.where(raw["lon"] >= 180, raw["lon"] - 360, raw["lon"]))
+    shifted.sortby("lon").to_netcdf(tmp_path / "olr-180.nc")
+    regrid_file(tmp_path / "olr-180.nc", tmp_path / "out-180.nc", "olr", 1.5)
+    out = xr.open_dataset(tmp_path / "out.nc")["olr"]
+    xr.testing.assert_allclose(out, xr.open_dataset(tmp_path / "out-180.nc")["olr"])
+    assert out.dtype == np.float32 and out.attrs["units"] == "W m-2"
+    lat, lon = np.linspace(90, -90, 73), np.arange(0, 360, 2.5)
+    decoded = as_array(np.round((values - 327.65) / 0.01) * 0.01 + 327.65, lat, lon)
+    assert np.allclose(sphere_mean(out), sphere_mean(decoded), rtol=1e-6)
+
+
+def test_xesmf_backend_missing_is_one_line_saying_what_to_do():
+    from slams.data.regrid import check_backend
+
+    if importlib.util.find_spec("xesmf") is not None:
+        check_backend("xesmf")
+        return
+    with pytest.raises(ImportError) as error:
+        check_backend("xesmf")
+    message = str(error.value)
+    assert "\n" not in message and "data.regrid_backend: builtin" in message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xesmf") is None, reason="xesmf is not installed")
+def test_xesmf_agrees_with_the_builtin_regridder():
+    from slams.data.regrid import xesmf_regrid
+
+    lat, lon = target_grid(3.75)
+    values = exact_cell_means(lat, lon)[None].repeat(3, axis=0)
+    values[:, :, lon > 200] = np.nan  # "ocean"
+    da = as_array(values, lat, lon)
+    builtin = conservative_regrid(da, *target_grid(11.25))
+    esmf = xesmf_regrid(da, *target_grid(11.25))
+    assert np.array_equal(np.isnan(builtin.values), np.isnan(esmf.values))
+    assert np.nanmax(np.abs(builtin.values - esmf.values)) < 1e-4

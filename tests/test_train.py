@@ -1,27 +1,34 @@
+import pickle
+
 import numpy as np
 import pytest
 import torch
 import xarray as xr
 
+from slams.data.samples import NetCDFSamples, file_times
 from slams.nn import AutoEncoder
 from slams.train import (
     TrainingDiverged,
     TrainSettings,
-    WindowDataset,
     autoencoder_channels,
     autoencoder_inputs,
     consecutive_starts,
+    day_samples,
+    encode_splits,
     fit,
     load_model,
     save_checkpoint,
+    train_autoencoder,
     train_score,
+    window_samples,
 )
 
 
-def split_dataset(days=6, levels=3, h=8, w=16):
-    rng = np.random.default_rng(0)
+def split_dataset(days=6, levels=3, h=8, w=16, seed=0, start="2000-01-01"):
+    rng = np.random.default_rng(seed)
+    first = np.datetime64(start)
     coords = {
-        "time": np.arange(np.datetime64("2000-01-01"), np.datetime64("2000-01-01") + days),
+        "time": np.arange(first, first + days).astype("datetime64[ns]"),
         "level": np.arange(levels) * 100.0 + 100,
         "lat": np.linspace(-80, 80, h),
         "lon": np.linspace(0, 350, w),
@@ -36,38 +43,76 @@ def split_dataset(days=6, levels=3, h=8, w=16):
             "olr_mask": (("time", "lat", "lon"), np.ones((days, h, w), np.float32)),
         },
         coords=coords,
-    )
+    ).astype("float32")
 
 
-def test_autoencoder_inputs_stack_values_and_masks():
-    ds = split_dataset()
-    x = autoencoder_inputs(ds, "both")
-    assert x.shape == (6, autoencoder_channels(3, "both"), 8, 16) == (6, 7, 8, 16)
-    np.testing.assert_allclose(x[:, 3], ds["precip"].values, rtol=1e-6)
-    np.testing.assert_array_equal(x[:, 4], ds["precip_mask"].values)
-    np.testing.assert_array_equal(x[:, 6], ds["olr_mask"].values)
-    assert autoencoder_inputs(ds, "none").shape[1] == 3
-    assert autoencoder_inputs(ds, "exsitu").shape[1] == 5
+def write_split(tmp_path, name="train", **kwargs):
+    path = tmp_path / f"{name}.nc"
+    split_dataset(**kwargs).to_netcdf(path)
+    return path
 
 
-def test_windows_never_span_a_missing_day():
+def test_streamed_days_match_the_in_memory_stack(tmp_path):
+    path = write_split(tmp_path, days=6)
+    ds = xr.open_dataset(path)
+    expected = autoencoder_inputs(ds, "both")
+    assert expected.shape == (6, autoencoder_channels(3, "both"), 8, 16) == (6, 7, 8, 16)
+    np.testing.assert_array_equal(expected[:, 3], ds["precip"].values)
+    np.testing.assert_array_equal(expected[:, 4], ds["precip_mask"].values)
+    samples = day_samples(path, "both")
+    assert len(samples) == 6 and samples.channels == 7
+    for i in range(6):
+        np.testing.assert_array_equal(samples[i].numpy(), expected[i])
+    assert day_samples(path, "none")[0].shape == (3, 8, 16)
+    assert day_samples(path, "exsitu")[0].shape == (5, 8, 16)
+
+
+def test_windows_never_span_a_missing_day(tmp_path):
     times = np.array(
-        [
-            "2000-01-01",
-            "2000-01-02",
-            "2000-01-03",
-            "2000-01-05",
-            "2000-01-06",
-            "2000-01-07",
-            "2000-01-08",
-        ],
+        ["2000-01-01", "2000-01-02", "2000-01-03", "2000-01-05", "2000-01-06", "2000-01-07",
+         "2000-01-08"],
         dtype="datetime64[ns]",
-    )
+    )  # fmt: skip
     assert consecutive_starts(times, 3).tolist() == [0, 3, 4]
-    states = torch.arange(7 * 2 * 4 * 4, dtype=torch.float32).reshape(7, 2, 4, 4)
-    data = WindowDataset(states, consecutive_starts(times, 3), 3)
-    assert len(data) == 3 and data[1].shape == (6, 4, 4)
-    torch.testing.assert_close(data[1][:2], states[3])
+    ds = split_dataset(days=7).assign_coords(time=times)
+    ds.to_netcdf(tmp_path / "gappy.nc")
+    np.testing.assert_array_equal(file_times(tmp_path / "gappy.nc"), times.astype("datetime64[D]"))
+    data = window_samples(tmp_path / "gappy.nc", "pixel", 3)
+    assert len(data) == 3 and data[1].shape == (9, 8, 16)
+    # window 1 starts on day index 3 (2000-01-05): state-major, levels of day 3 first
+    np.testing.assert_array_equal(data[1][:3].numpy(), ds["t"].values[3])
+    np.testing.assert_array_equal(data[1][6:].numpy(), ds["t"].values[5])
+
+
+def test_samples_hold_no_data_and_standardise(tmp_path):
+    path = write_split(tmp_path, days=200, levels=10, h=16, w=32)  # ~4 MB of temperature
+    samples = NetCDFSamples(path, ["t"], np.arange(196), window=5)
+    assert len(pickle.dumps(samples)) < 20_000  # what DataLoader workers receive
+    samples[0]  # an open handle is not pickled either
+    assert len(pickle.dumps(samples)) < 20_000
+    offset, scale = np.arange(10.0), np.full(10, 2.0)
+    standardised = NetCDFSamples(path, ["t"], np.arange(10), offset=offset, scale=scale)
+    raw = NetCDFSamples(path, ["t"], np.arange(10))
+    np.testing.assert_allclose(
+        standardised[4].numpy(), (raw[4].numpy() - offset[:, None, None]) / 2, rtol=1e-6
+    )
+    with pytest.raises(IndexError, match="out of range"):
+        NetCDFSamples(path, ["t"], np.array([198]), window=5)
+    with pytest.raises(KeyError, match="no variable 'q'"):
+        NetCDFSamples(path, ["q"], np.arange(3))
+
+
+def _tiny_problem(seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(16, 3, 8, 16)
+    model = AutoEncoder(3, 3, latent_channels=3, hidden=8, layers=3, kernel_size=3)
+
+    def loss(m, batch, generator):
+        # the generator's noise makes the RNG state part of the result
+        noise = torch.randn(batch.shape, generator=generator, device=batch.device)
+        return (m(batch + 0.1 * noise) - batch).square().mean()
+
+    return x, model, loss
 
 
 def test_fit_overfits_a_tiny_batch_and_logs_losses(tmp_path):
@@ -82,7 +127,50 @@ def test_fit_overfits_a_tiny_batch_and_logs_losses(tmp_path):
     history = fit(model, loss, x, x, settings, tmp_path / "losses.csv")
     assert history[-1]["train_loss"] < history[0]["train_loss"] / 10
     lines = (tmp_path / "losses.csv").read_text().splitlines()
-    assert lines[0].startswith("epoch,train_loss,val_loss") and len(lines) == 61
+    assert lines[0].startswith("epoch,train_loss,val_loss,lr,samples_per_s") and len(lines) == 61
+
+
+def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
+    settings = TrainSettings(epochs=4, batch_size=4, learning_rate=1e-2, weight_decay=1e-3)
+
+    x, model, loss = _tiny_problem()
+    fit(model, loss, x, x[:8], settings, tmp_path / "a.csv", tmp_path / "a")
+    uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class Killed(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def dying_loss(m, batch, generator):
+        calls["n"] += 1
+        if calls["n"] == 2 * (4 + 2) + 2:  # epoch 3, 2nd batch (4 train + 2 val per epoch)
+            raise Killed
+        return loss(m, batch, generator)
+
+    x, model, _ = _tiny_problem()
+    with pytest.raises(Killed):
+        fit(model, dying_loss, x, x[:8], settings, tmp_path / "b.csv", tmp_path / "b")
+    assert {p.name for p in (tmp_path / "b").iterdir()} == {"best.pt", "last.pt"}
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    best = torch.load(tmp_path / "b" / "best.pt", weights_only=False)
+    assert best["best"] == min(r["val_loss"] for r in state["history"])
+
+    _, fresh, _ = _tiny_problem(seed=1)  # other initial weights: all must come from last.pt
+    history = fit(fresh, loss, x, x[:8], settings, tmp_path / "b.csv", tmp_path / "b")
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, uninterrupted[name]), name
+    assert len((tmp_path / "b.csv").read_text().splitlines()) == 5
+
+    # Control: other settings do not resume from that checkpoint, they start afresh.
+    x, other, _ = _tiny_problem()
+    changed = TrainSettings(epochs=4, batch_size=4, learning_rate=2e-2, weight_decay=1e-3)
+    fit(other, loss, x, x[:8], changed, tmp_path / "c.csv", tmp_path / "b")
+    assert not torch.equal(
+        other.state_dict()["encoder.0.weight"], uninterrupted["encoder.0.weight"]
+    )
 
 
 def test_nan_loss_stops_training_with_a_message(tmp_path):
@@ -92,6 +180,17 @@ def test_nan_loss_stops_training_with_a_message(tmp_path):
     settings = TrainSettings(epochs=1, batch_size=4, learning_rate=1e-3, weight_decay=0.0)
     with pytest.raises(TrainingDiverged, match="loss became nan in epoch 1"):
         fit(model, lambda m, b, g: (m(b) - b).square().mean(), x, x, settings, tmp_path / "l.csv")
+
+
+def test_bf16_autocast_trains(tmp_path):
+    x, model, loss = _tiny_problem()
+    settings = TrainSettings(epochs=2, batch_size=8, learning_rate=1e-2, weight_decay=0.0,
+                             precision="bf16")  # fmt: skip
+    history = fit(model, loss, x, x, settings, tmp_path / "l.csv")
+    assert all(np.isfinite(r["train_loss"]) for r in history)
+    assert next(model.parameters()).dtype == torch.float32  # weights stay float32
+    with pytest.raises(ValueError, match="precision"):
+        TrainSettings(epochs=1, batch_size=1, learning_rate=1, weight_decay=0, precision="fp16")
 
 
 def test_checkpoint_rebuilds_a_frozen_model_in_eval_mode(tmp_path):
@@ -117,24 +216,66 @@ def test_checkpoint_rebuilds_a_frozen_model_in_eval_mode(tmp_path):
     torch.testing.assert_close(loaded(x), model(x))
 
 
-def test_train_score_saves_a_window_network(tmp_path):
-    times = np.arange(np.datetime64("2000-01-01"), np.datetime64("2000-01-13")).astype(
-        "datetime64[ns]"
-    )
-    states = torch.randn(12, 2, 8, 16)
-    settings = TrainSettings(epochs=1, batch_size=4, learning_rate=1e-3, weight_decay=0.0)
-    train_score(
-        states,
-        times,
-        states,
-        times,
-        5,
-        {"hidden": [4, 8], "blocks": [1, 1]},
-        settings,
-        tmp_path / "s.pt",
-        tmp_path / "s.csv",
-    )
+def test_train_score_exports_the_best_window_network(tmp_path):
+    train = write_split(tmp_path, "train", days=12, levels=2)
+    validation = write_split(tmp_path, "validation", days=8, levels=2, seed=1)
+    settings = TrainSettings(epochs=2, batch_size=4, learning_rate=1e-3, weight_decay=0.0)
+    train_score(train, validation, "pixel", 5, {"hidden": [4, 8], "blocks": [1, 1]}, settings,
+                tmp_path / "s.pt", tmp_path / "s.csv", metadata={"config": {"a": 1}})  # fmt: skip
     net, meta = load_model(tmp_path / "s.pt")
-    assert meta["window"] == 5 and meta["state_channels"] == 2
+    assert meta["window"] == 5 and meta["state_channels"] == 2 and meta["space"] == "pixel"
+    assert meta["config"] == {"a": 1} and meta["epochs"] == 2 and meta["epoch"] in (1, 2)
+    assert (tmp_path / "checkpoints" / "s" / "last.pt").exists()  # default checkpoint place
     out = net(torch.randn(3, 10, 8, 16), torch.rand(3))
     assert out.shape == (3, 10, 8, 16)
+
+
+@pytest.mark.parametrize("downsample", [1, 2])
+def test_autoencoder_training_and_streamed_encoding(tmp_path, downsample):
+    paths = {
+        "train": write_split(tmp_path, "train", days=10),
+        "validation": write_split(tmp_path, "validation", days=4, seed=1),
+        "test": write_split(tmp_path, "test", days=5, seed=2),
+    }
+    network = {"latent_channels": 2, "hidden": 4, "layers": 3, "kernel_size": 3,
+               "downsample": downsample}  # fmt: skip
+    settings = TrainSettings(epochs=1, batch_size=4, learning_rate=1e-3, weight_decay=0.0)
+    train_autoencoder(paths["train"], paths["validation"], "insitu", network, settings,
+                      tmp_path / "ae.pt", tmp_path / "ae.csv")  # fmt: skip
+    model, meta = load_model(tmp_path / "ae.pt")
+    assert meta["modalities"] == "insitu" and model.downsample == downsample
+    outs = {s: tmp_path / "latents" / f"{s}.nc" for s in paths}
+    encode_splits(tmp_path / "ae.pt", paths, outs, batch_size=3)  # batches straddle the splits
+    for split, path in paths.items():
+        with xr.open_dataset(path) as ds:
+            expected = model.encode(torch.from_numpy(autoencoder_inputs(ds, "insitu"))).numpy()
+        z = xr.open_dataset(outs[split])
+        assert z["z"].shape == (len(expected), 2, 8 // downsample, 16 // downsample)
+        np.testing.assert_allclose(z["z"].values, expected, rtol=1e-5, atol=1e-6)
+        if split == "train":
+            train_z = expected
+        np.testing.assert_allclose(z["z_mean"].values, train_z.mean(axis=(0, 2, 3)), rtol=1e-4,
+                                   atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(z["z_std"].values, train_z.std(axis=(0, 2, 3)) + 1e-6,
+                                   rtol=1e-4)  # fmt: skip
+    windows = window_samples(outs["train"], "latent-insitu", 5)
+    assert windows[0].shape == (10, 8 // downsample, 16 // downsample)
+    assert abs(float(torch.stack([windows[i] for i in range(len(windows))]).mean())) < 0.5
+
+
+def test_two_runs_with_the_same_seed_give_the_same_network(tmp_path):
+    train = write_split(tmp_path, "train", days=10, levels=2)
+    settings = TrainSettings(epochs=2, batch_size=4, learning_rate=1e-3, weight_decay=0.0)
+    network = {"hidden": [4, 8], "blocks": [1, 1]}
+    torch.manual_seed(123)  # whatever the global state before: the seed decides
+    first = train_score(train, train, "pixel", 3, network, settings, tmp_path / "a.pt",
+                        tmp_path / "a.csv")  # fmt: skip
+    torch.manual_seed(456)
+    second = train_score(train, train, "pixel", 3, network, settings, tmp_path / "b.pt",
+                         tmp_path / "b.csv")  # fmt: skip
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    reseeded = TrainSettings(epochs=2, batch_size=4, learning_rate=1e-3, weight_decay=0.0, seed=1)
+    third = train_score(train, train, "pixel", 3, network, reseeded, tmp_path / "c.pt",
+                        tmp_path / "c.csv")  # fmt: skip
+    assert not torch.equal(next(first.parameters()), next(third.parameters()))

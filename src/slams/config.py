@@ -110,6 +110,13 @@ def check_consistency(config: dict) -> None:
             "config error at assimilation.window_days: "
             f"{config['assimilation']['window_days']} is shorter than score.window {window}"
         )
+    factor = config["autoencoder"]["downsample"]
+    if n_lat % factor or n_lon % factor:
+        raise ConfigError(
+            f"config error at autoencoder.downsample: {factor} does not divide the "
+            f"{n_lat} x {n_lon} grid"
+        )
+    grids = {"pixel": (n_lat, n_lon), "latent": (n_lat // factor, n_lon // factor)}
     for space in ("pixel", "latent"):
         net = config["score"][space]
         if len(net["hidden"]) != len(net["blocks"]):
@@ -117,11 +124,12 @@ def check_consistency(config: dict) -> None:
                 f"config error at score.{space}.blocks: {len(net['blocks'])} entries "
                 f"but score.{space}.hidden has {len(net['hidden'])}"
             )
-        factor = 2 ** (len(net["hidden"]) - 1)
-        if n_lat % factor or n_lon % factor:
+        levels = 2 ** (len(net["hidden"]) - 1)
+        height, width = grids[space]
+        if height % levels or width % levels:
             raise ConfigError(
                 f"config error at score.{space}.hidden: {len(net['hidden'])} U-Net levels need "
-                f"grid sides divisible by {factor}, the grid is {n_lat} x {n_lon}"
+                f"grid sides divisible by {levels}, the {space} grid is {height} x {width}"
             )
     for axis, spec in config["assimilation"]["axes"].items():
         for i, value in enumerate(spec["values"]):
@@ -132,16 +140,20 @@ def check_consistency(config: dict) -> None:
                     "a whole number"
                 )
             r = int(params["coarsen"])
-            if n_lat % r or n_lon % r:
-                where = (
-                    f"assimilation.axes.{axis}.values[{i}]"
-                    if axis == "coarsen"
-                    else f"assimilation.axes.{axis}.fixed.coarsen"
-                )
-                raise ConfigError(
-                    f"config error at {where}: coarsening factor {r} does not divide "
-                    f"the {n_lat} x {n_lon} grid"
-                )
+            latent = any(m.startswith("latent-") for m in config["assimilation"]["methods"])
+            checked = [grids["pixel"]] + [grids["latent"]] * latent
+            for height, width in checked:
+                if height % r or width % r:
+                    where = (
+                        f"assimilation.axes.{axis}.values[{i}]"
+                        if axis == "coarsen"
+                        else f"assimilation.axes.{axis}.fixed.coarsen"
+                    )
+                    raise ConfigError(
+                        f"config error at {where}: coarsening factor {r} does not divide "
+                        f"the {height} x {width} grid"
+                        + (" (the latent grid of autoencoder.downsample)" if factor > 1 else "")
+                    )
 
 
 def setting_parameters(config: dict, axis: str, value: float) -> dict[str, float]:

@@ -1,25 +1,35 @@
 """Training of the autoencoders and score networks: one plain PyTorch loop shared by all models.
 
 AdamW, learning rate decayed linearly to zero over all steps, a validation loss every epoch,
-losses per epoch in a CSV, and a checkpoint that rebuilds the model without the config.
+losses per epoch in a CSV, ``last`` and ``best`` checkpoints (model, optimiser, scheduler,
+epoch, RNG states, history) from which a killed job resumes to the same result, and an exported
+model file that rebuilds the network without the config. Data are streamed from the dataset
+store (:class:`slams.data.samples.NetCDFSamples`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
+import json
 import logging
 import math
+import os
+import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from slams.data.samples import NetCDFSamples, file_times
 from slams.diffusion import VPSDE, denoising_loss
 from slams.nn import AutoEncoder, ScoreUNet
 
@@ -31,6 +41,9 @@ MODALITY_VARIABLES = {
     "exsitu": ("olr",),
     "both": ("precip", "olr"),
 }
+LOSS_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "samples_per_s", "seconds"]
+
+LossFn = Callable[[nn.Module, Tensor, torch.Generator], Tensor]
 
 
 class TrainingDiverged(RuntimeError):
@@ -39,12 +52,35 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainSettings:
+    """Optimisation settings (config ``autoencoder.*`` / ``score.*`` and ``training.*``).
+
+    ``precision``: ``fp32`` or ``bf16`` (autocast of the forward pass; weights, optimiser and
+    loss stay float32). ``compile``: ``torch.compile`` the model for the forward pass.
+    ``workers``: DataLoader worker processes (0 reads in the training process).
+    """
+
     epochs: int
     batch_size: int
     learning_rate: float
     weight_decay: float
     seed: int = 0
     device: str = "cpu"
+    precision: str = "fp32"
+    compile: bool = False
+    workers: int = 0
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+
+    def fingerprint(self, **extra) -> str:
+        """What a resumable run must share with the checkpoint it resumes from (everything that
+        changes the result; not the device, workers or compilation)."""
+        keys = asdict(self)
+        for k in ("device", "workers", "compile"):
+            keys.pop(k)
+        text = json.dumps({**keys, **extra}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -56,17 +92,29 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def loader_workers(threads: int, device: str) -> int:
+    """DataLoader workers for a job with ``threads`` cores: on a GPU all but one core read data
+    (the GPU computes); on the CPU the cores compute and the training process reads."""
+    return max(0, int(threads) - 1) if resolve_device(device).type == "cuda" else 0
+
+
+def autoencoder_variables(modalities: str) -> list[str]:
+    """Encoder input variables: temperature, then each modality followed by its validity mask,
+    so that a missing value (filled with 0 in the dataset) is never mistaken for a real zero."""
+    names = ["t"]
+    for var in MODALITY_VARIABLES[modalities]:
+        names += [var, f"{var}_mask"]
+    return names
+
+
 def autoencoder_channels(n_levels: int, modalities: str) -> int:
     """Encoder input channels: temperature levels plus (value, validity mask) per modality."""
     return n_levels + 2 * len(MODALITY_VARIABLES[modalities])
 
 
 def autoencoder_inputs(ds: xr.Dataset, modalities: str) -> np.ndarray:
-    """Stack the encoder input of every day: ``(T, levels + 2 * n_modalities, H, W)`` float32.
-
-    Temperature levels first, then each modality followed by its validity mask, so that a
-    missing value (filled with 0 in the dataset) is never mistaken for a real zero.
-    """
+    """The encoder input of every day of an in-memory split, ``(T, C, H, W)`` float32 (the
+    layout :class:`NetCDFSamples` streams for training)."""
     channels = [ds["t"].transpose("time", "level", "lat", "lon").values]
     for var in MODALITY_VARIABLES[modalities]:
         channels.append(ds[var].transpose("time", "lat", "lon").values[:, None])
@@ -81,109 +129,209 @@ def consecutive_starts(times: np.ndarray, window: int) -> np.ndarray:
     return starts[days[starts + window - 1] - days[starts] == window - 1]
 
 
-class WindowDataset(torch.utils.data.Dataset):
-    """Markov-blanket training windows: ``x[i : i + K]`` stacked on channels, ``(K * C, H, W)``."""
-
-    def __init__(self, states: Tensor, starts: np.ndarray, window: int):
-        self.states, self.starts, self.window = states, starts, window
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def __getitem__(self, i: int) -> Tensor:
-        s = int(self.starts[i])
-        return self.states[s : s + self.window].flatten(0, 1)
+# --------------------------------------------------------------------------- checkpoints
 
 
-def _loader(data, batch_size: int, shuffle: bool, seed: int) -> torch.utils.data.DataLoader:
-    generator = torch.Generator().manual_seed(seed)
+def _save_atomic(obj: dict, path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a kill never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),  # noqa: NPY002 (the global state, whoever uses it)
+        "python": random.getstate(),
+        "noise": generator.get_state(),
+    }
+
+
+def _restore_rng(state: dict, generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    generator.set_state(state["noise"])
+
+
+def _write_losses(path: Path, history: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOSS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def _loader(data, settings: TrainSettings, shuffle: bool, device: torch.device):
+    generator = torch.Generator().manual_seed(settings.seed)
     return torch.utils.data.DataLoader(
-        data, batch_size=batch_size, shuffle=shuffle, generator=generator, drop_last=False
+        data,
+        batch_size=settings.batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=False,
+        num_workers=settings.workers,
+        persistent_workers=settings.workers > 0,
+        pin_memory=device.type == "cuda",
     )
 
 
 def fit(
     model: nn.Module,
-    loss_fn: Callable[[nn.Module, Tensor, torch.Generator], Tensor],
+    loss_fn: LossFn,
     train_data: torch.utils.data.Dataset,
     validation_data: torch.utils.data.Dataset,
     settings: TrainSettings,
     losses_csv: str | Path,
+    checkpoint_dir: str | Path | None = None,
     description: str = "training",
+    export: dict | None = None,
 ) -> list[dict]:
     """Train ``model`` in place and return the history (one dict per epoch).
 
-    ``loss_fn(model, batch, generator)`` returns the scalar loss of a batch; the generator makes
-    the noise of the validation loss identical at every epoch so the curve is comparable.
+    ``loss_fn(model, batch, generator)`` returns the scalar loss of a batch; ``generator``
+    draws the training noise (saved in checkpoints). The validation loss uses its own fixed
+    seed, so the curve is comparable between epochs.
+
+    With ``checkpoint_dir``, ``last.pt`` is written after every epoch and ``best.pt`` whenever
+    the validation loss improves; both hold the model, optimiser, scheduler, epoch, RNG states,
+    history and ``export`` (what :func:`export_model` needs: kind, constructor arguments,
+    metadata). A later call with the same settings and data resumes from ``last.pt`` and ends
+    with the same weights as an uninterrupted run; a ``last.pt`` of different settings is
+    ignored (with a warning) and training starts afresh.
     """
     device = resolve_device(settings.device)
-    torch.manual_seed(settings.seed)
     model.to(device)
+    forward_model = torch.compile(model) if settings.compile else model
     optimiser = torch.optim.AdamW(
         model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
-    train_loader = _loader(train_data, settings.batch_size, True, settings.seed)
-    validation_loader = _loader(validation_data, settings.batch_size, False, settings.seed)
+    train_loader = _loader(train_data, settings, True, device)
+    validation_loader = _loader(validation_data, settings, False, device)
     total_steps = max(1, settings.epochs * len(train_loader))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda step: max(0.0, 1.0 - step / total_steps)
     )
-    train_generator = torch.Generator(device=device).manual_seed(settings.seed + 1)
-    history: list[dict] = []
+    noise = torch.Generator(device=device).manual_seed(settings.seed + 1)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if settings.precision == "bf16"
+        else contextlib.nullcontext()
+    )
+    fingerprint = settings.fingerprint(
+        description=description,
+        train=len(train_data),
+        validation=len(validation_data),
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
     losses_csv = Path(losses_csv)
     losses_csv.parent.mkdir(parents=True, exist_ok=True)
-    with losses_csv.open("w", newline="") as handle:
-        writer = csv.DictWriter(
-            handle, fieldnames=["epoch", "train_loss", "val_loss", "lr", "samples_per_s"]
-        )
-        writer.writeheader()
-        for epoch in range(1, settings.epochs + 1):
-            model.train()
-            start, seen, total = time.perf_counter(), 0, 0.0
-            bar = tqdm(train_loader, desc=f"{description} {epoch}/{settings.epochs}", leave=False)
-            for batch in bar:
-                batch = batch.to(device)
-                loss = loss_fn(model, batch, train_generator)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"{description}: loss became {loss.item()} in epoch {epoch}; "
-                        "lower the learning rate or check the inputs for NaN"
-                    )
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                schedule.step()
-                seen += len(batch)
-                total += loss.item() * len(batch)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            elapsed = time.perf_counter() - start
-            val_loss = evaluate_loss(model, loss_fn, validation_loader, device, settings.seed + 2)
-            row = {
-                "epoch": epoch,
-                "train_loss": total / max(seen, 1),
-                "val_loss": val_loss,
-                "lr": schedule.get_last_lr()[0],
-                "samples_per_s": seen / max(elapsed, 1e-9),
-            }
-            writer.writerow(row)
-            handle.flush()
-            history.append(row)
-            log.info(
-                "%s epoch %d/%d: train %.5f, validation %.5f, %.1f samples/s",
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+
+    history: list[dict] = []
+    best = math.inf
+    first_epoch = 1
+    last_path = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    if last_path is not None and last_path.exists():
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") == fingerprint:
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            schedule.load_state_dict(state["scheduler"])
+            _restore_rng(state["rng"], noise)
+            history, best = state["history"], state["best"]
+            first_epoch = state["epoch"] + 1
+            log.info("%s: resuming after epoch %d from %s", description, state["epoch"], last_path)
+        else:
+            log.warning(
+                "%s: ignoring %s, written with other settings or data; starting afresh",
                 description,
-                epoch,
-                settings.epochs,
-                row["train_loss"],
-                val_loss,
-                row["samples_per_s"],
+                last_path,
             )
+
+    def checkpoint(epoch: int) -> dict:
+        return {
+            "fingerprint": fingerprint,
+            "epoch": epoch,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimiser": optimiser.state_dict(),
+            "scheduler": schedule.state_dict(),
+            "rng": _rng_state(noise),
+            "history": history,
+            "best": best,
+            **(export or {}),
+        }
+
+    for epoch in range(first_epoch, settings.epochs + 1):
+        model.train()
+        train_loader.generator.manual_seed(settings.seed + epoch)  # order fixed by the epoch
+        start, seen, total = time.perf_counter(), 0, 0.0
+        bar = tqdm(train_loader, desc=f"{description} {epoch}/{settings.epochs}", leave=False)
+        for batch in bar:
+            batch = batch.to(device, non_blocking=True)
+            with autocast:
+                loss = loss_fn(forward_model, batch, noise).float()
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{description}: loss became {loss.item()} in epoch {epoch}; "
+                    "lower the learning rate or check the inputs for NaN"
+                )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            seen += len(batch)
+            total += loss.item() * len(batch)
+            rate = seen / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:.1f}")
+        elapsed = time.perf_counter() - start
+        with autocast:
+            val_loss = evaluate_loss(
+                forward_model, loss_fn, validation_loader, device, settings.seed + 2
+            )
+        row = {
+            "epoch": epoch,
+            "train_loss": total / max(seen, 1),
+            "val_loss": val_loss,
+            "lr": schedule.get_last_lr()[0],
+            "samples_per_s": seen / max(elapsed, 1e-9),
+            "seconds": elapsed,
+        }
+        history.append(row)
+        _write_losses(losses_csv, history)
+        log.info(
+            "%s epoch %d/%d: train %.5f, validation %.5f, %.1f samples/s",
+            description,
+            epoch,
+            settings.epochs,
+            row["train_loss"],
+            val_loss,
+            row["samples_per_s"],
+        )
+        # Validation loss selects the best model; without validation windows, the training loss.
+        score = val_loss if math.isfinite(val_loss) else row["train_loss"]
+        improved = score < best
+        best = min(best, score)
+        if checkpoint_dir is not None:
+            state = checkpoint(epoch)
+            if improved:
+                _save_atomic(state, checkpoint_dir / "best.pt")
+            _save_atomic(state, checkpoint_dir / "last.pt")
+    if not history:
+        _write_losses(losses_csv, history)
     return history
 
 
 @torch.no_grad()
 def evaluate_loss(
     model: nn.Module,
-    loss_fn: Callable[[nn.Module, Tensor, torch.Generator], Tensor],
+    loss_fn: LossFn,
     loader: torch.utils.data.DataLoader,
     device: torch.device,
     seed: int,
@@ -193,126 +341,41 @@ def evaluate_loss(
     generator = torch.Generator(device=device).manual_seed(seed)
     total, seen = 0.0, 0
     for batch in loader:
-        batch = batch.to(device)
-        total += loss_fn(model, batch, generator).item() * len(batch)
+        batch = batch.to(device, non_blocking=True)
+        total += loss_fn(model, batch, generator).float().item() * len(batch)
         seen += len(batch)
-    return total / max(seen, 1) if seen else math.nan
+    return total / seen if seen else math.nan
 
 
-# --------------------------------------------------------------------------- autoencoder
-
-
-def autoencoder_loss(n_levels: int) -> Callable[[nn.Module, Tensor, torch.Generator], Tensor]:
-    """Mean squared reconstruction error of the temperature channels (the first ``n_levels``)."""
-
-    def loss(model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
-        return (model(batch) - batch[:, :n_levels]).square().mean()
-
-    return loss
-
-
-def train_autoencoder(
-    train: xr.Dataset,
-    validation: xr.Dataset,
-    modalities: str,
-    network: dict,
-    settings: TrainSettings,
-    model_path: str | Path,
-    losses_csv: str | Path,
-) -> AutoEncoder:
-    """Train the autoencoder of one modality set and save its checkpoint."""
-    n_levels = train.sizes["level"]
-    kwargs = {
-        "in_channels": autoencoder_channels(n_levels, modalities),
-        "out_channels": n_levels,
-        "latent_channels": network["latent_channels"],
-        "hidden": network["hidden"],
-        "layers": network["layers"],
-        "kernel_size": network["kernel_size"],
-    }
-    model = AutoEncoder(**kwargs)
-    fit(
-        model,
-        autoencoder_loss(n_levels),
-        torch.from_numpy(autoencoder_inputs(train, modalities)),
-        torch.from_numpy(autoencoder_inputs(validation, modalities)),
-        settings,
-        losses_csv,
-        description=f"autoencoder-{modalities}",
-    )
-    save_checkpoint(
-        model_path,
-        model,
-        "autoencoder",
-        kwargs,
-        {"modalities": modalities, "levels": train["level"].values.tolist()},
-    )
-    return model
-
-
-# --------------------------------------------------------------------------- score networks
-
-
-def score_loss(sde: VPSDE) -> Callable[[nn.Module, Tensor, torch.Generator], Tensor]:
-    """Denoising score matching ``||eps_phi(mu x + sigma eps, t) - eps||^2``, ``t ~ U(0, 1)``."""
-
-    def loss(model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
-        return denoising_loss(model, batch, sde, generator=generator)
-
-    return loss
-
-
-def train_score(
-    train_states: Tensor,
-    train_times: np.ndarray,
-    validation_states: Tensor,
-    validation_times: np.ndarray,
-    window: int,
-    network: dict,
-    settings: TrainSettings,
-    model_path: str | Path,
-    losses_csv: str | Path,
-    description: str = "score",
-    metadata: dict | None = None,
-) -> ScoreUNet:
-    """Train a score U-Net on Markov-blanket windows of daily states ``(T, C, H, W)``."""
-    channels = train_states.shape[1]
-    kwargs = {
-        "in_channels": window * channels,
-        "hidden": list(network["hidden"]),
-        "blocks": list(network["blocks"]),
-    }
-    model = ScoreUNet(**kwargs)
-    train_data = WindowDataset(train_states, consecutive_starts(train_times, window), window)
-    validation_data = WindowDataset(
-        validation_states, consecutive_starts(validation_times, window), window
-    )
-    fit(model, score_loss(VPSDE()), train_data, validation_data, settings, losses_csv, description)
-    save_checkpoint(
-        model_path,
-        model,
-        "score",
-        kwargs,
-        {"window": window, "state_channels": channels, **(metadata or {})},
-    )
-    return model
-
-
-# --------------------------------------------------------------------------- checkpoints
+# --------------------------------------------------------------------------- model files
 
 _MODELS = {"autoencoder": AutoEncoder, "score": ScoreUNet}
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, kind: str, kwargs: dict, meta: dict):
     """Weights plus everything needed to rebuild the model (class and constructor arguments)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"kind": kind, "kwargs": kwargs, "meta": meta, "state_dict": state}, path)
+    _save_atomic({"kind": kind, "kwargs": kwargs, "meta": meta, "state_dict": state}, Path(path))
+
+
+def export_model(checkpoint_path: str | Path, model_path: str | Path) -> dict:
+    """Write the model file the workflow consumes from a training checkpoint (``best.pt``):
+    kind, constructor arguments, metadata (with the epoch and its losses) and the weights."""
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    epoch = state["epoch"]
+    row = next(r for r in state["history"] if r["epoch"] == epoch)
+    meta = {**state["meta"], "epoch": epoch, "train_loss": row["train_loss"],
+            "val_loss": row["val_loss"], "epochs": len(state["history"])}  # fmt: skip
+    _save_atomic(
+        {"kind": state["kind"], "kwargs": state["kwargs"], "meta": meta,
+         "state_dict": state["model"]},
+        Path(model_path),
+    )  # fmt: skip
+    return meta
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a saved model in eval mode (BatchNorm uses its running statistics)."""
+    """Rebuild a saved model in eval mode (BatchNorm uses its running statistics), frozen."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     model = _MODELS[checkpoint["kind"]](**checkpoint["kwargs"])
     model.load_state_dict(checkpoint["state_dict"])
@@ -322,8 +385,158 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn
     return model, checkpoint["meta"]
 
 
+def _train_and_export(
+    kind: str,
+    kwargs: dict,
+    loss_fn: LossFn,
+    train_data,
+    validation_data,
+    settings: TrainSettings,
+    model_path: str | Path,
+    losses_csv: str | Path,
+    checkpoint_dir: str | Path | None,
+    description: str,
+    meta: dict,
+) -> nn.Module:
+    torch.manual_seed(settings.seed)  # the initial weights are part of the seeded run
+    model = _MODELS[kind](**kwargs)
+    export = {"kind": kind, "kwargs": kwargs, "meta": meta}
+    if checkpoint_dir is None:
+        checkpoint_dir = Path(model_path).parent / "checkpoints" / Path(model_path).stem
+    fit(model, loss_fn, train_data, validation_data, settings, losses_csv, checkpoint_dir,
+        description, export)  # fmt: skip
+    exported = export_model(Path(checkpoint_dir) / "best.pt", model_path)
+    log.info(
+        "%s: exported epoch %d of %d (validation loss %.5f) to %s",
+        description, exported["epoch"], exported["epochs"], exported["val_loss"], model_path,
+    )  # fmt: skip
+    return model
+
+
+# --------------------------------------------------------------------------- autoencoder
+
+
+def autoencoder_loss(n_levels: int) -> LossFn:
+    """Mean squared reconstruction error of the temperature channels (the first ``n_levels``)."""
+
+    def loss(model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
+        return (model(batch).float() - batch[:, :n_levels]).square().mean()
+
+    return loss
+
+
+def day_samples(path: str | Path, modalities: str) -> NetCDFSamples:
+    """Every day of a split file as autoencoder input ``(C, H, W)``, streamed."""
+    with netCDF4.Dataset(str(path)) as ds:
+        n_days = len(ds.dimensions["time"])
+    return NetCDFSamples(path, autoencoder_variables(modalities), np.arange(n_days))
+
+
+def train_autoencoder(
+    train_path: str | Path,
+    validation_path: str | Path,
+    modalities: str,
+    network: dict,
+    settings: TrainSettings,
+    model_path: str | Path,
+    losses_csv: str | Path,
+    checkpoint_dir: str | Path | None = None,
+    metadata: dict | None = None,
+) -> AutoEncoder:
+    """Train the autoencoder of one modality set from the split files; export its model file."""
+    with netCDF4.Dataset(str(train_path)) as ds:
+        levels = ds.variables["level"][:].tolist()
+    train_data = day_samples(train_path, modalities)
+    kwargs = {
+        "in_channels": train_data.channels,
+        "out_channels": len(levels),
+        "latent_channels": network["latent_channels"],
+        "hidden": network["hidden"],
+        "layers": network["layers"],
+        "kernel_size": network["kernel_size"],
+        "downsample": network.get("downsample", 1),
+    }
+    return _train_and_export(
+        "autoencoder",
+        kwargs,
+        autoencoder_loss(len(levels)),
+        train_data,
+        day_samples(validation_path, modalities),
+        settings,
+        model_path,
+        losses_csv,
+        checkpoint_dir,
+        f"autoencoder-{modalities}",
+        {"modalities": modalities, "levels": levels, **(metadata or {})},
+    )
+
+
+# --------------------------------------------------------------------------- score networks
+
+
+def score_loss(sde: VPSDE) -> LossFn:
+    """Denoising score matching ``||eps_phi(mu x + sigma eps, t) - eps||^2``, ``t ~ U(0, 1)``."""
+
+    def loss(model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
+        return denoising_loss(model, batch, sde, generator=generator)
+
+    return loss
+
+
+def window_samples(path: str | Path, space: str, window: int) -> NetCDFSamples:
+    """Markov-blanket windows ``(K * C, H, W)`` of standardised states, streamed: temperature
+    for ``pixel``, latent codes standardised by the training split's ``z_mean``/``z_std``
+    otherwise."""
+    starts = consecutive_starts(file_times(path), window)
+    if space == "pixel":
+        return NetCDFSamples(path, ["t"], starts, window)
+    with netCDF4.Dataset(str(path)) as ds:
+        offset, scale = ds.variables["z_mean"][:], ds.variables["z_std"][:]
+    return NetCDFSamples(path, ["z"], starts, window, offset=offset, scale=scale)
+
+
+def train_score(
+    train_path: str | Path,
+    validation_path: str | Path,
+    space: str,
+    window: int,
+    network: dict,
+    settings: TrainSettings,
+    model_path: str | Path,
+    losses_csv: str | Path,
+    checkpoint_dir: str | Path | None = None,
+    metadata: dict | None = None,
+) -> ScoreUNet:
+    """Train a score U-Net on Markov-blanket windows of daily states; export its model file."""
+    train_data = window_samples(train_path, space, window)
+    if len(train_data) == 0:
+        raise ValueError(f"{train_path} holds no run of {window} consecutive days to train on")
+    kwargs = {
+        "in_channels": window * train_data.channels,
+        "hidden": list(network["hidden"]),
+        "blocks": list(network["blocks"]),
+    }
+    meta = {"window": window, "state_channels": train_data.channels, "space": space}
+    return _train_and_export(
+        "score",
+        kwargs,
+        score_loss(VPSDE()),
+        train_data,
+        window_samples(validation_path, space, window),
+        settings,
+        model_path,
+        losses_csv,
+        checkpoint_dir,
+        f"score-{space}",
+        {**meta, **(metadata or {})},
+    )
+
+
+# --------------------------------------------------------------------------- latents
+
+
 def states_of(ds: xr.Dataset, variables: Sequence[str] = ("t",)) -> Tensor:
-    """Daily states ``(T, C, H, W)`` float32 from named variables of a split file."""
+    """Daily states ``(T, C, H, W)`` float32 from named variables of an in-memory split."""
     arrays = []
     for var in variables:
         da = ds[var]
@@ -331,9 +544,6 @@ def states_of(ds: xr.Dataset, variables: Sequence[str] = ("t",)) -> Tensor:
         values = da.values
         arrays.append(values if values.ndim == 4 else values[:, None])
     return torch.from_numpy(np.concatenate(arrays, axis=1).astype(np.float32))
-
-
-# --------------------------------------------------------------------------- latents
 
 
 @torch.no_grad()
@@ -344,33 +554,71 @@ def encode_splits(
     device: str = "cpu",
     batch_size: int = 64,
 ) -> None:
-    """Encode every day of every split once with the frozen encoder (eval mode).
+    """Encode every day of every split once with the frozen encoder (eval mode), streaming.
 
-    Writes ``z`` ``(time, channel, lat, lon)`` and the per-channel ``z_mean``/``z_std`` of the
-    TRAINING split (the latent score network works on standardised codes) to each output file.
+    Writes ``z`` ``(time, channel, lat, lon)`` batch by batch, then the per-channel
+    ``z_mean``/``z_std`` of the TRAINING split (the latent score network works on standardised
+    codes) into every output file. Memory holds one batch, whatever the number of years.
     """
+    if "train" not in split_paths:
+        raise ValueError("encode_splits needs the train split (its latent statistics)")
     torch_device = resolve_device(device)
     model, meta = load_model(model_path, torch_device)
-    codes = {}
-    for split, path in split_paths.items():
-        with xr.open_dataset(path) as ds:
-            inputs = torch.from_numpy(autoencoder_inputs(ds, meta["modalities"]))
-            z = torch.cat(
-                [model.encode(b.to(torch_device)).cpu() for b in inputs.split(batch_size)]
-            )
-            codes[split] = (ds, z.numpy())
-    train_z = codes["train"][1]
-    z_mean = train_z.mean(axis=(0, 2, 3))
-    z_std = train_z.std(axis=(0, 2, 3)) + 1e-6
-    for split, (ds, z) in codes.items():
-        out = xr.Dataset(
-            {
-                "z": (("time", "channel", "lat", "lon"), z.astype(np.float32)),
-                "z_mean": (("channel",), z_mean.astype(np.float32)),
-                "z_std": (("channel",), z_std.astype(np.float32)),
-            },
-            coords={"time": ds["time"], "lat": ds["lat"], "lon": ds["lon"]},
-            attrs={"modalities": meta["modalities"], "encoder": str(model_path)},
-        )
-        Path(out_paths[split]).parent.mkdir(parents=True, exist_ok=True)
-        out.to_netcdf(out_paths[split])
+    total = total_sq = count = None
+    ordered = ["train"] + [s for s in split_paths if s != "train"]
+    for split in ordered:
+        samples = day_samples(split_paths[split], meta["modalities"])
+        out_path = Path(out_paths[split])
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+        with xr.open_dataset(split_paths[split]) as ds:
+            coords = xr.Dataset(coords={"time": ds["time"], "lat": ds["lat"], "lon": ds["lon"]})
+            coords.to_netcdf(tmp, engine="netcdf4")
+        try:
+            with netCDF4.Dataset(str(tmp), "a") as out:
+                out.setncattr("modalities", meta["modalities"])
+                out.setncattr("encoder", str(model_path))
+                z_var = None
+                index = 0
+                for start in range(0, len(samples), batch_size):
+                    days = min(batch_size, len(samples) - start)
+                    x = torch.from_numpy(samples.read(start, days)).to(torch_device)
+                    z = model.encode(x).float().cpu().numpy()
+                    if z_var is None:
+                        out.createDimension("channel", z.shape[1])
+                        lat, lon = out.dimensions["lat"].size, out.dimensions["lon"].size
+                        if z.shape[2:] != (lat, lon):
+                            # A downsampling encoder: the latent grid is coarser.
+                            lat_name, lon_name = "latent_lat", "latent_lon"
+                            out.createDimension(lat_name, z.shape[2])
+                            out.createDimension(lon_name, z.shape[3])
+                        else:
+                            lat_name, lon_name = "lat", "lon"
+                        z_var = out.createVariable(
+                            "z", "f4", ("time", "channel", lat_name, lon_name),
+                            chunksizes=(1, *z.shape[1:]),
+                        )  # fmt: skip
+                        z_var.long_name = "latent code of the frozen encoder"
+                    z_var[index : index + days] = z
+                    index += days
+                    if split == "train":
+                        flat = z.astype(np.float64).transpose(1, 0, 2, 3).reshape(z.shape[1], -1)
+                        if total is None:
+                            total = np.zeros(z.shape[1])
+                            total_sq = np.zeros(z.shape[1])
+                            count = 0
+                        total += flat.sum(1)
+                        total_sq += np.square(flat).sum(1)
+                        count += flat.shape[1]
+                samples.close()
+            os.replace(tmp, out_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    z_mean = total / count
+    z_std = np.sqrt(np.maximum(total_sq / count - z_mean**2, 0.0)) + 1e-6
+    for split in ordered:
+        with netCDF4.Dataset(str(out_paths[split]), "a") as out:
+            for name, values in (("z_mean", z_mean), ("z_std", z_std)):
+                var = out.createVariable(name, "f4", ("channel",))
+                var[:] = values.astype(np.float32)

@@ -27,3 +27,24 @@ def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
+
+
+def train_settings(smk, optimisation: dict):
+    """:class:`slams.train.TrainSettings` of a training rule: the model's optimisation keys, the
+    shared ``training`` section, the device and seed, DataLoader workers from the rule's
+    threads (which are also torch's compute threads)."""
+    from slams.train import TrainSettings, loader_workers
+
+    set_threads(smk.threads)
+    device = smk.params.device
+    return TrainSettings(
+        epochs=optimisation["epochs"],
+        batch_size=optimisation["batch_size"],
+        learning_rate=optimisation["learning_rate"],
+        weight_decay=optimisation["weight_decay"],
+        seed=smk.params.seed,
+        device=device,
+        precision=smk.params.training_options["precision"],
+        compile=smk.params.training_options["compile"],
+        workers=loader_workers(smk.threads, device),
+    )

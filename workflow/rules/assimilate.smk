@@ -13,7 +13,7 @@ rule assimilate:
         f"{BENCHMARKS}/assimilate/{{method}}/{{axis}}-{{value}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 1
+    threads: config["resources"]["assimilate_threads"]
     resources:
         **gpu_resources("assimilate"),
     params:

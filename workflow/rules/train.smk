@@ -2,7 +2,10 @@
 
 
 rule train_autoencoder:
-    """Encoder (temperature + modalities) -> latent -> decoder (temperature)."""
+    """Encoder (temperature + modalities) -> latent -> decoder (temperature).
+
+    Checkpoints (last and best epoch) go to models/checkpoints/; a killed job resumes from them.
+    """
     input:
         train=DATASET.format(split="train"),
         validation=DATASET.format(split="validation"),
@@ -15,11 +18,13 @@ rule train_autoencoder:
         f"{BENCHMARKS}/train_autoencoder/{{modalities}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: config["resources"]["train_threads"]
     resources:
         **gpu_resources("train"),
     params:
         network=config["autoencoder"],
+        training_options=config["training"],
+        checkpoints=lambda wc: CHECKPOINTS.format(model=f"autoencoder-{wc.modalities}"),
         device=config["device"],
         seed=config["seed"],
     script:
@@ -39,7 +44,7 @@ rule encode:
         f"{BENCHMARKS}/encode/{{modalities}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: config["resources"]["assimilate_threads"]
     resources:
         **gpu_resources("assimilate"),
     params:
@@ -61,12 +66,14 @@ rule train_score:
         f"{BENCHMARKS}/train_score/{{space}}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: config["resources"]["train_threads"]
     resources:
         **gpu_resources("train"),
     params:
         network=lambda wc: config["score"]["pixel" if wc.space == "pixel" else "latent"],
         training=config["score"],
+        training_options=config["training"],
+        checkpoints=lambda wc: CHECKPOINTS.format(model=f"score-{wc.space}"),
         device=config["device"],
         seed=config["seed"],
     script:

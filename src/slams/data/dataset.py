@@ -101,13 +101,37 @@ def _check_same_grid(arrays: list[xr.DataArray]) -> None:
                 )
 
 
-def _mean_std(values: np.ndarray, axis: tuple[int, ...] | None = None) -> tuple:
-    """Mean and population std over the finite values, accumulated in float64."""
-    mean = np.nanmean(values, axis=axis, dtype=np.float64)
-    std = np.nanstd(values, axis=axis, dtype=np.float64)
-    if np.any(std == 0) or not np.all(np.isfinite(std)):
-        raise ValueError("a variable has no variance (or no valid values) in the training years")
-    return mean, std
+class _Moments:
+    """Count, mean and sum of squared deviations of the finite values, added block by block.
+
+    Each block contributes its own mean and squared deviations (float64); blocks are merged
+    with the pairwise update of Chan et al.: ``delta = mean_b - mean``,
+    ``M2 += M2_b + delta^2 n n_b / (n + n_b)``. The result equals ``nanmean``/``nanstd``
+    (population) over all blocks at once, without holding them together.
+    """
+
+    def __init__(self):
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        finite = values[np.isfinite(values)].astype(np.float64)
+        if finite.size == 0:
+            return
+        mean = finite.mean()
+        m2 = np.sum((finite - mean) ** 2)
+        count = self.count + finite.size
+        delta = mean - self.mean
+        self.m2 += m2 + delta**2 * self.count * finite.size / count
+        self.mean += delta * finite.size / count
+        self.count = count
+
+    def mean_std(self) -> tuple[float, float]:
+        std = float(np.sqrt(self.m2 / self.count)) if self.count else float("nan")
+        if not self.count or std == 0 or not np.isfinite(std):
+            raise ValueError(
+                "a variable has no variance (or no valid values) in the training years"
+            )
+        return float(self.mean), std
 
 
 def _transform_precip(precip: np.ndarray, transform: str) -> np.ndarray:
@@ -115,20 +139,74 @@ def _transform_precip(precip: np.ndarray, transform: str) -> np.ndarray:
     return np.log1p(np.clip(precip, 0.0, None)) if transform == "log1p" else precip
 
 
-def _compute_stats(
-    t: xr.DataArray, precip: xr.DataArray, olr: xr.DataArray, transform: str, years: tuple
-) -> dict:
-    """Statistics of the training arrays: per level for t, over valid points for precip/olr."""
-    t_mean, t_std = _mean_std(t.values, axis=(0, 2, 3))
-    p_mean, p_std = _mean_std(_transform_precip(precip.values, transform))
-    o_mean, o_std = _mean_std(olr.values)
-    return {
-        "t": {"mean": t_mean.tolist(), "std": t_std.tolist()},
-        "precip": {"mean": float(p_mean), "std": float(p_std), "transform": transform},
-        "olr": {"mean": float(o_mean), "std": float(o_std)},
-        "levels": [float(level) for level in t["level"].values],
-        "train_years": [int(years[0]), int(years[1])],
-    }
+class _TrainingSums:
+    """Everything the training years contribute, accumulated one year at a time.
+
+    Per-level moments of ``t``, moments of transformed ``precip`` and of ``olr`` over their
+    valid points, and the normal equations ``G = D^T D``, ``R = D^T x`` of the harmonic
+    climatology fit (``D`` the design of :func:`_harmonic_design`, ``x`` every grid value of
+    ``t``), so that memory holds one year, not sixteen.
+    """
+
+    def __init__(self, transform: str):
+        self.transform = transform
+        self.t = self.precip = self.olr = None
+        self.gram = self.rhs = None
+        self.template: xr.DataArray | None = None
+
+    def add(self, t: xr.DataArray, precip: xr.DataArray, olr: xr.DataArray) -> None:
+        if self.t is None:
+            self.t = [_Moments() for _ in range(t.sizes["level"])]
+            self.precip, self.olr = _Moments(), _Moments()
+            self.gram = np.zeros((1 + 2 * HARMONICS,) * 2)
+            self.rhs = np.zeros((1 + 2 * HARMONICS, int(np.prod(t.shape[1:]))))
+            self.template = t.isel(time=0, drop=True)
+        for level, moments in enumerate(self.t):  # a level at a time bounds float64 copies
+            moments.add(t.values[:, level])
+        self.precip.add(_transform_precip(precip.values, self.transform))
+        self.olr.add(olr.values)
+        design = _harmonic_design(t.indexes["time"].day_of_year.to_numpy())
+        self.gram += design.T @ design
+        values = t.values.reshape(t.sizes["time"], -1)
+        for start in range(0, values.shape[1], 2**16):
+            block = values[:, start : start + 2**16].astype(np.float64)
+            self.rhs[:, start : start + 2**16] += design.T @ block
+
+    def stats(self, years: tuple) -> dict:
+        """The stats.json content: per-level t, precip (transformed) and olr mean and std."""
+        t_mean, t_std = (np.array(v) for v in zip(*(m.mean_std() for m in self.t), strict=True))
+        p_mean, p_std = self.precip.mean_std()
+        o_mean, o_std = self.olr.mean_std()
+        return {
+            "t": {"mean": t_mean.tolist(), "std": t_std.tolist()},
+            "precip": {"mean": float(p_mean), "std": float(p_std), "transform": self.transform},
+            "olr": {"mean": float(o_mean), "std": float(o_std)},
+            "levels": [float(level) for level in self.template["level"].values],
+            "train_years": [int(years[0]), int(years[1])],
+        }
+
+    def climatology(self) -> xr.DataArray:
+        """Harmonic fit of the training ``t`` in K, on dayofyear 1..366 (see the module doc)."""
+        dayofyear = np.arange(1, 367)
+        evaluate = _harmonic_design(dayofyear)
+        fitted = np.empty((366, self.rhs.shape[1]), np.float32)
+        for start in range(0, self.rhs.shape[1], 2**16):  # bounds the float64 temporaries
+            block = np.linalg.solve(self.gram, self.rhs[:, start : start + 2**16])
+            fitted[:, start : start + 2**16] = evaluate @ block
+        t = self.template
+        return xr.DataArray(
+            fitted.reshape(366, *t.shape),
+            dims=("dayofyear", "level", "lat", "lon"),
+            coords={"dayofyear": dayofyear, "level": t["level"], "lat": t["lat"], "lon": t["lon"]},
+            name="t",
+            attrs={
+                "units": "K",
+                "long_name": "temperature climatology of the training years",
+                "method": (
+                    f"least-squares fit of mean + {HARMONICS} annual harmonics per grid point"
+                ),
+            },
+        )
 
 
 def _normalised_split(
@@ -165,40 +243,138 @@ def _harmonic_design(dayofyear: np.ndarray) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
-def _climatology(t: xr.DataArray) -> xr.DataArray:
-    """Harmonic fit of the training ``t`` (time, level, lat, lon) in K, on dayofyear 1..366."""
-    design = _harmonic_design(t.indexes["time"].day_of_year.to_numpy())
-    values = t.values.reshape(t.sizes["time"], -1)
-    dayofyear = np.arange(1, 367)
-    # Normal equations, solved block by block of grid points to bound float64 temporaries.
-    gram, evaluate = design.T @ design, _harmonic_design(dayofyear)
-    fitted = np.empty((366, values.shape[1]), np.float32)
-    for start in range(0, values.shape[1], 2**16):
-        block = values[:, start : start + 2**16].astype(np.float64)
-        fitted[:, start : start + 2**16] = evaluate @ np.linalg.solve(gram, design.T @ block)
-    fitted = fitted.reshape(366, *t.shape[1:])
-    return xr.DataArray(
-        fitted,
-        dims=("dayofyear", "level", "lat", "lon"),
-        coords={"dayofyear": dayofyear, "level": t["level"], "lat": t["lat"], "lon": t["lon"]},
-        name="t",
-        attrs={
-            "units": "K",
-            "long_name": "temperature climatology of the training years",
-            "method": f"least-squares fit of mean + {HARMONICS} annual harmonics per grid point",
-        },
-    )
+# Normalised temperature/OLR are incompressible noise to zlib (slow, ~10 % smaller);
+# masks and zero-filled precip compress well.
+_COMPRESSED = ("precip", "precip_mask", "olr_mask")
 
 
 def _write(ds: xr.Dataset, path: Path) -> None:
-    # Normalised temperature/OLR are incompressible noise to zlib (slow, ~10 % smaller);
-    # masks and zero-filled precip compress well.
     encoding = {
-        name: {"zlib": True, "complevel": 1}
-        for name in ds.data_vars
-        if name.endswith("_mask") or name == "precip"
+        name: {"zlib": True, "complevel": 1} for name in ds.data_vars if name in _COMPRESSED
     }
     ds.to_netcdf(path, engine="netcdf4", format="NETCDF4", encoding=encoding)
+
+
+def _write_split(path: Path, dates: pd.DatetimeIndex, blocks, attrs: dict) -> None:
+    """Write the normalised split ``path`` from ``blocks`` (datasets of consecutive days).
+
+    The file is laid out as xarray would write the whole split at once (same variables,
+    dims, attributes, ``time`` as days since the first date), filled one block at a time.
+    """
+    import netCDF4
+
+    nc = None
+    start = 0
+    try:
+        for block in blocks:
+            if nc is None:
+                nc = netCDF4.Dataset(path, "w", format="NETCDF4")
+                nc.setncatts(attrs)
+                nc.createDimension("time", len(dates))
+                for dim in ("level", "lat", "lon"):
+                    nc.createDimension(dim, block.sizes[dim])
+                time_var = nc.createVariable("time", "i8", ("time",))
+                time_var.units = f"days since {dates[0]:%Y-%m-%d} 00:00:00"
+                time_var.calendar = "proleptic_gregorian"
+                time_var[:] = np.asarray((dates - dates[0]) // pd.Timedelta("1D"))
+                for dim in ("level", "lat", "lon"):
+                    var = nc.createVariable(dim, "f8", (dim,), fill_value=np.nan)
+                    var.setncatts(block[dim].attrs)
+                    var[:] = block[dim].values
+                for name, da in block.data_vars.items():
+                    compressed = name in _COMPRESSED
+                    var = nc.createVariable(
+                        name,
+                        "f4",
+                        da.dims,
+                        fill_value=np.nan,
+                        zlib=compressed,
+                        complevel=1 if compressed else None,
+                        chunksizes=(1, *da.shape[1:]) if compressed else None,
+                        contiguous=not compressed,
+                    )
+                    var.setncatts(da.attrs)
+            if not block.indexes["time"].equals(dates[start : start + block.sizes["time"]]):
+                raise ValueError(f"{path.name}: blocks do not follow the split's dates")
+            for name, da in block.data_vars.items():
+                nc[name][start : start + block.sizes["time"]] = da.values
+            start += block.sizes["time"]
+    finally:
+        if nc is not None:
+            nc.close()
+    if start != len(dates):
+        raise ValueError(f"{path.name}: wrote {start} of {len(dates)} days")
+
+
+def describe_dates(dates: pd.DatetimeIndex, limit: int = 5) -> str:
+    """Dates as compact ranges: ``2001-01-01..2001-01-03, 2001-03-05, and 2 more ranges``."""
+    dates = pd.DatetimeIndex(dates).sort_values()
+    if len(dates) == 0:
+        return "none"
+    breaks = np.flatnonzero(np.diff(dates.values) != np.timedelta64(1, "D")) + 1
+    runs = np.split(np.arange(len(dates)), breaks)
+    parts = []
+    for run in runs[:limit]:
+        first, last = dates[run[0]].date(), dates[run[-1]].date()
+        parts.append(str(first) if first == last else f"{first}..{last}")
+    if len(runs) > limit:
+        parts.append(f"and {len(runs) - limit} more ranges")
+    return ", ".join(parts)
+
+
+def report_missing_dates(
+    files: list[_Files], splits: dict[str, tuple[int, int]]
+) -> pd.DatetimeIndex:
+    """The dates every variable holds; log what is missing, per variable and per split.
+
+    Nothing is filled: a day that one source lacks (a gap in the OLR record, a late CPC file)
+    is left out of every split, and each variable's missing days of the split years are
+    reported with ``logging.warning`` as ranges, so that a gap is seen, not silently absorbed.
+    """
+    every = [f.all_dates() for f in files]
+    common = every[0].intersection(every[1]).intersection(every[2]).sort_values()
+    union = every[0].union(every[1]).union(every[2])
+    dropped = union.difference(common)
+    if len(dropped):
+        logger.warning(
+            "dropping %d dates not present in all of t, precip and olr (%s ... %s)",
+            len(dropped),
+            dropped[0].date(),
+            dropped[-1].date(),
+        )
+    calendar = pd.DatetimeIndex(
+        np.concatenate(
+            [
+                pd.date_range(f"{first}-01-01", f"{last}-12-31", freq="D").values
+                for first, last in splits.values()
+            ]
+        )
+    ).sort_values()
+    for f, dates in zip(files, every, strict=True):
+        missing = calendar.difference(dates)
+        if len(missing):
+            logger.warning(
+                "'%s' lacks %d of the %d days of the split years: %s (left out, not filled)",
+                f.name,
+                len(missing),
+                len(calendar),
+                describe_dates(missing),
+            )
+    for name, (first, last) in splits.items():
+        days = calendar[(calendar.year >= first) & (calendar.year <= last)]
+        used = common[(common.year >= first) & (common.year <= last)]
+        if len(used) < len(days):
+            logger.warning(
+                "split '%s' (%d-%d): %d of %d days have all three variables",
+                name,
+                first,
+                last,
+                len(used),
+                len(days),
+            )
+        else:
+            logger.info("split '%s' (%d-%d): all %d days present", name, first, last, len(days))
+    return common
 
 
 def build_dataset(
@@ -213,8 +389,10 @@ def build_dataset(
 
     splits: e.g. ``{"train": (2000, 2002), "validation": (2003, 2003), "test": (2004, 2004)}``,
     inclusive years, no overlap, "train" required. Only dates present in all three variables
-    are used (the others are reported with ``logging.warning``); a split without dates raises.
-    Statistics and climatology come from the training years only.
+    are used (the others are reported with ``logging.warning``, per variable and split, see
+    :func:`report_missing_dates`; nothing is filled); a split without dates raises.
+    Statistics and climatology come from the training years only. Memory holds one year of
+    the three variables at a time (two passes: statistics, then the normalised splits).
     """
     if precip_transform not in TRANSFORMS:
         raise ValueError(f"precip_transform '{precip_transform}' unknown: use one of {TRANSFORMS}")
@@ -224,40 +402,47 @@ def build_dataset(
         _Files.index(precip_paths, "precip"),
         _Files.index(olr_paths, "olr"),
     ]
-    every = [f.all_dates() for f in files]
-    common = every[0].intersection(every[1]).intersection(every[2]).sort_values()
-    union = every[0].union(every[1]).union(every[2])
-    dropped = union.difference(common)
-    if len(dropped):
-        logger.warning(
-            "dropping %d dates not present in all of t, precip and olr (%s ... %s)",
-            len(dropped),
-            dropped[0].date(),
-            dropped[-1].date(),
-        )
+    common = report_missing_dates(files, splits)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stats = None
-    # Train first: its statistics normalise every split.
-    for name in ["train", *(s for s in splits if s != "train")]:
+
+    def years_of(name: str):
+        """(t, precip, olr) of the split's common dates, one calendar year at a time."""
         first, last = splits[name]
         dates = common[(common.year >= first) & (common.year <= last)]
         if len(dates) == 0:
             raise ValueError(
                 f"split '{name}' ({first}-{last}) has no dates common to t, precip and olr"
             )
-        t, precip, olr = (f.load(dates) for f in files)
-        _check_same_grid([t, precip, olr])
-        if stats is None:
-            stats = _compute_stats(t, precip, olr, precip_transform, (first, last))
-            (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-            _write(_climatology(t).to_dataset(), out_dir / "climatology.nc")
-        elif [float(level) for level in t["level"].values] != stats["levels"]:
-            raise ValueError(f"split '{name}' has levels {t['level'].values}, train has others")
-        ds = _normalised_split(t, precip, olr, stats)
-        ds.attrs = {"split": name, "years": f"{first}-{last}"}
-        _write(ds, out_dir / f"{name}.nc")
+        for year in np.unique(dates.year):
+            arrays = [f.load(dates[dates.year == year]) for f in files]
+            _check_same_grid(arrays)
+            yield arrays
+
+    # Pass 1, training years: statistics and climatology, accumulated year by year.
+    sums = _TrainingSums(precip_transform)
+    for t, precip, olr in years_of("train"):
+        sums.add(t, precip, olr)
+    stats = sums.stats(splits["train"])
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    _write(sums.climatology().to_dataset(), out_dir / "climatology.nc")
+
+    # Pass 2, every split: normalised with the training statistics, written year by year.
+    for name in ["train", *(s for s in splits if s != "train")]:
+        first, last = splits[name]
+
+        def blocks(name=name):
+            for t, precip, olr in years_of(name):
+                if [float(level) for level in t["level"].values] != stats["levels"]:
+                    raise ValueError(
+                        f"split '{name}' has levels {t['level'].values}, train has others"
+                    )
+                yield _normalised_split(t, precip, olr, stats)
+
+        dates = common[(common.year >= first) & (common.year <= last)]
+        attrs = {"split": name, "years": f"{first}-{last}"}
+        _write_split(out_dir / f"{name}.nc", dates, blocks(), attrs)
 
 
 def load_stats(path: str | Path) -> dict:
