@@ -118,7 +118,7 @@ def test_latent_grid_of_a_downsampling_autoencoder_is_checked(paper, schema):
     config["assimilation"]["axes"]["coarsen"]["values"] = [4, 12, 20]
     validate_config(copy.deepcopy(config), schema)
     config["assimilation"]["methods"] = ["pixel", "climatology"]  # no latent method: r = 8 fine
-    config["assimilation"]["axes"]["coarsen"]["values"] = [4, 8]
+    config["assimilation"]["axes"]["coarsen"]["values"] = [4, 8, 20]
     validate_config(config, schema)
 
 

@@ -4,9 +4,17 @@ import logging
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import xarray as xr
 
-from slams.data.dataset import build_dataset, denormalise_t, load_stats, normalise_t
+from slams.data.dataset import (
+    build_dataset,
+    climatology_of,
+    from_anomaly,
+    load_stats,
+    noise_to_state_units,
+    to_anomaly,
+)
 from slams.data.regrid import regrid_file
 from slams.data.synthetic import write_synthetic
 from slams.grid import target_grid
@@ -110,16 +118,34 @@ def test_normalised_train_has_zero_mean_unit_std_per_level(built):
     assert stats["precip"]["mean"] == pytest.approx(np.nanmean(np.log1p(raw)), rel=1e-5)
 
 
-def test_denormalise_recovers_kelvin(built):
+def test_anomalies_invert_to_kelvin(built):
     root, paths = built
     stats = load_stats(root / "out" / "stats.json")
     test = xr.open_dataset(root / "out" / "test.nc")
-    kelvin = denormalise_t(test["t"], stats)
-    original = open_inputs(paths, "t", test["time"])
-    assert np.allclose(kelvin, original, atol=1e-3)
-    numpy = denormalise_t(test["t"].values, stats)  # level axis -3
-    assert np.allclose(numpy, original.values, atol=1e-3)
-    assert np.allclose(normalise_t(original.values, stats), test["t"].values, atol=1e-5)
+    clim = climatology_of(xr.open_dataset(root / "out" / "climatology.nc"), test["time"])
+    assert clim.dims == ("time", "level", "lat", "lon")
+    original = open_inputs(paths, "t", test["time"]).transpose("time", "level", "lat", "lon")
+    kelvin = from_anomaly(test["t"].values, clim.values, stats)  # level axis -3
+    assert np.allclose(kelvin, original.values, atol=1e-3)
+    assert np.allclose(to_anomaly(original, clim, stats), test["t"].values, atol=1e-5)
+    torch_kelvin = from_anomaly(torch.from_numpy(test["t"].values), torch.from_numpy(clim.values),
+                                stats)  # fmt: skip
+    assert np.allclose(torch_kelvin.numpy(), original.values, atol=1e-3)
+
+
+def test_anomaly_std_is_the_spread_about_the_climatology(built):
+    root, paths = built
+    stats = load_stats(root / "out" / "stats.json")
+    train = xr.open_dataset(root / "out" / "train.nc")
+    clim = climatology_of(xr.open_dataset(root / "out" / "climatology.nc"), train["time"])
+    raw = open_inputs(paths, "t", train["time"]).transpose("time", "level", "lat", "lon")
+    expected = (raw - clim.values).std(("time", "lat", "lon")).values
+    np.testing.assert_allclose(stats["t"]["anomaly_std"], expected, rtol=1e-4)
+    assert all(a < s for a, s in zip(stats["t"]["anomaly_std"], stats["t"]["std"], strict=True))
+    # noise given in the full field's standardised units keeps its variance in kelvin
+    variance = noise_to_state_units(0.1, stats)
+    in_kelvin = variance[:, 0, 0] * np.square(stats["t"]["anomaly_std"])
+    np.testing.assert_allclose(in_kelvin, 0.1 * np.square(stats["t"]["std"]))
 
 
 def test_masks_match_missing_values_and_fill_is_zero(built):
@@ -210,3 +236,25 @@ def test_missing_days_are_reported_per_variable_and_split_never_filled(tmp_path,
     assert "'t' lacks" not in caplog.text and "'precip' lacks" not in caplog.text
     assert "split 'train' (2000-2002): 1093 of 1096 days have all three variables" in caplog.text
     assert "split 'test' (2004-2004): all 366 days present" in caplog.text
+
+
+def test_splits_are_read_one_year_at_a_time(built, tmp_path, monkeypatch):
+    """Memory holds a year, not a split: no read asks for more than one year's days."""
+    from slams.data import dataset
+
+    _, paths = built
+    load, sizes = dataset._Files.load, []
+
+    def recording(self, dates):
+        sizes.append((self.name, len(dates), len(set(dates.year))))
+        return load(self, dates)
+
+    monkeypatch.setattr(dataset._Files, "load", recording)
+    build_dataset(paths["t"], paths["precip"], paths["olr"], tmp_path / "out", SPLITS)
+    assert max(n for _, n, _ in sizes) <= 366 and {y for _, _, y in sizes} == {1}
+    # Two passes over the 3 training years (statistics, then the split), one over the others.
+    assert sum(name == "t" for name, _, _ in sizes) == 3 + 3 + 1 + 1
+    xr.testing.assert_equal(
+        xr.open_dataset(tmp_path / "out" / "train.nc"),
+        xr.open_dataset(built[0] / "out" / "train.nc"),
+    )

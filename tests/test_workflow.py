@@ -40,8 +40,9 @@ def job_counts(output: str) -> dict[str, int]:
 def test_demo_dry_run_lists_every_job(root, tmp_path):
     result = snakemake(root, tmp_path, "-n", "--configfile", str(root / "presets/demo.yaml"))
     counts = job_counts(result.stdout)
-    # 6 methods x (3 + 3 + 3) settings, 3 sources x 5 years, 4 modality sets, 1 + 4 score nets
-    assert counts["assimilate"] == 6 * 9
+    # 7 methods x (3 + 3 + 3) settings, 3 sources x 5 years, 4 modality sets, 1 + 4 score nets
+    assert counts["assimilate"] == 7 * 9
+    assert counts["oi_background"] == 1
     assert counts["regrid"] == 15
     assert counts["train_autoencoder"] == 4 and counts["encode"] == 4
     assert counts["train_score"] == 5
@@ -95,6 +96,7 @@ def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
         "latent-insitu",
         "latent-exsitu",
         "latent-both",
+        "oi",
         "climatology",
     }
     assert set(scores["axis"]) == {"coarsen", "noise", "gap"}
@@ -119,3 +121,19 @@ def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
         assert figure.stat().st_size > 10_000
     assert (out / "logs" / "dataset.log").exists()
     assert (out / "benchmarks" / "evaluate.tsv").exists()
+    oi = xr.open_dataset(out / "analysis" / "oi" / "coarsen-2.nc")
+    assert oi.sizes["member"] == 2 and np.isfinite(oi["analysis"]).all()
+    # pixel and oi assimilate the very same observations
+    pixel = xr.open_dataset(out / "analysis" / "pixel" / "coarsen-2.nc")
+    xr.testing.assert_identical(oi["observation"], pixel["observation"])
+
+    # Changing a sampler setting reruns only the diffusion analyses (and what reads them),
+    # not the climatology or OI ones, nor any training.
+    overlay = tmp_path / "steps.yaml"
+    overlay.write_text("assimilation:\n  sampler:\n    steps: 5\n")
+    result = snakemake(root, tmp_path, "-n", "--configfile", str(root / "presets/smoke.yaml"),
+                       str(overlay))  # fmt: skip
+    counts = job_counts(result.stdout)
+    n_settings = len(list((out / "analysis" / "pixel").glob("*.nc")))
+    assert counts["assimilate"] == 5 * n_settings  # pixel + 4 latent sets
+    assert "train_score" not in counts and "oi_background" not in counts

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 MIN_OBSERVATION_VARIANCE = 1e-3
 
 
+DIFFUSION_METHODS = ("pixel", "latent-none", "latent-insitu", "latent-exsitu", "latent-both")
+
+
 @dataclass
 class SamplerSettings:
     """Reverse-SDE sampler and likelihood guidance (config ``assimilation.sampler``).
@@ -53,7 +56,7 @@ class SamplerSettings:
         if self.guidance not in ("sda", "mmps"):
             raise ValueError(f"guidance must be 'sda' or 'mmps', got {self.guidance!r}")
 
-    def make_guidance(self, observe, y: Tensor, variance: float):
+    def make_guidance(self, observe, y: Tensor, variance: Tensor | float):
         if self.guidance == "mmps":
             return MomentMatchingGuidance(observe, y, variance, cg_iterations=self.cg_iterations)
         return GaussianGuidance(observe, y, variance, gamma=self.gamma)
@@ -95,12 +98,21 @@ def window_slices(n_days: int, window_days: int, min_days: int) -> list[slice]:
 
 
 def make_observations(
-    states: Tensor, measurement: Measurement, generator: torch.Generator
+    states: Tensor,
+    measurement: Measurement,
+    generator: torch.Generator,
+    variance: Tensor | float | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Observed-day mask ``(T,)`` and noisy observations ``A(x) + e`` of the observed days."""
+    """Observed-day mask ``(T,)`` and noisy observations ``A(x) + e`` of the observed days.
+
+    ``variance`` (default ``measurement.noise``) may be per channel, broadcastable to one
+    day's observation ``(C, h, w)``, e.g. ``(C, 1, 1)``.
+    """
     observed = observed_days(states.shape[0], measurement.every)
-    y = measurement.operator().noisy(states[observed], generator=generator)
-    return observed, y
+    variance = measurement.noise if variance is None else variance
+    clean = measurement.operator()(states[observed])
+    noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
+    return observed, clean + torch.as_tensor(variance, dtype=clean.dtype).sqrt() * noise
 
 
 def assimilate_states(
@@ -115,16 +127,21 @@ def assimilate_states(
     generator: torch.Generator,
     device: torch.device,
     progress: bool = True,
+    variance: Tensor | float | None = None,
 ) -> Tensor:
     """Sample ``members`` analyses of the whole period, window by window.
 
     ``observed`` ``(T,)`` bool, ``y`` ``(n_observed, C, h, w)``; returns ``(M, T, C, H, W)``.
+    ``variance``: the observation-error variance the guidance assumes (default
+    ``measurement.noise``; per channel as ``(C, 1, 1)``), floored at 1e-3.
     Each window is one batched guided sampling of ``(M, L, C, H, W)``; a window without any
     observed day is sampled from the prior alone.
     """
     sde = VPSDE()
     operator = measurement.operator()
-    variance = max(measurement.noise, MIN_OBSERVATION_VARIANCE)
+    if variance is None:
+        variance = measurement.noise
+    variance = torch.as_tensor(variance, dtype=torch.float32).clamp(min=MIN_OBSERVATION_VARIANCE)
     n_days = observed.shape[0]
     obs_index = torch.cumsum(observed.long(), 0) - 1  # position of each observed day in y
     pieces = []
@@ -140,7 +157,7 @@ def assimilate_states(
             def observe(x: Tensor, local: Tensor = local) -> Tensor:
                 return operator(x[:, local])
 
-            guidance = settings.make_guidance(observe, y_window, variance)
+            guidance = settings.make_guidance(observe, y_window, variance.to(device))
 
             def eps_fn(x: Tensor, t: Tensor, guidance=guidance) -> Tensor:
                 return guidance.guided_eps(denoiser, x, t, sde)
@@ -240,25 +257,41 @@ def run_method(
     """Assimilate the test period with one method in one ablation setting.
 
     ``paths`` holds ``test``, ``stats``, ``climatology`` and, by method, ``score``,
-    ``autoencoder`` and ``latents`` (the workflow's input files).
+    ``autoencoder`` and ``latents`` (diffusion methods) or ``background`` (``oi``).
+
+    The pixel state is the standardised anomaly about the day-of-year climatology; its
+    observation noise variance is given in the paper's units (the full field standardised per
+    level) and converted per level, so that the noise in kelvin is the paper's. ``pixel`` and
+    ``oi`` see the very same observations (same seed). Latent methods observe the standardised
+    latent code, with the variance in its units, as the paper does.
     """
-    from slams.baselines import climatology_analysis
-    from slams.data.dataset import denormalise_t, load_stats
+    from slams.baselines import Background, OptimalInterpolation
+    from slams.data.dataset import climatology_of, from_anomaly, load_stats, noise_to_state_units
     from slams.train import load_model, resolve_device, states_of
 
     torch_device = resolve_device(device)
     measurement = Measurement.from_params(measurement_params)
-    sampler = SamplerSettings(**assimilation["sampler"])
-    members = int(assimilation["members"])
+    sampler = SamplerSettings(**assimilation.get("sampler", {}))
+    members = int(assimilation.get("members", 1))
+    window_days = int(assimilation.get("window_days", 0))
     stats = load_stats(paths["stats"])
     test = _select_period(xr.open_dataset(paths["test"]), assimilation.get("period"))
-    truth_k = denormalise_t(test["t"], stats).transpose("time", "level", "lat", "lon")
-    t_norm = states_of(test, ["t"])
-    grid = tuple(t_norm.shape[-2:])
+    with xr.open_dataset(paths["climatology"]) as climatology:
+        clim_k = climatology_of(climatology, test["time"]).values  # (T, L, H, W)
+    x_true = states_of(test, ["t"])
+    truth_k = (
+        test["t"]
+        .transpose("time", "level", "lat", "lon")
+        .copy(data=from_anomaly(x_true.numpy(), clim_k, stats))
+    )
+    grid = tuple(x_true.shape[-2:])
 
-    observed, y_pixel = make_observations(t_norm, measurement, torch.Generator().manual_seed(seed))
-    observation_k = denormalise_t(
-        upsample_observations(observed, y_pixel, measurement, grid).numpy(), stats
+    pixel_variance = torch.from_numpy(noise_to_state_units(measurement.noise, stats)).float()
+    observed, y_pixel = make_observations(
+        x_true, measurement, torch.Generator().manual_seed(seed), pixel_variance
+    )
+    observation_k = from_anomaly(
+        upsample_observations(observed, y_pixel, measurement, grid).numpy(), clim_k, stats
     )
 
     attrs = {
@@ -270,38 +303,50 @@ def run_method(
         "noise_variance": measurement.noise,
         "observe_every_days": measurement.every,
         "members": members,
-        "window_days": int(assimilation["window_days"]),
-        "steps": sampler.steps,
-        "corrections": sampler.corrections,
-        "gamma": sampler.gamma,
-        "tau": sampler.tau,
-        "guidance": sampler.guidance,
-        "cg_iterations": sampler.cg_iterations if sampler.guidance == "mmps" else 0,
         "seed": seed,
-        "noise_units": "variance in standardised units of the observed space",
+        "noise_units": (
+            "variance in standardised units of the observed space (pixel: the full field "
+            "standardised per level, as in the paper; latent: the standardised latent code)"
+        ),
+        "state": "standardised anomaly about the day-of-year climatology of the training years",
     }
+    if method in DIFFUSION_METHODS:
+        attrs.update(
+            window_days=window_days,
+            steps=sampler.steps,
+            corrections=sampler.corrections,
+            tau=sampler.tau,
+            gamma=sampler.gamma if sampler.guidance == "sda" else 0.0,
+            guidance=sampler.guidance,
+            cg_iterations=sampler.cg_iterations if sampler.guidance == "mmps" else 0,
+        )
     generator = torch.Generator(device=torch_device).manual_seed(seed + 1)
     if method == "climatology":
-        analysis_k = climatology_analysis(xr.open_dataset(paths["climatology"]), test["time"])
-        analysis_k = analysis_k.transpose("time", "level", "lat", "lon").values[None]
+        analysis_k = clim_k[None]
         attrs["members"] = 1
+    elif method == "oi":
+        background = Background.load(paths["background"])
+        operator = measurement.operator()
+        diagonal = operator(background.residual[None])[0] / measurement.coarsen**2
+        variance = pixel_variance.clamp(min=MIN_OBSERVATION_VARIANCE)
+        oi = OptimalInterpolation(background, operator, diagonal, variance)
+        cpu = torch.Generator().manual_seed(seed + 1)
+        analysis = background.sample(members * len(observed), cpu).reshape(
+            members, len(observed), *background.residual.shape
+        )
+        if observed.any():
+            analysis[:, observed] = oi.ensemble(y_pixel, members, cpu)
+        analysis_k = from_anomaly(analysis.numpy(), clim_k, stats)
+        attrs["background_rank"] = int(background.variances.shape[0])
+        attrs["unobserved_days"] = "background: climatology, members drawn from B"
     elif method == "pixel":
         net, _ = load_model(paths["score"], torch_device)
         denoiser = MarkovBlanketDenoiser(net, window=window)
         analysis = assimilate_states(
-            denoiser,
-            observed,
-            y_pixel,
-            measurement,
-            tuple(t_norm.shape[1:]),
-            members,
-            int(assimilation["window_days"]),
-            sampler,
-            generator,
-            torch_device,
-            progress,
-        )
-        analysis_k = denormalise_t(analysis.numpy(), stats)
+            denoiser, observed, y_pixel, measurement, tuple(x_true.shape[1:]), members,
+            window_days, sampler, generator, torch_device, progress, variance=pixel_variance,
+        )  # fmt: skip
+        analysis_k = from_anomaly(analysis.numpy(), clim_k, stats)
     elif method.startswith("latent-"):
         latents = _select_period(xr.open_dataset(paths["latents"]), assimilation.get("period"))
         z_mean = torch.from_numpy(latents["z_mean"].values)[:, None, None]
@@ -314,28 +359,38 @@ def run_method(
         autoencoder, _ = load_model(paths["autoencoder"], torch_device)
         denoiser = MarkovBlanketDenoiser(net, window=window)
         z_analysis = assimilate_states(
-            denoiser,
-            observed_z,
-            y_latent,
-            measurement,
-            tuple(z.shape[1:]),
-            members,
-            int(assimilation["window_days"]),
-            sampler,
-            generator,
-            torch_device,
-            progress,
-        )
+            denoiser, observed_z, y_latent, measurement, tuple(z.shape[1:]), members,
+            window_days, sampler, generator, torch_device, progress,
+        )  # fmt: skip
         z_analysis = z_analysis * z_std + z_mean
         with torch.no_grad():
             decoded = torch.stack(
                 [autoencoder.decode(member.to(torch_device)).cpu() for member in z_analysis]
             )
-        analysis_k = denormalise_t(decoded.numpy(), stats)
+        analysis_k = from_anomaly(decoded.numpy(), clim_k, stats)
         attrs["latent_channels"] = int(z.shape[1])
+        attrs["latent_grid"] = "x".join(str(n) for n in z.shape[-2:])
     else:
         raise ValueError(f"unknown method {method!r}")
     log.info("%s %s-%s: %d members x %d days", method, axis, value, *analysis_k.shape[:2])
     return analysis_dataset(
         np.asarray(analysis_k), truth_k, np.asarray(observation_k), observed.numpy(), attrs
     )
+
+
+def background_of(train_path: str, rank: int, seed: int = 0, progress: bool = True):
+    """The OI background covariance of the training anomalies (see :mod:`slams.baselines`),
+    streamed from the training split."""
+    from slams.baselines import estimate_background
+    from slams.data.samples import NetCDFSamples
+
+    samples = NetCDFSamples(train_path, ["t"], np.arange(0))
+    n_days = samples.n_days
+    shape = (samples.channels, *samples.grid)
+
+    def days():
+        for start in range(0, n_days, 64):
+            count = min(64, n_days - start)
+            yield torch.from_numpy(samples.read(start, count))
+
+    return estimate_background(days, n_days, shape, rank, seed=seed, progress=progress)

@@ -155,6 +155,23 @@ def check_consistency(config: dict) -> None:
                         + (" (the latent grid of autoencoder.downsample)" if factor > 1 else "")
                     )
 
+    grid = {f"{axis}-{value}" for axis, value in settings(config)}
+    for name, cell in config["assimilation"]["cases"].items():
+        if cell not in grid:
+            raise ConfigError(
+                f"config error at assimilation.cases.{name}: {cell} is not a cell of the "
+                f"ablation grid ({', '.join(sorted(grid))})"
+            )
+
+
+def cases(config: dict) -> dict[str, tuple[str, str]]:
+    """Named cells of the ablation grid: ``{"ideal": ("coarsen", "4"), ...}``."""
+    named = {}
+    for name, cell in config["assimilation"]["cases"].items():
+        axis, value = cell.split("-", 1)
+        named[name] = (axis, format_value(float(value)))
+    return named
+
 
 def setting_parameters(config: dict, axis: str, value: float) -> dict[str, float]:
     """Measurement parameters of one ablation setting: the axis value over the axis' fixed values.

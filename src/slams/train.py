@@ -132,8 +132,9 @@ def consecutive_starts(times: np.ndarray, window: int) -> np.ndarray:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _save_atomic(obj: dict, path: Path) -> None:
+def _save_atomic(obj: dict, path: str | Path) -> None:
     """``torch.save`` to a temporary name, then rename: a kill never leaves half a file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp)

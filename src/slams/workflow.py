@@ -21,6 +21,14 @@ def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO)
     )
     logging.captureWarnings(True)
 
+    def log_uncaught(kind, error, traceback):
+        # the job's log file then ends with the error (and its traceback), not only stderr
+        logging.getLogger("slams").error(
+            "%s: %s", kind.__name__, error, exc_info=(kind, error, traceback)
+        )
+
+    sys.excepthook = log_uncaught
+
 
 def set_threads(threads: int) -> None:
     """Use exactly the cores Snakemake gave the job (torch defaults to all of the machine's)."""

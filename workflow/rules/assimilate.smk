@@ -18,9 +18,34 @@ rule assimilate:
         **gpu_resources("assimilate"),
     params:
         measurement=measurement,
-        assimilation=config["assimilation"],
-        window=config["score"]["window"],
+        assimilation=assimilation_params,
+        window=lambda wc: (
+            config["score"]["window"] if wc.method not in ("oi", "climatology") else 0
+        ),
         device=config["device"],
         seed=config["seed"],
     script:
         "../scripts/assimilate.py"
+
+
+rule oi_background:
+    """Background covariance of optimal interpolation: EOFs of the training anomalies."""
+    input:
+        train=DATASET.format(split="train"),
+    output:
+        OI_BACKGROUND,
+    log:
+        f"{LOGS}/oi_background.log",
+    benchmark:
+        f"{BENCHMARKS}/oi_background.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=60,
+    params:
+        rank=config["assimilation"]["oi"]["rank"],
+        seed=config["seed"],
+    script:
+        "../scripts/oi_background.py"

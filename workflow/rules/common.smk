@@ -45,6 +45,7 @@ AUTOENCODER_LOSSES = f"{RESULTS}/models/autoencoder-{{modalities}}-losses.csv"
 LATENTS = f"{RESULTS}/latents/{{modalities}}/{{split}}.nc"
 SCORE_NET = f"{RESULTS}/models/score-{{space}}.pt"
 CHECKPOINTS = f"{RESULTS}/models/checkpoints/{{model}}"
+OI_BACKGROUND = f"{RESULTS}/models/oi-background.pt"
 SCORE_LOSSES = f"{RESULTS}/models/score-{{space}}-losses.csv"
 ANALYSIS = f"{RESULTS}/analysis/{{method}}/{{axis}}-{{value}}.nc"
 SCORES = f"{RESULTS}/scores.csv"
@@ -74,7 +75,7 @@ wildcard_constraints:
     split="train|validation|test",
     modalities="none|insitu|exsitu|both",
     space=r"pixel|latent-(none|insitu|exsitu|both)",
-    method=r"pixel|latent-(none|insitu|exsitu|both)|climatology",
+    method=r"pixel|latent-(none|insitu|exsitu|both)|oi|climatology",
     axis="coarsen|noise|gap",
     value=r"[0-9.]+",
 
@@ -99,6 +100,21 @@ def gpu_resources(kind):
     return resources
 
 
+def assimilation_params(wildcards):
+    """The part of the assimilation config a method uses: a change elsewhere (another method's
+    settings) does not rerun its analyses (Snakemake's params rerun trigger)."""
+    section = config["assimilation"]
+    method = wildcards.method
+    params = {"period": section["period"]}
+    if method != "climatology":
+        params["members"] = section["members"]
+    if method == "oi":
+        params["oi"] = section["oi"]
+    elif method != "climatology":
+        params.update(window_days=section["window_days"], sampler=section["sampler"])
+    return params
+
+
 def analysis_inputs(wildcards):
     """The trained networks and data an analysis needs, by method."""
     method = wildcards.method
@@ -109,6 +125,8 @@ def analysis_inputs(wildcards):
     }
     if method == "pixel":
         inputs["score"] = SCORE_NET.format(space="pixel")
+    elif method == "oi":
+        inputs["background"] = OI_BACKGROUND
     elif method.startswith("latent-"):
         modalities = method.removeprefix("latent-")
         inputs["score"] = SCORE_NET.format(space=method)

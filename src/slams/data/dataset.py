@@ -4,10 +4,15 @@ Inputs are the regridded per-year files (``t`` (time, level, lat, lon) in K, ``p
 (time, lat, lon) in mm/day, ``olr`` (time, lat, lon) in W m-2, all on one target grid).
 Outputs in ``out_dir``:
 
-- ``{split}.nc``: float32 ``t`` normalised per level, ``x_n = (x - mean_level) / std_level``;
+- ``{split}.nc``: float32 ``t`` as standardised anomalies,
+  ``x_n = (x - climatology(dayofyear)) / anomaly_std_level`` (beyond the paper, which
+  standardises the full field: the prior then learns departures from the seasonal cycle, and
+  where observations say little its samples fall back on the climatology);
   ``precip`` as ``(log1p(p) - mean) / std`` and ``olr`` as ``(o - mean) / std``, each with NaN
   replaced by 0.0 and a ``precip_mask`` / ``olr_mask`` (1 valid, 0 missing).
-- ``stats.json``: the means and stds, from the training years only.
+- ``stats.json``: the means and stds, from the training years only; ``t.mean``/``t.std`` of
+  the full field per level (the paper's standardisation, in which observation noise variances
+  are given) and ``t.anomaly_std`` per level (the state's scale).
 - ``climatology.nc``: ``t`` in K with dims (dayofyear=1..366, level, lat, lon), the least-squares
   fit ``c_0 + sum_{k=1..3} a_k cos(k theta) + b_k sin(k theta)``,
   ``theta = 2 pi (dayofyear - 1) / 365.25``, to the training days at each grid point (the
@@ -160,6 +165,8 @@ class _TrainingSums:
             self.precip, self.olr = _Moments(), _Moments()
             self.gram = np.zeros((1 + 2 * HARMONICS,) * 2)
             self.rhs = np.zeros((1 + 2 * HARMONICS, int(np.prod(t.shape[1:]))))
+            self.sumsq = np.zeros(int(np.prod(t.shape[1:])))
+            self.days = 0
             self.template = t.isel(time=0, drop=True)
         for level, moments in enumerate(self.t):  # a level at a time bounds float64 copies
             moments.add(t.values[:, level])
@@ -171,6 +178,8 @@ class _TrainingSums:
         for start in range(0, values.shape[1], 2**16):
             block = values[:, start : start + 2**16].astype(np.float64)
             self.rhs[:, start : start + 2**16] += design.T @ block
+            self.sumsq[start : start + 2**16] += np.square(block).sum(axis=0)
+        self.days += t.sizes["time"]
 
     def stats(self, years: tuple) -> dict:
         """The stats.json content: per-level t, precip (transformed) and olr mean and std."""
@@ -178,12 +187,37 @@ class _TrainingSums:
         p_mean, p_std = self.precip.mean_std()
         o_mean, o_std = self.olr.mean_std()
         return {
-            "t": {"mean": t_mean.tolist(), "std": t_std.tolist()},
+            "t": {
+                "mean": t_mean.tolist(),
+                "std": t_std.tolist(),
+                "anomaly_std": self.anomaly_std().tolist(),
+            },
             "precip": {"mean": float(p_mean), "std": float(p_std), "transform": self.transform},
             "olr": {"mean": float(o_mean), "std": float(o_std)},
             "levels": [float(level) for level in self.template["level"].values],
             "train_years": [int(years[0]), int(years[1])],
         }
+
+    def anomaly_std(self) -> np.ndarray:
+        """Per-level standard deviation of ``t`` about its harmonic climatology (training days).
+
+        At the least-squares fit ``beta = G^-1 R`` the residual sum of squares of a grid point
+        is ``sum x^2 - beta^T R``; it is summed over the level's points.
+        """
+        levels = self.template.sizes["level"]
+        residual = np.empty(self.rhs.shape[1])
+        for start in range(0, self.rhs.shape[1], 2**16):
+            rhs = self.rhs[:, start : start + 2**16]
+            beta = np.linalg.solve(self.gram, rhs)
+            residual[start : start + 2**16] = self.sumsq[start : start + 2**16] - (beta * rhs).sum(
+                0
+            )
+        per_level = np.maximum(residual, 0.0).reshape(levels, -1).sum(1)
+        points = residual.size // levels
+        std = np.sqrt(per_level / (self.days * points))
+        if not np.all(std > 0):
+            raise ValueError("temperature anomalies have zero variance at some level")
+        return std
 
     def climatology(self) -> xr.DataArray:
         """Harmonic fit of the training ``t`` in K, on dayofyear 1..366 (see the module doc)."""
@@ -210,12 +244,12 @@ class _TrainingSums:
 
 
 def _normalised_split(
-    t: xr.DataArray, precip: xr.DataArray, olr: xr.DataArray, stats: dict
+    t: xr.DataArray, precip: xr.DataArray, olr: xr.DataArray, stats: dict, clim: xr.DataArray
 ) -> xr.Dataset:
     """Normalised float32 dataset with NaN -> 0 fill and validity masks for precip and olr."""
     if t.isnull().any():
         raise ValueError("temperature has missing values: ERA5 t must be complete")
-    data = {"t": normalise_t(t, stats).astype(np.float32)}
+    data = {"t": to_anomaly(t, climatology_of(clim, t["time"]), stats).astype(np.float32)}
     transform = stats["precip"]["transform"]
     for name, values in (
         ("precip", _transform_precip(precip.values, transform)),
@@ -226,8 +260,12 @@ def _normalised_split(
         data[name] = (("time", "lat", "lon"), np.where(valid, normalised, 0.0).astype(np.float32))
         data[f"{name}_mask"] = (("time", "lat", "lon"), valid.astype(np.float32))
     ds = xr.Dataset(data, coords={"time": t["time"], "lat": t["lat"], "lon": t["lon"]})
-    for name in ("t", "precip", "olr"):
+    for name in ("precip", "olr"):
         ds[name].attrs = {"units": "1", "normalisation": "(x - mean) / std, see stats.json"}
+    ds["t"].attrs = {
+        "units": "1",
+        "normalisation": "(t - climatology(dayofyear)) / anomaly_std, see stats.json",
+    }
     ds["precip"].attrs["transform"] = transform
     for name in ("precip_mask", "olr_mask"):
         ds[name].attrs = {"units": "1", "long_name": "1 where observed, 0 where missing"}
@@ -426,7 +464,8 @@ def build_dataset(
         sums.add(t, precip, olr)
     stats = sums.stats(splits["train"])
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    _write(sums.climatology().to_dataset(), out_dir / "climatology.nc")
+    climatology = sums.climatology()
+    _write(climatology.to_dataset(), out_dir / "climatology.nc")
 
     # Pass 2, every split: normalised with the training statistics, written year by year.
     for name in ["train", *(s for s in splits if s != "train")]:
@@ -438,7 +477,7 @@ def build_dataset(
                     raise ValueError(
                         f"split '{name}' has levels {t['level'].values}, train has others"
                     )
-                yield _normalised_split(t, precip, olr, stats)
+                yield _normalised_split(t, precip, olr, stats, climatology)
 
         dates = common[(common.year >= first) & (common.year <= last)]
         attrs = {"split": name, "years": f"{first}-{last}"}
@@ -485,3 +524,44 @@ def denormalise_t(x, stats: dict):
     """``x std_level + mean_level`` (kelvin) for xarray (dim "level"), numpy or torch (axis -3)."""
     mean, std = _level_stats(x, stats)
     return x * std + mean
+
+
+def climatology_of(climatology: xr.DataArray, times) -> xr.DataArray:
+    """The climatology (K) of each day of ``times``: ``(time, level, lat, lon)``."""
+    times = pd.DatetimeIndex(np.asarray(times))
+    doy = xr.DataArray(times.day_of_year.to_numpy(), dims="time", coords={"time": times})
+    if isinstance(climatology, xr.Dataset):
+        climatology = climatology["t"]
+    return climatology.sel(dayofyear=doy).drop_vars("dayofyear")
+
+
+def _anomaly_std(x, stats: dict):
+    std = np.asarray(stats["t"]["anomaly_std"], dtype=np.float64)
+    if isinstance(x, xr.DataArray):
+        return xr.DataArray(std, dims="level").astype(x.dtype)
+    std = std[:, None, None]
+    if hasattr(x, "new_tensor"):
+        return x.new_tensor(std)
+    return std.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float64)
+
+
+def to_anomaly(t_k, climatology_k, stats: dict):
+    """Kelvin -> the state: ``(t - climatology) / anomaly_std_level`` (level axis -3 or dim)."""
+    if isinstance(t_k, xr.DataArray):
+        t_k = t_k.transpose("time", "level", "lat", "lon")
+        climatology_k = climatology_k.transpose(*t_k.dims).values
+        return (t_k - climatology_k) / _anomaly_std(t_k, stats).values[:, None, None]
+    return (t_k - climatology_k) / _anomaly_std(t_k, stats)
+
+
+def from_anomaly(x, climatology_k, stats: dict):
+    """The state -> kelvin: ``x anomaly_std_level + climatology`` (numpy or torch, axis -3)."""
+    return x * _anomaly_std(x, stats) + climatology_k
+
+
+def noise_to_state_units(variance: float, stats: dict) -> np.ndarray:
+    """An observation-noise variance given in the paper's units (the full field standardised
+    per level) in the state's units, per level: ``variance (std_level / anomaly_std_level)^2``,
+    so that the noise in kelvin is the paper's. Shape ``(levels, 1, 1)``."""
+    ratio = np.asarray(stats["t"]["std"]) / np.asarray(stats["t"]["anomaly_std"])
+    return (variance * ratio**2)[:, None, None]

@@ -1,0 +1,9 @@
+"""Rule oi_background: the static background covariance of optimal interpolation."""
+
+from slams.assimilate import background_of
+from slams.workflow import set_threads, setup_logging
+
+setup_logging(snakemake.log[0])
+set_threads(snakemake.threads)
+background = background_of(snakemake.input.train, snakemake.params.rank, snakemake.params.seed)
+background.save(snakemake.output[0])
