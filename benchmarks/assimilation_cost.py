@@ -1,0 +1,68 @@
+"""Seconds per analysed day per member of each assimilation method, from a finished run.
+
+Reads Snakemake's per-job benchmark files (``results/<name>/benchmarks/assimilate/<method>/
+<setting>.tsv``: wall seconds, peak memory) and the analysis files (members, days), and prints a
+markdown table per method (median over the ablation settings) and the pixel / latent ratio.
+Usage::
+
+    python benchmarks/assimilation_cost.py [results/demo]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import xarray as xr
+
+
+def costs(run: Path) -> pd.DataFrame:
+    rows = []
+    for tsv in sorted((run / "benchmarks" / "assimilate").glob("*/*.tsv")):
+        method, setting = tsv.parent.name, tsv.stem
+        analysis = run / "analysis" / method / f"{setting}.nc"
+        if not analysis.exists():
+            continue
+        bench = pd.read_csv(tsv, sep="\t")
+        with xr.open_dataset(analysis) as ds:
+            members, days = ds.sizes["member"], ds.sizes["time"]
+        seconds = float(bench["s"].iloc[-1])
+        rows.append(
+            {
+                "method": method,
+                "setting": setting,
+                "seconds": seconds,
+                "members": members,
+                "days": days,
+                "s_per_day_member": seconds / (members * days),
+                "max_rss_mb": float(bench["max_rss"].iloc[-1]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def main() -> None:
+    run = Path(sys.argv[1] if len(sys.argv) > 1 else "results/demo")
+    table = costs(run)
+    if table.empty:
+        raise SystemExit(f"no assimilation benchmarks under {run}/benchmarks/assimilate")
+    summary = table.groupby("method").agg(
+        jobs=("setting", "size"),
+        members=("members", "first"),
+        days=("days", "first"),
+        seconds_median=("seconds", "median"),
+        s_per_day_member=("s_per_day_member", "median"),
+        max_rss_mb=("max_rss_mb", "max"),
+        total_s=("seconds", "sum"),
+    )
+    print(f"run {run}: {len(table)} analyses, {table['seconds'].sum():.0f} s of job time\n")
+    print(summary.to_markdown(floatfmt=".3g"))
+    latent = summary.loc[summary.index.str.startswith("latent-"), "s_per_day_member"]
+    if "pixel" in summary.index and len(latent):
+        ratio = summary.loc["pixel", "s_per_day_member"] / latent.median()
+        print(f"\npixel / latent (median over the latent sets), s per day per member: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
