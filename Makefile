@@ -12,7 +12,7 @@ PIP_EXTRA ?=
 CORES ?= all
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint dry-run clean-demo help
+.PHONY: demo test lint dry-run clean-demo help report
 
 help:
 	@sed -n '1,4p' Makefile
@@ -34,6 +34,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --configfile presets/demo.yaml
+
+# Self-contained HTML report of a finished demo run: figures, captions, tables, config.
+report: $(STAMP)
+	$(BIN)/snakemake --report results/demo/report.html --configfile presets/demo.yaml
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile presets/demo.yaml

@@ -490,6 +490,8 @@ def test_paper_dry_run_lists_the_download_jobs(root, tmp_path):
     # the paper's grid: 7 methods x (5 coarsen + 5 noise + 4 gap) settings
     assert counts["assimilate"] == 7 * 14 and counts["oi_background"] == 1
     assert counts["train_autoencoder"] == counts["encode"] == 4 and counts["train_score"] == 5
+    assert counts["case_figure"] == 4  # figures 3-6
+    assert counts["total"] == 537  # the README's table
 
 
 def test_real_source_rules_fetch_extract_and_regrid_from_a_local_server(root, server, tmp_path):

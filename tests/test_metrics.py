@@ -16,6 +16,7 @@ from slams.metrics import (
     rank_histogram_analysis,
     rmse,
     score_analysis,
+    spread,
     spread_skill,
     wasserstein,
 )
@@ -233,12 +234,6 @@ def test_crps_large_ensemble_approaches_gaussian_closed_form():
     assert result == pytest.approx(expected, rel=0.02)
 
 
-def test_crps_needs_two_members():
-    truth = field(np.zeros(grid_shape(1)))
-    with pytest.raises(ValueError, match="at least 2 members"):
-        crps(truth, field(np.zeros((1, *grid_shape(1))), member=True))
-
-
 # --------------------------------------------------------------------------- spread / skill
 
 
@@ -348,10 +343,16 @@ def test_score_analysis_columns_rows_and_metrics():
     )
 
 
-def test_score_analysis_single_member_skips_ensemble_metrics():
-    table = score_analysis(analysis_dataset(n_members=1), observed_only=False)
-    assert set(table["metric"]) == {"wasserstein", "wasserstein_normalised", "rmse", "bias"}
-    assert len(table) == 4 * len(LEVELS)
+def test_score_analysis_single_member_skips_spread_skill():
+    ds = analysis_dataset(n_members=1)
+    table = score_analysis(ds, observed_only=False)
+    metrics = {"wasserstein", "wasserstein_normalised", "rmse", "bias", "crps"}
+    assert set(table["metric"]) == metrics
+    assert len(table) == len(metrics) * len(LEVELS)
+    # one member: the CRPS of a point forecast, its mean absolute error (>= bias, <= rmse)
+    by_key = table.set_index(["metric", "level"])["score"]
+    for level in LEVELS:
+        assert abs(by_key["bias", level]) <= by_key["crps", level] <= by_key["rmse", level]
 
 
 def test_score_analysis_observed_only_uses_observed_days():
@@ -374,3 +375,82 @@ def test_rank_histogram_analysis_table():
     assert len(table) == len(LEVELS) * 4
     per_level = table.groupby("level")["count"].sum()
     assert (per_level == 6 * LAT.size * LON.size).all()
+
+
+# --------------------------------------------------------------------------- against `scores`
+# The same arrays through a maintained verification library (scores, Bureau of Meteorology):
+# fair CRPS, RMSE and mean error with area weights, and rank histograms.
+
+
+def library_case(seed: int = 12, n_members: int = 5):
+    rng = np.random.default_rng(seed)
+    truth = field(rng.normal(size=(3, 2, LAT.size, LON.size)), n_levels=2)
+    analysis = field(
+        rng.normal(0.3, 1.5, size=(n_members, 3, 2, LAT.size, LON.size)), member=True, n_levels=2
+    )
+    weights = xr.DataArray(expected_weights(), dims="lat", coords={"lat": LAT})
+    return truth, analysis, weights
+
+
+def test_crps_rmse_bias_match_scores_library():
+    probability = pytest.importorskip("scores.probability")
+    continuous = pytest.importorskip("scores.continuous")
+    truth, analysis, weights = library_case()
+    kwargs = {"preserve_dims": ["level"], "weights": weights}
+    expected = probability.crps_for_ensemble(analysis, truth, "member", method="fair", **kwargs)
+    np.testing.assert_allclose(crps(truth, analysis).values, expected.values, rtol=1e-10)
+    mean = analysis.mean("member")
+    expected = continuous.rmse(mean, truth, **kwargs)
+    np.testing.assert_allclose(rmse(truth, analysis).values, expected.values, rtol=1e-10)
+    expected = continuous.mean_error(mean, truth, **kwargs)
+    np.testing.assert_allclose(bias(truth, analysis).values, expected.values, rtol=1e-10)
+
+
+def test_rank_histogram_matches_scores_library_frequencies():
+    probability = pytest.importorskip("scores.probability")
+    truth, analysis, _ = library_case(seed=13, n_members=4)
+    counts = rank_histogram(truth, analysis)
+    assert counts.dims == ("level", "rank")
+    expected = probability.rank_histogram(analysis, truth, "member", preserve_dims=["level"])
+    # scores ranks 1..M+1 and shares ties; continuous data have none
+    frequency = counts / counts.sum("rank")
+    np.testing.assert_allclose(
+        frequency.transpose("level", "rank").values,
+        expected.transpose("level", "rank").values,
+        rtol=1e-12,
+    )
+
+
+# --------------------------------------------------------------------------- spread, M = 1 CRPS
+
+
+def test_spread_hand_case_and_map():
+    # Members {0, 2}: s^2 = 2 (ddof=1); corrected spread sqrt(3/2) * sqrt(2) = sqrt(3).
+    members = np.zeros((2, *grid_shape(3)))
+    members[1] = 2.0
+    analysis = field(members, member=True)
+    assert float(spread(analysis)) == pytest.approx(math.sqrt(3.0))
+    assert float(spread(analysis, corrected=False)) == pytest.approx(math.sqrt(2.0))
+    per_point = spread(analysis, dims=("time",))
+    assert per_point.dims == ("lat", "lon")
+    np.testing.assert_allclose(per_point.values, math.sqrt(3.0))
+    with pytest.raises(ValueError, match="at least 2 members"):
+        spread(field(members[:1], member=True))
+
+
+def test_spread_skill_is_spread_over_rmse():
+    truth, analysis = synthetic_ensemble(n_members=3, member_scale=0.7, seed=14, n_time=4)
+    ratio = float(spread_skill(truth, analysis))
+    assert ratio == pytest.approx(float(spread(analysis) / rmse(truth, analysis)), rel=1e-12)
+    # the correction is sqrt((M+1)/M) with M = 3, not e.g. sqrt(M/(M-1))
+    uncorrected = float(spread(analysis, corrected=False) / rmse(truth, analysis))
+    assert ratio / uncorrected == pytest.approx(math.sqrt(4 / 3), rel=1e-12)
+
+
+def test_crps_of_one_member_is_area_weighted_mean_absolute_error():
+    truth = field(np.zeros(grid_shape(2)))
+    error = np.zeros((1, *grid_shape(2)))
+    error[0, :, -1, :] = -3.0  # the northernmost row is 3 K too cold on both days
+    expected = 3.0 * expected_weights()[-1] / LAT.size
+    assert float(crps(truth, field(error, member=True))) == pytest.approx(expected, rel=1e-6)
+    assert float(crps(truth, field(error[0]))) == pytest.approx(expected, rel=1e-6)

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import yaml
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
@@ -115,10 +116,16 @@ def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
     assert 150 < float(ds["truth"].min()) and float(ds["truth"].max()) < 340
     assert ds.attrs["method"] == "latent-both" and ds.attrs["coarsen"] == 2
 
-    for name in ("fig7-wasserstein.png", "training-curves.png"):
-        figure = out / "figures" / name
+    cases = ("fig3-ideal", "fig4-coarse", "fig5-noisy", "fig6-sparse")
+    for name in (*cases, "fig7-wasserstein", "fig8-modalities", "training-curves", "rmse"):
+        figure = out / "figures" / f"{name}.png"
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert figure.stat().st_size > 10_000
+    assert "| axis | value | metric | pixel |" in (out / "summary.md").read_text()
+    ranks = pd.read_csv(out / "rank-histograms.csv")
+    assert set(ranks["method"]) == set(scores["method"]) - {"climatology"}  # ensembles only
+    resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())
+    assert resolved["name"] == "smoke" and resolved["assimilation"]["sampler"]["steps"] == 4
     assert (out / "logs" / "dataset.log").exists()
     assert (out / "benchmarks" / "evaluate.tsv").exists()
     oi = xr.open_dataset(out / "analysis" / "oi" / "coarsen-2.nc")

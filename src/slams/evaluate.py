@@ -1,4 +1,10 @@
-"""Scoring of analysis files into the one tidy table that every figure reads."""
+"""Scoring of analysis files into the tidy tables that every figure reads.
+
+``scores.csv``: ``method, axis, value, level, days, metric, score`` (one row per score).
+``rank-histograms.csv``: ``method, axis, value, level, days, rank, count`` (one row per
+rank bin; only ensembles of at least 2 members, since one member has no ranks to speak of).
+``days`` is ``observed`` (the days with an observation) or ``all``.
+"""
 
 from __future__ import annotations
 
@@ -9,35 +15,80 @@ from pathlib import Path
 import pandas as pd
 import xarray as xr
 
-from slams.metrics import score_analysis
+from slams.metrics import MEMBER, rank_histogram_analysis, score_analysis
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["method", "axis", "value", "level", "days", "metric", "score"]
+RANK_COLUMNS = ["method", "axis", "value", "level", "days", "rank", "count"]
+DAYS = (("observed", True), ("all", False))
+
+
+def _label(table: pd.DataFrame, ds: xr.Dataset, columns: list[str]) -> pd.DataFrame:
+    table["method"] = ds.attrs["method"]
+    table["axis"] = ds.attrs["axis"]
+    table["value"] = float(ds.attrs["value"])
+    return table[columns]
+
+
+def evaluate_dataset(ds: xr.Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scores and rank histograms of one loaded analysis dataset, on observed and on all days.
+
+    Returns:
+        ``(scores, rank_histograms)`` with columns :data:`COLUMNS` and :data:`RANK_COLUMNS`;
+        the rank histogram table is empty for a single-member analysis (climatology).
+    """
+    scores, histograms = [], []
+    has_ensemble = ds["analysis"].sizes.get(MEMBER, 1) >= 2
+    for days, observed_only in DAYS:
+        table = score_analysis(ds, observed_only=observed_only)
+        table["days"] = days
+        scores.append(table)
+        if has_ensemble:
+            # a fixed seed: reproducible tie breaking (ties are rare in float data)
+            table = rank_histogram_analysis(ds, observed_only=observed_only, seed=0)
+            table["days"] = days
+            histograms.append(table)
+    score_table = _label(pd.concat(scores, ignore_index=True), ds, COLUMNS)
+    if histograms:
+        rank_table = _label(pd.concat(histograms, ignore_index=True), ds, RANK_COLUMNS)
+    else:
+        rank_table = pd.DataFrame(columns=RANK_COLUMNS)
+    return score_table, rank_table
 
 
 def score_file(path: str | Path) -> pd.DataFrame:
     """Scores of one analysis file on observed days and on all days, tidy."""
     with xr.open_dataset(path) as ds:
-        frames = []
-        for days, observed_only in (("observed", True), ("all", False)):
-            table = score_analysis(ds.load(), observed_only=observed_only)
-            table["days"] = days
-            frames.append(table)
-        table = pd.concat(frames, ignore_index=True)
-        table["method"] = ds.attrs["method"]
-        table["axis"] = ds.attrs["axis"]
-        table["value"] = float(ds.attrs["value"])
-    return table[COLUMNS]
+        return evaluate_dataset(ds.load())[0]
 
 
 def score_files(paths: Iterable[str | Path]) -> pd.DataFrame:
     """Concatenate the scores of many analysis files, sorted for reading."""
-    frames = []
+    return evaluate_files(paths)[0]
+
+
+def evaluate_files(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Scores and rank histograms of many analysis files (each read once), sorted for reading."""
+    scores, histograms = [], []
     for path in paths:
         log.info("scoring %s", path)
-        frames.append(score_file(path))
-    table = pd.concat(frames, ignore_index=True)
-    return table.sort_values(["axis", "value", "method", "metric", "days", "level"]).reset_index(
-        drop=True
-    )
+        with xr.open_dataset(path) as ds:
+            score_table, rank_table = evaluate_dataset(ds.load())
+        scores.append(score_table)
+        if not rank_table.empty:
+            histograms.append(rank_table)
+    if not scores:
+        raise ValueError("evaluate_files needs at least one analysis file")
+    score_table = pd.concat(scores, ignore_index=True)
+    score_table = score_table.sort_values(
+        ["axis", "value", "method", "metric", "days", "level"]
+    ).reset_index(drop=True)
+    if histograms:
+        rank_table = pd.concat(histograms, ignore_index=True)
+        rank_table = rank_table.sort_values(
+            ["axis", "value", "method", "days", "level", "rank"]
+        ).reset_index(drop=True)
+    else:
+        rank_table = pd.DataFrame(columns=RANK_COLUMNS)
+    return score_table, rank_table

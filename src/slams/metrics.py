@@ -37,6 +37,7 @@ __all__ = [
     "rank_histogram_analysis",
     "rmse",
     "score_analysis",
+    "spread",
     "spread_skill",
     "wasserstein",
 ]
@@ -50,7 +51,7 @@ def _check_dims(truth: xr.DataArray, dims: Sequence[Hashable]) -> tuple[Hashable
     dims = tuple(d for d in dims if d != MEMBER)
     missing = [d for d in dims if d not in truth.dims]
     if missing:
-        raise ValueError(f"dims {missing} are not dimensions of truth {truth.dims}")
+        raise ValueError(f"dims {missing} are not dimensions of the data {truth.dims}")
     return dims
 
 
@@ -277,19 +278,26 @@ def crps(
     Per point, with members X_1..X_M and truth y:
         CRPS_fair = 1/M sum_i |X_i - y| - 1/(2 M (M-1)) sum_{i,j} |X_i - X_j|,
     an unbiased estimate of the CRPS of the distribution the members are drawn from
-    (so it does not favour small ensembles). The pair sum is computed in O(M log M) from
+    (so it does not favour small ensembles). A single member (M = 1, e.g. the climatology)
+    is a point forecast, whose CRPS is its absolute error |X_1 - y|: the pair term is 0.
+    The pair sum is computed in O(M log M) from
     the sorted members d_(1) <= ... <= d_(M):  sum_{i,j} |X_i - X_j| = 2 sum_k (2k - M - 1) d_(k).
     Then averaged with :func:`_mean_over` (area weighted in space, plain mean in time).
 
     Args:
-        truth: e.g. (time, level, lat, lon).  analysis: truth's dims plus ``member`` (M >= 2).
+        truth: e.g. (time, level, lat, lon).  analysis: truth's dims, optionally plus
+            ``member`` (absent: one member).
 
     Returns:
         CRPS (data units) with the remaining dims.
     """
     dims = _check_dims(truth, dims)
-    n_members = _require_members(analysis, "crps")
     truth, analysis = _align(truth, analysis)
+    if MEMBER not in analysis.dims:
+        analysis = analysis.expand_dims(MEMBER)
+    n_members = analysis.sizes[MEMBER]
+    if n_members == 1:
+        return _mean_over(abs(analysis.squeeze(MEMBER, drop=True) - truth), dims).rename("crps")
     # Work with X_i - y: the pair term is shift invariant, and subtracting y first avoids
     # cancelling large numbers (temperatures ~250 K) in float32.
     departure = analysis - truth
@@ -304,8 +312,35 @@ def crps(
     rank = np.arange(1, n_members + 1)
     coefficients = xr.DataArray(2 * rank - n_members - 1, dims=(MEMBER,))
     # 1/(2M(M-1)) * 2 sum_k (2k-M-1) d_(k)
-    spread = (ordered * coefficients).sum(MEMBER, skipna=False) / (n_members * (n_members - 1))
-    return _mean_over(skill - spread, dims).rename("crps")
+    pair_term = (ordered * coefficients).sum(MEMBER, skipna=False) / (n_members * (n_members - 1))
+    return _mean_over(skill - pair_term, dims).rename("crps")
+
+
+def spread(
+    analysis: xr.DataArray,
+    dims: Sequence[Hashable] = DEFAULT_DIMS,
+    corrected: bool = True,
+) -> xr.DataArray:
+    """Ensemble spread: the root of the mean unbiased member variance.
+
+    spread = c * sqrt(mean(s^2)),  s^2 = sum_i (X_i - xbar)^2 / (M - 1) per point,
+    c = sqrt((M+1)/M) if ``corrected`` (Fortin et al. 2014: the expected RMSE of the
+    ensemble mean of a calibrated M-member ensemble is c times its spread), else 1; the
+    mean is the area-weighted spatial / plain time mean of :func:`rmse`. With ``dims``
+    that exclude lat/lon (e.g. ``("time",)``) it is a map to set beside the RMSE map
+    ``rmse(truth, analysis, dims=("time",))``.
+
+    Args:
+        analysis: (member, ...) with M >= 2.  dims: reduced dims (``member`` excluded).
+
+    Returns:
+        spread (data units) with the dims not in ``dims`` and not ``member``.
+    """
+    dims = _check_dims(analysis, dims)
+    n_members = _require_members(analysis, "spread")
+    correction = np.sqrt((n_members + 1) / n_members) if corrected else 1.0
+    variance = analysis.var(MEMBER, ddof=1)
+    return (correction * np.sqrt(_mean_over(variance, dims))).rename("spread")
 
 
 def spread_skill(
@@ -324,11 +359,10 @@ def spread_skill(
         dimensionless ratio with the remaining dims.
     """
     dims = _check_dims(truth, dims)
-    n_members = _require_members(analysis, "spread_skill")
+    _require_members(analysis, "spread_skill")
     truth, analysis = _align(truth, analysis)
-    spread = np.sqrt(_mean_over(analysis.var(MEMBER, ddof=1), dims))
     skill = rmse(truth, analysis, dims)
-    return (np.sqrt((n_members + 1) / n_members) * spread / skill).rename("spread_skill")
+    return (spread(analysis, dims, corrected=True) / skill).rename("spread_skill")
 
 
 def rank_histogram(
@@ -391,8 +425,9 @@ def score_analysis(ds: xr.Dataset, observed_only: bool) -> pd.DataFrame:
 
     Returns:
         tidy DataFrame with columns ``level, metric, score``; metrics ``wasserstein`` (K),
-        ``wasserstein_normalised`` (1), ``rmse`` (K), ``bias`` (K), and with M >= 2 members
-        also ``crps`` (K) and ``spread_skill`` (1). All reduce over (time, lat, lon).
+        ``wasserstein_normalised`` (1), ``rmse`` (K), ``bias`` (K), ``crps`` (K; of a single
+        member its mean absolute error), and with M >= 2 members ``spread_skill`` (1). All
+        reduce over (time, lat, lon).
 
     ``wasserstein_normalised`` = W1 / std(truth), the standard deviation (ddof=0, unweighted)
     of the truth values of that level over the same days and grid points. This is our
@@ -407,10 +442,10 @@ def score_analysis(ds: xr.Dataset, observed_only: bool) -> pd.DataFrame:
         "wasserstein": wasserstein(truth, analysis, dims),
         "rmse": rmse(truth, analysis, dims),
         "bias": bias(truth, analysis, dims),
+        "crps": crps(truth, analysis, dims),
     }
     scores["wasserstein_normalised"] = scores["wasserstein"] / truth.std(dims)
     if _n_members(analysis) >= 2:
-        scores["crps"] = crps(truth, analysis, dims)
         scores["spread_skill"] = spread_skill(truth, analysis, dims)
 
     order = ["wasserstein", "wasserstein_normalised", "rmse", "bias", "crps", "spread_skill"]

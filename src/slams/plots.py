@@ -1,7 +1,10 @@
-"""Figures from the tidy score table (``scores.csv``) and the training logs.
+"""Figures from the tidy score tables (``scores.csv``, ``rank-histograms.csv``), the analysis
+files and the training logs.
 
 Everything is plain matplotlib on the non-interactive Agg backend, so the functions run
-on cluster nodes without a display. Each figure is written as PNG and as PDF.
+on cluster nodes without a display. Each figure is written as PNG and as PDF. Maps are drawn
+on the cell-centred lat-lon grid itself (cells from their edges, no reprojection), longitude
+0-360 °E, latitude -90-90 °N.
 """
 
 from __future__ import annotations
@@ -16,6 +19,26 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import xarray as xr
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.ticker import MaxNLocator
+
+from slams import metrics
+from slams.grid import cell_edges
+from slams.report import METHOD_ORDER, ordered_methods, summary_table
+
+__all__ = [
+    "plot_ablation",
+    "plot_case_maps",
+    "plot_modality_ablation",
+    "plot_placeholder",
+    "plot_rank_histograms",
+    "plot_spread_error_maps",
+    "plot_training_curves",
+    "setting_label",
+    "summary_table",
+]
 
 DPI = 130
 PANEL_WIDTH_IN = 2.2
@@ -28,15 +51,6 @@ AXIS_LABELS = {
     "gap": "Sampling gap g",
 }
 # One fixed colour and marker per method, so a method looks the same in every panel/figure.
-METHOD_ORDER = (
-    "pixel",
-    "latent-none",
-    "latent-insitu",
-    "latent-exsitu",
-    "latent-both",
-    "oi",
-    "climatology",
-)
 _PALETTE = plt.get_cmap("tab10").colors
 METHOD_COLOURS = {
     "pixel": _PALETTE[3],  # red
@@ -47,6 +61,8 @@ METHOD_COLOURS = {
     "oi": _PALETTE[4],  # purple
     "climatology": _PALETTE[5],  # brown
 }
+# Panels per row of the training curves (the paper config trains 9 networks).
+TRAINING_CURVE_COLUMNS = 5
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">")
 METRIC_LABELS = {
     "wasserstein": "Wasserstein distance (K)",
@@ -60,10 +76,9 @@ METRIC_LABELS = {
 
 def _ordered_methods(present: Sequence[str], methods: Sequence[str] | None) -> list[str]:
     """Requested methods that have data, canonical ones first, unknown ones after (sorted)."""
-    present = set(present)
     if methods is None:
-        known = [m for m in METHOD_ORDER if m in present]
-        return known + sorted(present - set(METHOD_ORDER))
+        return ordered_methods(present)
+    present = set(present)
     return [m for m in methods if m in present]
 
 
@@ -98,14 +113,17 @@ def plot_ablation(
     metric: str = "wasserstein",
     days: str = "observed",
     methods: Sequence[str] | None = None,
+    reference: float | None = None,
+    title: str | None = None,
 ) -> list[Path]:
     """Paper Fig. 7: a score against each ablation setting, per level and method.
 
     One figure: rows = ablation axes (coarsen, noise, gap; absent ones are skipped),
-    columns = levels (ascending hPa), x = the axis value, y = ``metric``, one line with
-    markers per method (fixed colour per method), one shared legend. Several rows for
-    the same (method, axis, value, level) — e.g. seeds — are averaged. The noise axis
-    is drawn on a log scale (variances 0.1 .. 4 span decades).
+    labelled (a), (b), (c) as in the paper, columns = levels (ascending hPa), x = the axis
+    value, y = ``metric``, one line with markers per method (fixed colour per method), one
+    shared legend. Several rows for the same (method, axis, value, level) — e.g. seeds — are
+    averaged. The noise axis is drawn on a log scale (variances 0.1 .. 4 span decades).
+    A method without the metric (e.g. CRPS of the one-member climatology) has no line.
 
     Args:
         scores: tidy table with columns method, axis, value, level, days, metric, score.
@@ -113,6 +131,8 @@ def plot_ablation(
         metric: which metric to plot (e.g. "wasserstein", "rmse").
         days: "observed" or "all" (ignored if the table has no ``days`` column).
         methods: methods to draw, in legend order; default all present.
+        reference: draw a dashed horizontal line at this value (e.g. 1 for spread/skill).
+        title: figure title above the legend.
 
     Returns:
         the written [png, pdf] paths.
@@ -135,7 +155,7 @@ def plot_ablation(
     n_rows, n_cols = len(axes_present), len(levels)
     # Fixed margins in inches instead of constrained layout: as readable, and several
     # times faster for 30 panels (layout solving dominated the run time).
-    left, right, top, bottom = 0.65, 0.15, 0.75, 0.1
+    left, right, top, bottom = 0.65, 0.15, 0.75 + 0.3 * (title is not None), 0.1
     width = PANEL_WIDTH_IN * n_cols + left + right
     height = PANEL_HEIGHT_IN * n_rows + top + bottom
     fig, panels = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False)
@@ -161,6 +181,8 @@ def plot_ablation(
                 panel.plot(
                     line["value"], line["score"], label=method, lw=1.3, ms=4, **_style(method)
                 )
+            if reference is not None:
+                panel.axhline(reference, color="0.3", lw=0.9, ls="--", zorder=0)
             if axis == "noise" and np.all(x_values > 0):
                 panel.set_xscale("log")
                 panel.minorticks_off()
@@ -173,15 +195,22 @@ def plot_ablation(
             panel.set_xlabel(AXIS_LABELS[axis], fontsize=8)
             if col == 0:
                 panel.set_ylabel(y_label, fontsize=8)
+        # The paper's sub-figure letters, one per ablation axis.
+        panels[row, 0].text(
+            -0.3, 1.08, f"({'abc'[list(AXIS_LABELS).index(axis)]})", fontsize=10,
+            fontweight="bold", transform=panels[row, 0].transAxes,
+        )  # fmt: skip
 
     # Legend from proxies: every method once, even if the first panel lacks one.
     handles = [
         plt.Line2D([], [], lw=1.3, ms=4, label=method, **_style(method)) for method in method_list
     ]
+    if title is not None:
+        fig.suptitle(title, y=1 - 0.06 / height, fontsize=11)
     fig.legend(
         handles=handles,
         loc="upper center",
-        bbox_to_anchor=(0.5, 1 - 0.08 / height),
+        bbox_to_anchor=(0.5, 1 - (0.08 + 0.3 * (title is not None)) / height),
         ncols=len(handles),
         frameon=False,
         fontsize=9,
@@ -190,7 +219,7 @@ def plot_ablation(
 
 
 def plot_training_curves(loss_csvs: Mapping[str, str | Path], out_path: str | Path) -> list[Path]:
-    """Training and validation loss per epoch, one panel per model, log y axis.
+    """Training and validation loss per epoch, one panel per model (5 a row), log y axis.
 
     Args:
         loss_csvs: model name -> CSV with columns epoch, train_loss, val_loss
@@ -203,14 +232,18 @@ def plot_training_curves(loss_csvs: Mapping[str, str | Path], out_path: str | Pa
     if not loss_csvs:
         raise ValueError("plot_training_curves needs at least one loss CSV")
     n_models = len(loss_csvs)
+    n_cols = min(n_models, TRAINING_CURVE_COLUMNS)
+    n_rows = -(-n_models // n_cols)
     fig, panels = plt.subplots(
-        1,
-        n_models,
-        figsize=(3.2 * n_models + 0.4, 2.8),
+        n_rows,
+        n_cols,
+        figsize=(3.2 * n_cols + 0.4, 2.6 * n_rows + 0.2),
         squeeze=False,
         layout="constrained",
     )
-    for panel, (name, path) in zip(panels[0], loss_csvs.items(), strict=True):
+    for panel in panels.flat[n_models:]:
+        panel.axis("off")
+    for panel, (name, path) in zip(panels.flat, loss_csvs.items(), strict=False):
         log = pd.read_csv(path)
         missing = {"epoch", "train_loss", "val_loss"} - set(log.columns)
         if missing:
@@ -228,45 +261,390 @@ def plot_training_curves(loss_csvs: Mapping[str, str | Path], out_path: str | Pa
         panel.set_yscale("log")
         panel.set_title(name, fontsize=10)
         panel.set_xlabel("Epoch")
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True))
         panel.grid(alpha=0.3, lw=0.5, which="both")
         panel.legend(fontsize=8, frameon=False)
-    panels[0, 0].set_ylabel("Loss (normalised units)")
+    for row in panels:
+        row[0].set_ylabel("Loss (normalised units)")
     return _save(fig, out_path)
 
 
-def summary_table(
-    scores: pd.DataFrame,
-    metrics: Sequence[str] = ("rmse", "wasserstein"),
-    days: str = "observed",
-) -> str:
-    """Markdown table of scores averaged over levels, by ablation setting and method.
+# --------------------------------------------------------------------------- figure 8
 
-    Rows are (axis, value, metric), columns the methods (canonical order); each cell is
-    the mean of ``score`` over levels (and seeds) with 3 decimals, "–" when missing.
+
+def _most_degraded(table: pd.DataFrame) -> dict[str, float]:
+    """The largest value of each axis present (coarsest, noisiest, sparsest)."""
+    present = set(table["axis"])
+    return {
+        a: float(table.loc[table["axis"] == a, "value"].max()) for a in AXIS_LABELS if a in present
+    }
+
+
+def plot_modality_ablation(
+    scores: pd.DataFrame,
+    out_path: str | Path,
+    metric: str = "wasserstein",
+    days: str = "observed",
+    settings: Mapping[str, float] | None = None,
+) -> list[Path]:
+    """Paper Fig. 8 a-c: the latent modality sets at the most degraded setting of each axis.
+
+    One panel per axis (a: coarsening, b: noise, c: gap). In a panel, y = pressure level
+    (10 hPa at the top, as in the atmosphere), one horizontal bar per latent modality set
+    present (``latent-none``, ``-insitu``, ``-exsitu``, ``-both``; colours fixed as in every
+    figure) and the pixel-space result of that level as a dashed vertical segment across the
+    level's bars. x = ``metric`` (lower is better).
+
+    Args:
+        scores: tidy score table.
+        out_path: PNG path; a PDF with the same stem is written next to it.
+        metric, days: what to draw.
+        settings: axis -> value to show; default the largest value of each axis.
+
+    Returns:
+        the written [png, pdf] paths.
     """
-    table = scores[scores["metric"].isin(metrics)]
+    table = scores[(scores["metric"] == metric) & scores["axis"].isin(AXIS_LABELS)]
     if "days" in table.columns:
         table = table[table["days"] == days]
-    if table.empty:
-        raise ValueError(f"no scores for metrics {list(metrics)} and days={days!r}")
-    mean = table.groupby(["axis", "value", "metric", "method"])["score"].mean()
-    wide = mean.unstack("method")
-    method_list = _ordered_methods(list(wide.columns), None)
-    axis_rank = {a: i for i, a in enumerate(AXIS_LABELS)}
-    metric_rank = {m: i for i, m in enumerate(metrics)}
-    keys = sorted(
-        wide.index,
-        key=lambda k: (axis_rank.get(k[0], len(axis_rank)), str(k[0]), k[1], metric_rank[k[2]]),
+    latent = [m for m in METHOD_ORDER if m.startswith("latent-") and m in set(table["method"])]
+    if table.empty or not latent:
+        raise ValueError(
+            f"no latent scores for metric={metric!r}, days={days!r}: fig. 8 compares the latent "
+            "modality sets, run at least one latent-* method"
+        )
+    settings = dict(settings) if settings is not None else _most_degraded(table)
+    table = table.groupby(["axis", "value", "method", "level"], as_index=False)["score"].mean()
+    levels = np.sort(table["level"].unique())  # ascending hPa: top of the atmosphere first
+    n_panels = len(settings)
+    fig, panels = plt.subplots(
+        1,
+        n_panels,
+        figsize=(3.6 * n_panels + 0.4, 0.16 * len(levels) * (len(latent) + 1) + 1.4),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
     )
-    header = ["axis", "value", "metric", *method_list]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * len(method_list)) + "|",
-    ]
-    for key in keys:
-        cells = [str(key[0]), f"{key[1]:g}", str(key[2])]
-        for method in method_list:
-            value = wide.loc[key, method]
-            cells.append("–" if pd.isna(value) else f"{value:.3f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    bar_height = 0.8 / len(latent)
+    for panel, (axis, value) in zip(panels[0], settings.items(), strict=True):
+        cell = table[(table["axis"] == axis) & np.isclose(table["value"], value)]
+        # level i at y = -i: 10 hPa on top, bars of one level stacked downwards
+        for k, method in enumerate(latent):
+            rows = cell[cell["method"] == method].set_index("level")["score"]
+            # legend order from the top of a level's group downwards
+            y = [-i + 0.4 - (k + 0.5) * bar_height for i in range(len(levels))]
+            widths = [rows.get(level, np.nan) for level in levels]
+            panel.barh(
+                y, widths, height=bar_height * 0.9, color=METHOD_COLOURS[method], label=method
+            )
+        pixel = cell[cell["method"] == "pixel"].set_index("level")["score"]
+        for i, level in enumerate(levels):
+            if level in pixel.index:
+                panel.plot([pixel[level]] * 2, [-i - 0.45, -i + 0.45], color="k", ls="--", lw=1.2)
+        letter = "abc"[list(AXIS_LABELS).index(axis)]
+        panel.set_title(f"({letter}) {AXIS_LABELS[axis]} = {value:g}", fontsize=10)
+        panel.set_xlabel(METRIC_LABELS.get(metric, metric), fontsize=9)
+        panel.grid(axis="x", alpha=0.3, lw=0.5)
+        panel.set_xlim(left=0)
+        panel.tick_params(labelsize=8)
+    panels[0, 0].set_yticks([-i for i in range(len(levels))])
+    panels[0, 0].set_yticklabels([_format_level(level) for level in levels])
+    panels[0, 0].set_ylim(-len(levels) + 0.4, 0.6)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=METHOD_COLOURS[m], label=m) for m in latent]
+    if "pixel" in set(table["method"]):
+        handles.append(plt.Line2D([], [], color="k", ls="--", lw=1.2, label="pixel"))
+    fig.legend(
+        handles=handles, loc="outside upper center", ncols=len(handles), frameon=False, fontsize=9
+    )
+    return _save(fig, out_path)
+
+
+# --------------------------------------------------------------------------- maps
+
+STATE_CMAP = "RdYlBu_r"
+ERROR_CMAP = "RdBu_r"
+SPREAD_CMAP = "viridis"
+# Below this fraction of observed grid points an observation is drawn as dots, not cells.
+SPARSE_FRACTION = 0.25
+METHOD_TITLES = {"pixel": "Pixel (SDA)", "oi": "OI"}
+SHORT_AXIS_LABELS = {"coarsen": "r", "noise": "σ²", "gap": "g"}
+
+
+def method_title(method: str) -> str:
+    if method.startswith("latent-"):
+        return f"Latent (SLAMS, {method.removeprefix('latent-')})"
+    return METHOD_TITLES.get(method, method)
+
+
+def _lon_label(value: float) -> str:
+    value = value % 360
+    if value == 0 or value == 180:
+        return f"{value:g}°"
+    return f"{value:g}°E" if value < 180 else f"{360 - value:g}°W"
+
+
+def _lat_label(value: float) -> str:
+    if value == 0:
+        return "0°"
+    return f"{abs(value):g}°{'N' if value > 0 else 'S'}"
+
+
+def _map_axes(panel: plt.Axes, left: bool, bottom: bool, names: bool = True) -> None:
+    """Degree ticks; tick labels on the ``left``/``bottom`` edges, axis names there if ``names``."""
+    panel.set_xlim(0, 360)
+    panel.set_ylim(-90, 90)
+    panel.set_aspect("equal")
+    xticks, yticks = np.arange(0, 361, 90), np.arange(-90, 91, 45)
+    panel.set_xticks(xticks)
+    panel.set_yticks(yticks)
+    panel.set_xticklabels([_lon_label(x) for x in xticks] if bottom else [])
+    panel.set_yticklabels([_lat_label(y) for y in yticks] if left else [])
+    if bottom and names:
+        panel.set_xlabel("Longitude", fontsize=8)
+    if left and names:
+        panel.set_ylabel("Latitude", fontsize=8)
+    panel.tick_params(labelsize=7)
+
+
+def _draw_field(panel: plt.Axes, field: xr.DataArray, cmap: str, norm: Normalize) -> None:
+    """A (lat, lon) field as grid cells, or as dots where few points are valid (sparse data)."""
+    values = np.asarray(field.transpose("lat", "lon").values, dtype=float)
+    lat, lon = np.asarray(field["lat"].values), np.asarray(field["lon"].values)
+    valid = np.isfinite(values)
+    if valid.mean() < SPARSE_FRACTION:
+        panel.set_facecolor("0.92")
+        lon_grid, lat_grid = np.meshgrid(lon, lat)
+        panel.scatter(
+            lon_grid[valid], lat_grid[valid], c=values[valid], cmap=cmap, norm=norm,
+            s=14, edgecolors="k", linewidths=0.3,
+        )  # fmt: skip
+    else:
+        panel.pcolormesh(
+            cell_edges(lon), cell_edges(lat, -90.0, 90.0), values, cmap=cmap, norm=norm,
+            shading="flat", rasterized=True,
+        )  # fmt: skip
+
+
+def _robust_range(fields: Sequence[xr.DataArray], symmetric: bool) -> tuple[float, float]:
+    """1st-99th percentile of the pooled values (symmetric: +-99th percentile of |values|)."""
+    values = np.concatenate([np.ravel(f.values) for f in fields])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (-1.0, 1.0) if symmetric else (0.0, 1.0)
+    if symmetric:
+        bound = float(np.percentile(np.abs(values), 99)) or 1.0
+        return -bound, bound
+    low, high = np.percentile(values, [1, 99])
+    if high <= low:
+        low, high = low - 0.5, high + 0.5
+    return float(low), float(high)
+
+
+def setting_label(axis: str, value: float) -> str:
+    return f"{AXIS_LABELS.get(axis, axis)} = {float(value):g}"
+
+
+def _area_rmse(error: xr.DataArray) -> float:
+    """Area-weighted root mean square of a (lat, lon) error map over its valid points."""
+    return float(metrics.rmse(xr.zeros_like(error), error, dims=("lat", "lon")))
+
+
+def plot_case_maps(
+    truth: xr.DataArray,
+    observation: xr.DataArray | None,
+    analyses: Mapping[str, xr.DataArray],
+    out_path: str | Path,
+    title: str,
+    notes: Sequence[str] = (),
+) -> list[Path]:
+    """Paper Figs. 3-6: truth, observation and analyses on one day and level, and their errors.
+
+    Top row: truth, observation (grid cells, or dots where sparse), the ensemble mean of each
+    analysis, all on one colour scale (1st-99th percentile of the truth; values outside
+    saturate). Bottom row: ``notes`` (what is shown, what is missing), observation minus
+    truth, analysis minus truth, on one symmetric error scale (99th percentile of the
+    analyses' absolute errors, so a noisy observation saturates), each titled with its
+    area-weighted RMSE. Colour bars in K.
+
+    Args:
+        truth: (lat, lon) K.
+        observation: (lat, lon) K, NaN where unobserved; None if there is none.
+        analyses: panel title -> (member, lat, lon) or (lat, lon) K; the members are averaged.
+        out_path: PNG path; a PDF with the same stem is written next to it.
+        title: figure title (case, setting, level, date).
+        notes: lines of text for the otherwise empty bottom-left panel.
+
+    Returns:
+        the written [png, pdf] paths.
+    """
+    means = {
+        name: (a.mean(metrics.MEMBER) if metrics.MEMBER in a.dims else a)
+        for name, a in analyses.items()
+    }
+    has_observation = observation is not None and bool(np.isfinite(observation.values).any())
+    states = {"Truth": truth}
+    if has_observation:
+        states["Observation"] = observation
+    states.update({f"{name}: ensemble mean": mean for name, mean in means.items()})
+    errors = {}
+    if has_observation:
+        errors["Observation − truth"] = observation - truth
+    errors.update({f"{name} − truth": mean - truth for name, mean in means.items()})
+
+    n_cols = len(states)
+    fig, panels = plt.subplots(
+        2, n_cols, figsize=(3.1 * n_cols + 1.0, 4.4), squeeze=False, layout="constrained"
+    )
+    # Scales from the truth and the analyses' errors: a very noisy or coarse observation
+    # saturates instead of washing out the panels that matter.
+    state_norm = Normalize(*_robust_range([truth], symmetric=False))
+    for col, (name, field) in enumerate(states.items()):
+        _draw_field(panels[0, col], field, STATE_CMAP, state_norm)
+        _map_axes(panels[0, col], left=True, bottom=False, names=col == 0)
+        panels[0, col].set_title(name, fontsize=9)
+    fig.colorbar(
+        ScalarMappable(state_norm, STATE_CMAP), ax=panels[0, :], extend="both",
+        label="Temperature (K)", shrink=0.9, pad=0.01,
+    )  # fmt: skip
+
+    notes_panel = panels[1, 0]
+    notes_panel.axis("off")
+    notes_panel.text(
+        0.0, 1.0, "\n".join(notes), va="top", ha="left", fontsize=7.5, wrap=True,
+        transform=notes_panel.transAxes,
+    )  # fmt: skip
+    analysis_errors = [e for name, e in errors.items() if not name.startswith("Observation")]
+    error_norm = Normalize(*_robust_range(analysis_errors or list(errors.values()), True))
+    for col, (name, error) in enumerate(errors.items(), start=1):
+        panel = panels[1, col]
+        _draw_field(panel, error, ERROR_CMAP, error_norm)
+        _map_axes(panel, left=True, bottom=True, names=col == 1)
+        panel.set_title(f"{name}\nRMSE {_area_rmse(error):.2f} K", fontsize=9)
+    if errors:
+        fig.colorbar(
+            ScalarMappable(error_norm, ERROR_CMAP), ax=panels[1, :], extend="both",
+            label="Error (K)", shrink=0.9, pad=0.01,
+        )  # fmt: skip
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, out_path)
+
+
+def plot_spread_error_maps(
+    rows: Sequence[tuple[str, Mapping[str, tuple[xr.DataArray, xr.DataArray]]]],
+    out_path: str | Path,
+    title: str = "",
+) -> list[Path]:
+    """Ensemble spread beside the actual error, as maps.
+
+    Args:
+        rows: (row label, {method: (spread map, RMSE map)}) with (lat, lon) maps in K; the
+            spread is expected to carry the sqrt((M+1)/M) correction
+            (:func:`slams.metrics.spread`), so that a calibrated ensemble has equal maps.
+        out_path: PNG path (PDF beside it).
+
+    Columns alternate spread, RMSE per method; one colour scale per row (0 to the 99th
+    percentile of the row's maps), each panel titled with its area-weighted mean.
+    """
+    if not rows:
+        raise ValueError("plot_spread_error_maps needs at least one row")
+    n_cols = 2 * max(len(fields) for _, fields in rows)
+    fig, panels = plt.subplots(
+        len(rows), n_cols, figsize=(2.6 * n_cols + 1.2, 1.75 * len(rows) + 0.9),
+        squeeze=False, layout="constrained",
+    )  # fmt: skip
+    for row, (label, fields) in enumerate(rows):
+        maps = [m for pair in fields.values() for m in pair]
+        high = _robust_range(maps, symmetric=True)[1]
+        norm = Normalize(0.0, high)
+        col = 0
+        for method, (spread_map, rmse_map) in fields.items():
+            for kind, field in (("spread", spread_map), ("RMSE", rmse_map)):
+                panel = panels[row, col]
+                _draw_field(panel, field, SPREAD_CMAP, norm)
+                _map_axes(panel, left=col == 0, bottom=row == len(rows) - 1, names=False)
+                # area-weighted RMS of the map: the global spread / RMSE of the metrics
+                panel.set_title(f"{method}: {kind} ({_area_rmse(field):.2f} K)", fontsize=8)
+                col += 1
+        for empty in range(col, n_cols):
+            panels[row, empty].axis("off")
+        panels[row, 0].set_ylabel(label, fontsize=8.5, fontweight="bold")
+        fig.colorbar(
+            ScalarMappable(norm, SPREAD_CMAP), ax=panels[row, :], extend="max", label="K",
+            shrink=0.9, pad=0.01,
+        )  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save(fig, out_path)
+
+
+# --------------------------------------------------------------------------- rank histograms
+
+
+def plot_rank_histograms(
+    histograms: pd.DataFrame,
+    settings: Mapping[str, tuple[str, float]],
+    out_path: str | Path,
+    days: str = "observed",
+    methods: Sequence[str] | None = None,
+) -> list[Path]:
+    """Rank (Talagrand) histograms, pooled over levels: rows = settings, columns = methods.
+
+    Bars are relative frequencies of the truth's rank among the M members (0..M); the dashed
+    line is the flat 1/(M+1) of a calibrated ensemble. U-shaped: too little spread; dome:
+    too much; sloped: biased.
+
+    Args:
+        histograms: tidy table ``method, axis, value, level, days, rank, count``.
+        settings: row label -> (axis, value), e.g. the named cases.
+        out_path: PNG path (PDF beside it).
+        days: ``observed`` or ``all``.
+        methods: columns in order; default every method present.
+
+    Returns:
+        the written [png, pdf] paths.
+    """
+    table = histograms[histograms["days"] == days]
+    method_list = _ordered_methods(table["method"].unique(), methods)
+    rows = []
+    for label, (axis, value) in settings.items():
+        cell = table[(table["axis"] == axis) & np.isclose(table["value"], float(value))]
+        if not cell.empty:
+            rows.append((label, axis, float(value), cell))
+    if not rows or not method_list:
+        raise ValueError(f"no rank histograms for days={days!r} and settings {dict(settings)}")
+    fig, panels = plt.subplots(
+        len(rows), len(method_list), figsize=(2.1 * len(method_list) + 0.8, 1.6 * len(rows) + 0.8),
+        squeeze=False, sharey=True, layout="constrained",
+    )  # fmt: skip
+    for r, (label, axis, value, cell) in enumerate(rows):
+        for c, method in enumerate(method_list):
+            panel = panels[r, c]
+            counts = cell[cell["method"] == method].groupby("rank")["count"].sum()
+            if counts.sum() > 0:
+                frequency = counts / counts.sum()
+                panel.bar(frequency.index, frequency.values, width=0.85,
+                          color=METHOD_COLOURS.get(method, "0.5"))  # fmt: skip
+                panel.axhline(1 / len(counts), color="k", ls="--", lw=0.9)
+                panel.set_xticks(frequency.index)
+            else:
+                panel.text(0.5, 0.5, "not run", ha="center", va="center",
+                           transform=panel.transAxes, fontsize=8)  # fmt: skip
+            panel.tick_params(labelsize=7)
+            if r == 0:
+                panel.set_title(method, fontsize=9)
+            if r == len(rows) - 1:
+                panel.set_xlabel("Rank of truth", fontsize=8)
+            if c == 0:
+                panel.set_ylabel(f"{label}\n{setting_label(axis, value)}\nfrequency", fontsize=8)
+    fig.suptitle(f"Rank histograms, all levels pooled, {days} days", fontsize=10)
+    return _save(fig, out_path)
+
+
+def plot_placeholder(out_path: str | Path, title: str, message: str) -> list[Path]:
+    """A figure that says why it has nothing to show (e.g. a method the config does not run),
+    so that a declared output exists and the report explains the gap."""
+    fig, panel = plt.subplots(figsize=(6.0, 2.0))
+    panel.axis("off")
+    panel.set_title(title, fontsize=11)
+    panel.text(0.5, 0.45, message, ha="center", va="center", fontsize=9, wrap=True)
+    return _save(fig, out_path)

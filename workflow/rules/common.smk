@@ -63,9 +63,28 @@ for _set in LATENT_SETS:
             f"modality set '{_set}' in the list"
         )
 
+# Every figure (PNG; each has a PDF beside it) and the summary; workflow/rules/figures.smk
+# makes them. Figures 3-6 map the named cases: fig3-ideal, fig4-coarse, fig5-noisy,
+# fig6-sparse (slams.report.case_figure_stem), case-<name> for any other case.
 FIGURES = {
+    **{
+        f"case_{case}": f"{RESULTS}/figures/"
+        + {"ideal": "fig3", "coarse": "fig4", "noisy": "fig5", "sparse": "fig6"}.get(
+            case, "case"
+        )
+        + f"-{case}.png"
+        for case in config["assimilation"]["cases"]
+    },
     "fig7": f"{RESULTS}/figures/fig7-wasserstein.png",
+    "fig8": f"{RESULTS}/figures/fig8-modalities.png",
+    "rmse": f"{RESULTS}/figures/rmse.png",
+    "crps": f"{RESULTS}/figures/crps.png",
+    "spread_skill": f"{RESULTS}/figures/spread-skill.png",
+    "rank_histograms": f"{RESULTS}/figures/rank-histograms.png",
+    "spread_error": f"{RESULTS}/figures/spread-error.png",
     "curves": f"{RESULTS}/figures/training-curves.png",
+    "summary": f"{RESULTS}/summary.md",
+    "config": f"{RESULTS}/config.resolved.yaml",
 }
 
 

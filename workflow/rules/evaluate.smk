@@ -1,12 +1,25 @@
-# One tidy table of every score.
+# The tidy tables every figure reads: scores and rank histograms.
+
+RANK_HISTOGRAMS = f"{RESULTS}/rank-histograms.csv"
 
 
 rule evaluate:
-    """Scores of every analysis, per level, on observed days and on all days."""
+    """Scores and rank histograms of every analysis, per level, on observed and on all days."""
     input:
         analysis_files(),
     output:
-        SCORES,
+        scores=report(
+            SCORES,
+            caption="../report/scores.rst",
+            category="5. Tables",
+            labels={"table": "scores"},
+        ),
+        rank_histograms=report(
+            RANK_HISTOGRAMS,
+            caption="../report/rank-histograms-table.rst",
+            category="5. Tables",
+            labels={"table": "rank histograms"},
+        ),
     log:
         f"{LOGS}/evaluate.log",
     benchmark:

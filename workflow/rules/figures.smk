@@ -1,14 +1,175 @@
-# The paper's figures, regenerated from scores.csv and the training logs.
+# The paper's figures 3-8 and the figures beyond it, from the analyses, the score tables and
+# the training logs. `snakemake --report` bundles them with their captions
+# (workflow/report/*.rst) and the config files.
+
+import re
+
+from slams.config import cases as named_cases
+from slams.report import (
+    case_figure_label,
+    case_files,
+    case_level,
+    case_map_methods,
+    case_map_missing,
+    map_methods,
+    spread_error_rows,
+    spread_map_methods,
+)
+
+
+report: "../report/workflow.rst"
+
+
+CASES = named_cases(config)  # {"ideal": ("coarsen", "4"), ...}
+CASE_FIGURE = f"{RESULTS}/figures/{{figure}}-{{case}}"
+# the PDF written beside each figure's PNG
+PDFS = {
+    key: str(Path(path).with_suffix(".pdf"))
+    for key, path in FIGURES.items()
+    if path.endswith(".png")
+}
+SPREAD_ERROR_ROWS = spread_error_rows(
+    METHODS, CASES, config["data"]["levels"], ANALYSIS
+)
+PAPER = "1. Paper figures"
+BEYOND = "2. Beyond the paper"
+
+
+rule case_figure:
+    """Paper figures 3-6: truth, observation, pixel and latent analyses of a case, and errors."""
+    input:
+        lambda wc: case_files(METHODS, CASES[wc.case], ANALYSIS),
+    output:
+        png=report(
+            f"{CASE_FIGURE}.png",
+            caption="../report/case.rst",
+            category=PAPER,
+            labels=lambda wc: {
+                "figure": case_figure_label(wc.figure),
+                "shows": f"{wc.case} case maps",
+            },
+        ),
+        pdf=f"{CASE_FIGURE}.pdf",
+    log:
+        f"{LOGS}/figures/{{figure}}-{{case}}.log",
+    benchmark:
+        f"{BENCHMARKS}/figures/{{figure}}-{{case}}.tsv"
+    wildcard_constraints:
+        figure="fig[3-6]|case",
+        case="|".join(re.escape(case) for case in CASES) or "(?!x)x",
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        methods=case_map_methods(METHODS),
+        show=[m for m in map_methods(METHODS).values() if m],
+        level=lambda wc: case_level(wc.case, config["data"]["levels"]),
+        label=lambda wc: case_figure_label(wc.figure),
+        missing=case_map_missing(METHODS),
+        setting=lambda wc: "-".join(CASES[wc.case]),
+    script:
+        "../scripts/case_figure.py"
+
+
+rule spread_error_maps:
+    """Ensemble spread beside the RMSE of the ensemble mean, as maps, for every case."""
+    input:
+        [path for _, _, files in SPREAD_ERROR_ROWS for path in files.values()],
+    output:
+        png=report(
+            FIGURES["spread_error"],
+            caption="../report/spread-error.rst",
+            category=BEYOND,
+            labels={"figure": "spread/error maps", "shows": "calibration, where"},
+        ),
+        pdf=PDFS["spread_error"],
+    log:
+        f"{LOGS}/figures/spread-error.log",
+    benchmark:
+        f"{BENCHMARKS}/figures/spread-error.tsv"
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        cases=SPREAD_ERROR_ROWS,
+        methods=spread_map_methods(METHODS),
+        days="observed",
+    script:
+        "../scripts/spread_error_maps.py"
 
 
 rule figures:
-    """Figure 7 (distance against degradation) and the training curves."""
+    """Figures 7 and 8, scores against degradation, rank histograms, training curves, summary."""
     input:
         scores=SCORES,
+        rank_histograms=RANK_HISTOGRAMS,
         losses=expand(AUTOENCODER_LOSSES, modalities=LATENT_SETS)
         + expand(SCORE_LOSSES, space=SPACES),
     output:
-        **FIGURES,
+        fig7=report(
+            FIGURES["fig7"],
+            caption="../report/fig7.rst",
+            category=PAPER,
+            labels={"figure": "Figure 7", "shows": "Wasserstein against degradation"},
+        ),
+        fig7_pdf=PDFS["fig7"],
+        fig8=report(
+            FIGURES["fig8"],
+            caption="../report/fig8.rst",
+            category=PAPER,
+            labels={"figure": "Figure 8", "shows": "modality ablation"},
+        ),
+        fig8_pdf=PDFS["fig8"],
+        rmse=report(
+            FIGURES["rmse"],
+            caption="../report/rmse.rst",
+            category=BEYOND,
+            labels={"figure": "RMSE", "shows": "RMSE against degradation"},
+        ),
+        rmse_pdf=PDFS["rmse"],
+        crps=report(
+            FIGURES["crps"],
+            caption="../report/crps.rst",
+            category=BEYOND,
+            labels={"figure": "CRPS", "shows": "CRPS against degradation"},
+        ),
+        crps_pdf=PDFS["crps"],
+        spread_skill=report(
+            FIGURES["spread_skill"],
+            caption="../report/spread-skill.rst",
+            category=BEYOND,
+            labels={
+                "figure": "spread/skill",
+                "shows": "spread/skill against degradation",
+            },
+        ),
+        spread_skill_pdf=PDFS["spread_skill"],
+        rank_histograms=report(
+            FIGURES["rank_histograms"],
+            caption="../report/rank-histograms.rst",
+            category=BEYOND,
+            labels={"figure": "rank histograms", "shows": "calibration, the cases"},
+        ),
+        rank_histograms_pdf=PDFS["rank_histograms"],
+        curves=report(
+            FIGURES["curves"],
+            caption="../report/training-curves.rst",
+            category="3. Training",
+            labels={"figure": "training curves", "shows": "losses per epoch"},
+        ),
+        curves_pdf=PDFS["curves"],
+        summary=report(
+            FIGURES["summary"],
+            caption="../report/summary.rst",
+            category="4. Summary",
+            labels={"table": "summary"},
+        ),
     log:
         f"{LOGS}/figures.log",
     benchmark:
@@ -19,5 +180,30 @@ rule figures:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        name=NAME,
+        cases=CASES,
+        days="observed",
     script:
         "../scripts/figures.py"
+
+
+rule report_config:
+    """The config the run used, defaults filled in: the report's record of the experiment."""
+    output:
+        report(
+            FIGURES["config"],
+            caption="../report/config.rst",
+            category="6. Configuration",
+            labels={"table": "config"},
+        ),
+    log:
+        f"{LOGS}/report_config.log",
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    params:
+        config=config,
+        configfiles=[str(path) for path in workflow.configfiles],
+    script:
+        "../scripts/report_config.py"

@@ -1,7 +1,9 @@
-"""Rule evaluate: every analysis file into one tidy scores table."""
+"""Rule evaluate: every analysis file into the tidy scores and rank-histogram tables."""
 
-from slams.evaluate import score_files
+from slams.evaluate import evaluate_files
 from slams.workflow import setup_logging
 
 setup_logging(snakemake.log[0])
-score_files(list(snakemake.input)).to_csv(snakemake.output[0], index=False)
+scores, rank_histograms = evaluate_files(list(snakemake.input))
+scores.to_csv(snakemake.output.scores, index=False)
+rank_histograms.to_csv(snakemake.output.rank_histograms, index=False)

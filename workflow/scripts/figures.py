@@ -1,14 +1,18 @@
-"""Rule figures: figure 7 and the training curves."""
+"""Rule figures: figures 7 and 8, scores against degradation, rank histograms, training
+curves and the markdown summary, from the score tables and the loss logs."""
 
 from pathlib import Path
 
-import pandas as pd
-
-from slams.plots import plot_ablation, plot_training_curves
+from slams.figures import score_figures
 from slams.workflow import setup_logging
 
 setup_logging(snakemake.log[0])
-scores = pd.read_csv(snakemake.input.scores)
-plot_ablation(scores, snakemake.output.fig7, metric="wasserstein", days="observed")
-curves = {Path(p).name.removesuffix("-losses.csv"): p for p in snakemake.input.losses}
-plot_training_curves(curves, snakemake.output.curves)
+score_figures(
+    snakemake.input.scores,
+    snakemake.input.rank_histograms,
+    {Path(p).name.removesuffix("-losses.csv"): p for p in snakemake.input.losses},
+    {key: snakemake.output[key] for key in snakemake.output.keys() if not key.endswith("_pdf")},
+    cases=snakemake.params.cases,
+    name=snakemake.params.name,
+    days=snakemake.params.days,
+)

@@ -1,0 +1,273 @@
+"""What the figures show and the markdown summary: no plotting here, so the Snakefile can
+import it cheaply.
+
+The paper's figures 3-6 show named cells of the ablation grid (``assimilation.cases``):
+the ideal case and the realistic coarse, noisy and sparse cases, each at one pressure level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from slams.config import LATENT_METHODS
+
+# Case name -> (paper figure number, pressure level in hPa it shows).
+PAPER_CASES = {
+    "ideal": (3, 200.0),
+    "coarse": (4, 200.0),
+    "noisy": (5, 1000.0),
+    "sparse": (6, 1000.0),
+}
+# Level of a case the paper does not name: the middle troposphere.
+DEFAULT_CASE_LEVEL = 500.0
+# Latent method of the map figures, most modalities first (the paper's SLAMS is latent-both).
+LATENT_PREFERENCE = ("latent-both", "latent-exsitu", "latent-insitu", "latent-none")
+# Methods with an ensemble whose spread is drawn beside its error.
+ENSEMBLE_MAP_METHODS = ("pixel", *LATENT_PREFERENCE, "oi")
+
+METHOD_ORDER = ("pixel", *LATENT_METHODS, "oi", "climatology")
+AXIS_ORDER = ("coarsen", "noise", "gap")
+AXIS_NAMES = {"coarsen": "coarsening factor r", "noise": "noise variance σ²", "gap": "gap g"}
+# Headline metrics of the summary and how "best" is judged.
+SUMMARY_METRICS = {
+    "rmse": ("RMSE (K)", "min"),
+    "crps": ("CRPS (K)", "min"),
+    "wasserstein": ("Wasserstein (K)", "min"),
+    "spread_skill": ("spread/skill", "one"),
+}
+
+
+def case_figure_stem(case: str) -> str:
+    """File stem of a case's map figure: ``fig3-ideal`` (paper cases) or ``case-<name>``."""
+    if case in PAPER_CASES:
+        return f"fig{PAPER_CASES[case][0]}-{case}"
+    return f"case-{case}"
+
+
+def case_level(case: str, levels: Sequence[float]) -> float:
+    """The configured level closest to the one the paper shows for ``case`` (ties: lower hPa)."""
+    levels = np.asarray(levels, dtype=float)
+    if levels.size == 0:
+        raise ValueError("case_level needs at least one pressure level")
+    wanted = PAPER_CASES.get(case, (None, DEFAULT_CASE_LEVEL))[1]
+    order = np.lexsort((levels, np.abs(levels - wanted)))
+    return float(levels[order[0]])
+
+
+def map_methods(methods: Sequence[str]) -> dict[str, str | None]:
+    """Methods of the map figures among ``methods``: ``{"pixel": ..., "latent": ...}``.
+
+    ``latent`` is the configured latent method with the most modalities
+    (:data:`LATENT_PREFERENCE`); a missing one is ``None`` (its panels are left out).
+    """
+    latent = next((m for m in LATENT_PREFERENCE if m in methods), None)
+    return {"pixel": "pixel" if "pixel" in methods else None, "latent": latent}
+
+
+def spread_map_methods(methods: Sequence[str]) -> list[str]:
+    """Methods of the spread/error maps: pixel, the preferred latent method and OI, if run."""
+    chosen = map_methods(methods)
+    candidates = [chosen["pixel"], chosen["latent"], "oi" if "oi" in methods else None]
+    return [m for m in candidates if m is not None]
+
+
+def ordered_methods(present: Sequence[str]) -> list[str]:
+    """``present`` in the canonical method order, unknown names last (sorted)."""
+    present = set(present)
+    known = [m for m in METHOD_ORDER if m in present]
+    return known + sorted(present - set(METHOD_ORDER))
+
+
+def _level_means(scores: pd.DataFrame, days: str) -> pd.Series:
+    table = scores[scores["days"] == days] if "days" in scores.columns else scores
+    return table.groupby(["axis", "value", "metric", "method"])["score"].mean()
+
+
+def _format_row(values: pd.Series, methods: list[str], best: str) -> tuple[list[str], str]:
+    """Cells of one table row with the best value in bold, and the best method's name."""
+    finite = values.dropna()
+    winner = ""
+    if not finite.empty:
+        winner = (finite - 1).abs().idxmin() if best == "one" else finite.idxmin()
+    cells = []
+    for method in methods:
+        value = values.get(method, np.nan)
+        if pd.isna(value):
+            cells.append("–")
+        elif method == winner:
+            cells.append(f"**{value:.3f}**")
+        else:
+            cells.append(f"{value:.3f}")
+    return cells, winner
+
+
+def _table(header: list[str], rows: list[list[str]], numeric_from: int) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |"]
+    aligns = ["---"] * numeric_from + ["---:"] * (len(header) - numeric_from)
+    lines.append("|" + "|".join(aligns) + "|")
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return lines
+
+
+def summary_table(
+    scores: pd.DataFrame,
+    metrics: Sequence[str] = ("rmse", "wasserstein"),
+    days: str = "observed",
+) -> str:
+    """Markdown table of scores averaged over levels, by ablation setting and method.
+
+    Rows are (axis, value, metric), columns the methods (canonical order); each cell is
+    the mean of ``score`` over levels (and seeds) with 3 decimals, "–" when missing.
+    """
+    means = _level_means(scores[scores["metric"].isin(metrics)], days)
+    if means.empty:
+        raise ValueError(f"no scores for metrics {list(metrics)} and days={days!r}")
+    wide = means.unstack("method")
+    methods = ordered_methods(list(wide.columns))
+    axis_rank = {a: i for i, a in enumerate(AXIS_ORDER)}
+    metric_rank = {m: i for i, m in enumerate(metrics)}
+    keys = sorted(
+        wide.index,
+        key=lambda k: (axis_rank.get(k[0], len(axis_rank)), str(k[0]), k[1], metric_rank[k[2]]),
+    )
+    rows = []
+    for key in keys:
+        values = wide.loc[key]
+        cells = ["–" if pd.isna(values.get(m)) else f"{values[m]:.3f}" for m in methods]
+        rows.append([str(key[0]), f"{key[1]:g}", str(key[2]), *cells])
+    return "\n".join(_table(["axis", "value", "metric", *methods], rows, 3)) + "\n"
+
+
+def summary_markdown(
+    scores: pd.DataFrame,
+    cases: Mapping[str, tuple[str, str | float]],
+    name: str = "",
+    days: str = "observed",
+) -> str:
+    """The headline numbers as markdown: the named cases, then every setting.
+
+    Args:
+        scores: the tidy ``scores.csv`` table.
+        cases: case name -> (axis, value), e.g. ``{"ideal": ("coarsen", "4")}``.
+        name: experiment name for the title.
+        days: ``observed`` or ``all``.
+
+    Every number is a mean over the pressure levels of the per-level score; the best method
+    of a row is in bold (lowest, or for spread/skill the closest to 1).
+    """
+    means = _level_means(scores, days)
+    if means.empty:
+        raise ValueError(f"no scores for days={days!r}: did the evaluation run?")
+    methods = ordered_methods(list(means.index.get_level_values("method").unique()))
+    title = f"# Summary{f' of experiment {name}' if name else ''}"
+    lines = [
+        title,
+        "",
+        f"Scores on {days} days, averaged over the {scores['level'].nunique()} pressure levels "
+        "(kelvin, except the spread/skill ratio, which is 1 for a calibrated ensemble). "
+        "Bold: the best method of a row (lowest; spread/skill: closest to 1). "
+        "– : not defined (spread/skill of the one-member climatology) or not run.",
+        "",
+        "## The paper's cases",
+        "",
+    ]
+    rows = []
+    for case, (axis, value) in cases.items():
+        for metric, (label, best) in SUMMARY_METRICS.items():
+            key = (axis, float(value), metric)
+            if key not in means.index.droplevel("method"):
+                continue
+            values = means.loc[key]
+            cells, winner = _format_row(values, methods, best)
+            rows.append([case, f"{axis} {float(value):g}", label, *cells, winner or "–"])
+    if rows:
+        header = ["case", "setting", "metric", *methods, "best"]
+        lines.extend(_table(header, rows, 3))
+    else:
+        lines.append("No scores for the named cases.")
+
+    lines += ["", "## Every setting", ""]
+    metrics = [m for m in SUMMARY_METRICS if m in set(scores["metric"])]
+    lines.append(summary_table(scores, metrics=metrics, days=days).rstrip("\n"))
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- workflow inputs
+# What the figure rules read, as plain functions of the config's methods and cases, so the rule
+# file holds no logic (``snakemake --lint``) and the choices are unit-tested.
+
+
+def case_map_methods(methods: Sequence[str]) -> list[str]:
+    """Analyses a case's maps read: pixel and the preferred latent method, or, where neither
+    is configured, the first method (only for its truth and observation)."""
+    chosen = [m for m in map_methods(methods).values() if m is not None]
+    return chosen or list(methods[:1])
+
+
+def case_map_missing(methods: Sequence[str]) -> dict[str, str]:
+    """Panels a case's maps lack, and why (the figure and its caption say so)."""
+    chosen = map_methods(methods)
+    missing = {}
+    if chosen["pixel"] is None:
+        missing["pixel analysis"] = "pixel is not in assimilation.methods"
+    if chosen["latent"] is None:
+        missing["latent analysis"] = "no latent-* method is in assimilation.methods"
+    return missing
+
+
+def case_figure_label(figure: str) -> str:
+    """``fig3`` -> ``Figure 3``; ``case`` (a case the paper does not name) -> ``Case``."""
+    return f"Figure {figure.removeprefix('fig')}" if figure.startswith("fig") else "Case"
+
+
+def case_files(methods: Sequence[str], setting: tuple[str, str], analysis: str) -> list[str]:
+    """Analysis files of a case's maps; ``analysis`` is the path template with {method},
+    {axis} and {value}; ``setting`` is the case's (axis, value)."""
+    axis, value = setting
+    return [analysis.format(method=m, axis=axis, value=value) for m in case_map_methods(methods)]
+
+
+def spread_error_rows(
+    methods: Sequence[str],
+    cases: Mapping[str, tuple[str, str]],
+    levels: Sequence[float],
+    analysis: str,
+) -> list[list]:
+    """``[case, level, {method: analysis file}]`` per case for the spread/error maps."""
+    return [
+        [
+            case,
+            case_level(case, levels),
+            {
+                m: analysis.format(method=m, axis=axis, value=value)
+                for m in spread_map_methods(methods)
+            },
+        ]
+        for case, (axis, value) in cases.items()
+    ]
+
+
+def write_config(config: Mapping, configfiles: Sequence[str], path: str | Path) -> None:
+    """Write the run's config (validated, defaults filled in) as YAML, naming its sources."""
+    import yaml
+
+    header = [
+        "# The configuration of this run, schema defaults filled in, from these files",
+        "# (--configfile overlays take precedence over the workflow's config.yaml):",
+    ]
+    header += [f"#   {source}" for source in configfiles]
+    body = yaml.safe_dump(_plain(config), sort_keys=False, allow_unicode=True)
+    Path(path).write_text("\n".join(header) + "\n" + body)
+
+
+def _plain(value):
+    """Mappings and sequences as dicts and lists (Snakemake passes its own config types)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,130 @@
+"""Tests of slams.report: what the figures show and the markdown summary."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from slams.report import (
+    case_figure_label,
+    case_figure_stem,
+    case_files,
+    case_level,
+    case_map_methods,
+    case_map_missing,
+    map_methods,
+    spread_error_rows,
+    spread_map_methods,
+    summary_markdown,
+    write_config,
+)
+
+PAPER_LEVELS = [10, 50, 100, 200, 300, 500, 700, 850, 925, 1000]
+
+
+def test_case_figure_stem_numbers_the_paper_cases():
+    assert [case_figure_stem(c) for c in ("ideal", "coarse", "noisy", "sparse")] == [
+        "fig3-ideal",
+        "fig4-coarse",
+        "fig5-noisy",
+        "fig6-sparse",
+    ]
+    assert case_figure_stem("storm") == "case-storm"
+
+
+def test_case_level_is_the_papers_or_the_nearest_configured():
+    assert case_level("ideal", PAPER_LEVELS) == 200.0
+    assert case_level("sparse", PAPER_LEVELS) == 1000.0
+    assert case_level("coarse", [50, 500, 850]) == 50.0  # |200-50| < |200-500|
+    assert case_level("noisy", [500, 850]) == 850.0
+    assert case_level("ideal", [100, 300]) == 100.0  # a tie goes to the lower pressure
+    assert case_level("storm", PAPER_LEVELS) == 500.0  # not a paper case: mid-troposphere
+    with pytest.raises(ValueError, match="at least one"):
+        case_level("ideal", [])
+
+
+def test_map_methods_prefer_the_most_modalities():
+    every = ["pixel", "latent-none", "latent-insitu", "latent-exsitu", "latent-both", "oi"]
+    assert map_methods(every) == {"pixel": "pixel", "latent": "latent-both"}
+    assert map_methods(["latent-none", "latent-insitu"]) == {
+        "pixel": None,
+        "latent": "latent-insitu",
+    }
+    assert map_methods(["climatology"]) == {"pixel": None, "latent": None}
+    assert spread_map_methods([*every, "climatology"]) == ["pixel", "latent-both", "oi"]
+    assert spread_map_methods(["climatology"]) == []
+
+
+def scores_table() -> pd.DataFrame:
+    """Two levels; pixel best in RMSE, latent-both best calibrated, climatology lacks spread."""
+    rows = []
+    values = {
+        "pixel": {"rmse": (1.0, 2.0), "crps": (0.5, 0.7), "spread_skill": (0.5, 0.7)},
+        "latent-both": {"rmse": (2.0, 3.0), "crps": (0.6, 0.8), "spread_skill": (1.1, 0.95)},
+        "climatology": {"rmse": (3.0, 3.0), "crps": (2.0, 2.0)},
+    }
+    for method, metrics in values.items():
+        for metric, per_level in metrics.items():
+            for level, score in zip((200.0, 1000.0), per_level, strict=True):
+                for axis, value in (("coarsen", 4.0), ("gap", 16.0)):
+                    rows.append([method, axis, value, level, "observed", metric, score])
+                    rows.append([method, axis, value, level, "all", metric, score + 10])
+    columns = ["method", "axis", "value", "level", "days", "metric", "score"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def test_summary_markdown_bold_best_and_gaps():
+    text = summary_markdown(scores_table(), {"ideal": ("coarsen", "4")}, name="demo")
+    assert text.startswith("# Summary of experiment demo")
+    lines = text.splitlines()
+    header = "| case | setting | metric | pixel | latent-both | climatology | best |"
+    assert header in lines
+    # means over the two levels; lowest in bold; spread/skill closest to 1 in bold
+    assert "| ideal | coarsen 4 | RMSE (K) | **1.500** | 2.500 | 3.000 | pixel |" in lines
+    assert "| ideal | coarsen 4 | spread/skill | 0.600 | **1.025** | – | latent-both |" in lines
+    # no Wasserstein scores in the table: no such row, and "all" days were not used
+    assert not any("Wasserstein" in line for line in lines)
+    assert "11.500" not in text
+    # every setting follows, gap included
+    assert "| gap | 16 | rmse | 1.500 | 2.500 | 3.000 |" in lines
+
+
+def test_summary_markdown_without_scores_for_days():
+    with pytest.raises(ValueError, match="no scores"):
+        summary_markdown(scores_table(), {}, days="weekends")
+
+
+def test_figure_rule_inputs_from_the_config():
+    template = "results/x/analysis/{method}/{axis}-{value}.nc"
+    every = ["pixel", "latent-none", "latent-both", "oi", "climatology"]
+    assert case_files(every, ("coarsen", "4"), template) == [
+        "results/x/analysis/pixel/coarsen-4.nc",
+        "results/x/analysis/latent-both/coarsen-4.nc",
+    ]
+    assert case_map_missing(every) == {}
+    # neither pixel nor latent: the first method's file, for the truth and the observation
+    assert case_map_methods(["oi", "climatology"]) == ["oi"]
+    assert set(case_map_missing(["oi"])) == {"pixel analysis", "latent analysis"}
+    assert case_figure_label("fig5") == "Figure 5" and case_figure_label("case") == "Case"
+    rows = spread_error_rows(every, {"noisy": ("noise", "4")}, [50, 500, 850], template)
+    assert rows == [
+        [
+            "noisy",
+            850.0,
+            {
+                "pixel": "results/x/analysis/pixel/noise-4.nc",
+                "latent-both": "results/x/analysis/latent-both/noise-4.nc",
+                "oi": "results/x/analysis/oi/noise-4.nc",
+            },
+        ]
+    ]
+
+
+def test_write_config_names_its_sources(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    config = {"name": "demo", "assimilation": {"cases": {"ideal": "coarsen-2"}, "members": 4}}
+    out = tmp_path / "config.resolved.yaml"
+    write_config(config, ["config.yaml", "presets/demo.yaml"], out)
+    text = out.read_text()
+    assert text.splitlines()[2:4] == ["#   config.yaml", "#   presets/demo.yaml"]
+    assert yaml.safe_load(text) == config

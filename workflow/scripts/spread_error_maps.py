@@ -1,0 +1,7 @@
+"""Rule spread_error_maps: ensemble spread beside the actual error, for every named case."""
+
+from slams.figures import spread_error_figure
+from slams.workflow import setup_logging
+
+setup_logging(snakemake.log[0])
+spread_error_figure(snakemake.params.cases, snakemake.output.png, days=snakemake.params.days)
