@@ -9,6 +9,7 @@ from slams.assimilate import (
     analysis_dataset,
     assimilate_states,
     make_observations,
+    relabel_copy,
     upsample_observations,
     window_slices,
 )
@@ -107,3 +108,22 @@ def test_analysis_dataset_holds_every_member_day_and_level():
     assert ds["analysis"].dims == ("member", "time", "level", "lat", "lon")
     assert ds.sizes["member"] == 5 and ds["observed"].values.tolist() == [1, 0, 1]
     assert ds.attrs["method"] == "pixel" and ds["analysis"].attrs["units"] == "K"
+
+
+def test_relabel_copy_files_the_analysis_under_another_cell(tmp_path):
+    truth = xr.DataArray(
+        np.full((2, 1, 4, 8), 250.0),
+        dims=("time", "level", "lat", "lon"),
+        coords={"time": np.arange("2004-01-01", "2004-01-03", dtype="datetime64[D]")},
+    )
+    rng = np.random.default_rng(0)
+    attrs = {"method": "pixel", "axis": "coarsen", "value": 2.0, "coarsen": 2, "seed": 1}
+    ds = analysis_dataset(rng.normal(250, 3, (3, 2, 1, 4, 8)), truth, None, np.ones(2), attrs)
+    source, target = tmp_path / "coarsen-2.nc", tmp_path / "noise-0.1.nc"
+    ds.to_netcdf(source)
+    relabel_copy(source, target, "noise", "0.1")
+    with xr.open_dataset(source) as original, xr.open_dataset(target) as copy:
+        assert (copy.attrs["axis"], copy.attrs["value"]) == ("noise", 0.1)
+        assert copy.attrs["same_setting_as"] == "coarsen-2" and copy.attrs["coarsen"] == 2
+        assert original.attrs["axis"] == "coarsen"  # the source is left as it was
+        xr.testing.assert_identical(copy["analysis"], original["analysis"])

@@ -8,6 +8,7 @@ from slams.config import (
     format_value,
     grid_shape,
     load_config,
+    same_settings,
     setting_parameters,
     settings,
     validate_config,
@@ -76,6 +77,10 @@ def test_defaults_are_filled(paper, schema):
         (lambda c: c["assimilation"].update(members="eight"), "assimilation.members"),
         (lambda c: c["score"]["pixel"].update(hidden=[64, -1]), "score.pixel.hidden[1]"),
         (lambda c: c["data"].update(source="ftp"), "data.source"),
+        (
+            lambda c: c["assimilation"]["axes"]["gap"].update(values=[4, 8, 4]),
+            "assimilation.axes.gap.values",
+        ),
         (
             lambda c: c["assimilation"]["sampler"].update(guidance="dps"),
             "assimilation.sampler.guidance",
@@ -146,3 +151,12 @@ def test_grid_and_settings(paper, schema):
     }
     assert setting_parameters(config, "gap", 16)["coarsen"] == 1
     assert format_value(4.0) == "4" and format_value(0.5) == "0.5"
+
+
+def test_cells_that_repeat_a_setting(paper, schema):
+    config = validate_config(copy.deepcopy(paper), schema)
+    # the paper holds noise at 0.1 on the coarsening axis and coarsens by 4 on the noise axis
+    assert same_settings(config) == {("noise", "0.1"): ("coarsen", "4")}
+    assert setting_parameters(config, "noise", 0.1) == setting_parameters(config, "coarsen", 4)
+    config["assimilation"]["axes"]["noise"]["fixed"]["every"] = 1  # now a setting of its own
+    assert same_settings(config) == {}

@@ -487,8 +487,10 @@ def test_paper_dry_run_lists_the_download_jobs(root, tmp_path):
     assert counts["download_era5"] == 12 * years and counts["merge_era5"] == years
     assert counts["download_cpc"] == counts["extract_olr"] == years
     assert counts["download_olr"] == 1 and counts["regrid"] == 3 * years
-    # the paper's grid: 7 methods x (5 coarsen + 5 noise + 4 gap) settings
-    assert counts["assimilate"] == 7 * 14 and counts["oi_background"] == 1
+    # the paper's grid: 7 methods x (5 coarsen + 5 noise + 4 gap) cells, of which noise-0.1
+    # repeats coarsen-4's setting and is a copy
+    assert counts["assimilate"] == 7 * 13 and counts["same_analysis"] == 7
+    assert counts["oi_background"] == 1
     assert counts["train_autoencoder"] == counts["encode"] == 4 and counts["train_score"] == 5
     assert counts["case_figure"] == 4  # figures 3-6
     assert counts["total"] == 537  # the README's table

@@ -41,8 +41,9 @@ def job_counts(output: str) -> dict[str, int]:
 def test_demo_dry_run_lists_every_job(root, tmp_path):
     result = snakemake(root, tmp_path, "-n", "--configfile", str(root / "presets/demo.yaml"))
     counts = job_counts(result.stdout)
-    # 7 methods x (3 + 3 + 3) settings, 3 sources x 5 years, 4 modality sets, 1 + 4 score nets
-    assert counts["assimilate"] == 7 * 9
+    # 7 methods x (3 + 3 + 3) settings, 3 sources x 5 years, 4 modality sets, 1 + 4 score nets;
+    # noise-0.1 is the setting of coarsen-2 (noise 0.1, every 4th day): computed once, copied
+    assert counts["assimilate"] == 7 * 8 and counts["same_analysis"] == 7
     assert counts["oi_background"] == 1
     assert counts["regrid"] == 15
     assert counts["train_autoencoder"] == 4 and counts["encode"] == 4
@@ -128,6 +129,17 @@ def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
     assert resolved["name"] == "smoke" and resolved["assimilation"]["sampler"]["steps"] == 4
     assert (out / "logs" / "dataset.log").exists()
     assert (out / "benchmarks" / "evaluate.tsv").exists()
+    # noise-0.1 repeats coarsen-2's setting: one computation, the copy filed under its own cell
+    copy = xr.open_dataset(out / "analysis" / "latent-both" / "noise-0.1.nc")
+    assert (copy.attrs["axis"], copy.attrs["value"]) == ("noise", 0.1)
+    assert copy.attrs["same_setting_as"] == "coarsen-2"
+    xr.testing.assert_identical(copy["analysis"], ds["analysis"])
+    assert not (out / "benchmarks" / "assimilate" / "latent-both" / "noise-0.1.tsv").exists()
+    same = scores.set_index(["method", "axis", "value", "level", "days", "metric"])["score"]
+    np.testing.assert_array_equal(
+        same.xs(("noise", 0.1), level=("axis", "value")),
+        same.xs(("coarsen", 2.0), level=("axis", "value")),
+    )
     oi = xr.open_dataset(out / "analysis" / "oi" / "coarsen-2.nc")
     assert oi.sizes["member"] == 2 and np.isfinite(oi["analysis"]).all()
     # pixel and oi assimilate the very same observations
@@ -141,6 +153,7 @@ def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
     result = snakemake(root, tmp_path, "-n", "--configfile", str(root / "presets/smoke.yaml"),
                        str(overlay))  # fmt: skip
     counts = job_counts(result.stdout)
-    n_settings = len(list((out / "analysis" / "pixel").glob("*.nc")))
-    assert counts["assimilate"] == 5 * n_settings  # pixel + 4 latent sets
+    n_cells = len(list((out / "analysis" / "pixel").glob("*.nc")))
+    assert counts["assimilate"] == 5 * (n_cells - 1)  # pixel + 4 latent sets, noise-0.1 aside
+    assert counts["same_analysis"] == 5  # whose copies follow
     assert "train_score" not in counts and "oi_background" not in counts

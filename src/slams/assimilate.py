@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import itertools
 import logging
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor
 
+from slams.config import format_value
 from slams.diffusion import (
     VPSDE,
     GaussianGuidance,
@@ -376,6 +379,23 @@ def run_method(
     return analysis_dataset(
         np.asarray(analysis_k), truth_k, np.asarray(observation_k), observed.numpy(), attrs
     )
+
+
+def relabel_copy(source: str | Path, target: str | Path, axis: str, value: str | float) -> None:
+    """Copy an analysis to the name of another cell of the same observation setting.
+
+    Only the global ``axis`` and ``value`` attributes change (and ``same_setting_as`` names
+    the source cell), so the evaluation files the copy under its own cell. The data are
+    copied byte for byte, without reading them into memory.
+    """
+    import netCDF4
+
+    shutil.copyfile(source, target)
+    with netCDF4.Dataset(target, "a") as nc:
+        original = f"{nc.getncattr('axis')}-{format_value(nc.getncattr('value'))}"
+        nc.setncattr("axis", axis)
+        nc.setncattr("value", float(value))
+        nc.setncattr("same_setting_as", original)
 
 
 def background_of(train_path: str, rank: int, seed: int = 0, progress: bool = True):

@@ -198,6 +198,25 @@ def settings(config: dict) -> list[tuple[str, str]]:
     ]
 
 
+def same_settings(config: dict) -> dict[tuple[str, str], tuple[str, str]]:
+    """Cells of the ablation grid that repeat an earlier cell's observation setting.
+
+    Two axes can meet in one setting (the paper: ``coarsen-4`` is ``noise-0.1``, since the
+    coarsening axis holds the noise at 0.1 and the noise axis the coarsening at 4). Returns
+    ``{(axis, value): (first axis, first value)}`` for every such later cell, in config order;
+    the workflow computes each setting once and gives the later cell a relabelled copy.
+    """
+    first: dict[tuple, tuple[str, str]] = {}
+    same = {}
+    for axis, value in settings(config):
+        key = tuple(sorted(setting_parameters(config, axis, float(value)).items()))
+        if key in first:
+            same[(axis, value)] = first[key]
+        else:
+            first[key] = (axis, value)
+    return same
+
+
 def merge(base: dict, overlay: dict) -> dict:
     """Deep merge as Snakemake merges --configfile overlays: dicts merge, the rest replaces."""
     out = copy.deepcopy(base)

@@ -1,4 +1,5 @@
-# One ensemble analysis per method and ablation setting.
+# One ensemble analysis per method and ablation setting; a setting that two axes share is
+# computed once (rule assimilate) and copied under the later cell's name (rule same_analysis).
 
 
 rule assimilate:
@@ -11,6 +12,8 @@ rule assimilate:
         f"{LOGS}/assimilate/{{method}}/{{axis}}-{{value}}.log",
     benchmark:
         f"{BENCHMARKS}/assimilate/{{method}}/{{axis}}-{{value}}.tsv"
+    wildcard_constraints:
+        axis=rf"(?!(?:{SAME_CELLS})\.nc$)(?:coarsen|noise|gap)",
     conda:
         "../../envs/torch.yaml"
     threads: config["resources"]["assimilate_threads"]
@@ -49,3 +52,23 @@ rule oi_background:
         seed=config["seed"],
     script:
         "../scripts/oi_background.py"
+
+
+rule same_analysis:
+    """A cell whose observation setting repeats an earlier cell's (the paper: noise-0.1 is
+    coarsen-4): that analysis, copied with the cell's own axis and value attributes."""
+    input:
+        lambda wc: ANALYSIS.format(
+            method=wc.method, **SAME_SETTINGS[(wc.axis, wc.value)]
+        ),
+    output:
+        ANALYSIS,
+    log:
+        f"{LOGS}/same_analysis/{{method}}/{{axis}}-{{value}}.log",
+    wildcard_constraints:
+        axis=rf"(?=(?:{SAME_CELLS})\.nc$)(?:coarsen|noise|gap)",
+    localrule: True
+    conda:
+        "../../envs/data.yaml"
+    script:
+        "../scripts/same_analysis.py"

@@ -1,11 +1,13 @@
 # Configuration checks and every output path of the workflow, in one place.
 
+import re
 from pathlib import Path
 
 from slams.config import (
     LATENT_METHODS,
     ConfigError,
     format_value,
+    same_settings,
     setting_parameters,
     settings,
     validate_config,
@@ -26,6 +28,12 @@ SOURCES = ["era5", "cpc", "olr"]
 MODALITIES = config["autoencoder"]["modalities"]
 METHODS = config["assimilation"]["methods"]
 SETTINGS = settings(config)
+# Cells that repeat an earlier cell's setting -> that cell, as wildcards; and a regex of them.
+SAME_SETTINGS = {
+    cell: {"axis": axis, "value": value}
+    for cell, (axis, value) in same_settings(config).items()
+}
+SAME_CELLS = "|".join(re.escape(f"{a}-{v}") for a, v in SAME_SETTINGS) or "(?!x)x"
 SPLITS = ["train", "validation", "test"]
 
 RESOURCES = f"resources/{DATA['dataset']}"

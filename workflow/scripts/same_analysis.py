@@ -1,0 +1,12 @@
+"""Rule same_analysis: a cell whose setting repeats an earlier cell's, as a relabelled copy."""
+
+from slams.assimilate import relabel_copy
+from slams.workflow import setup_logging
+
+setup_logging(snakemake.log[0])
+relabel_copy(
+    snakemake.input[0],
+    snakemake.output[0],
+    snakemake.wildcards.axis,
+    snakemake.wildcards.value,
+)
