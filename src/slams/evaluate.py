@@ -57,17 +57,6 @@ def evaluate_dataset(ds: xr.Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
     return score_table, rank_table
 
 
-def score_file(path: str | Path) -> pd.DataFrame:
-    """Scores of one analysis file on observed days and on all days, tidy."""
-    with xr.open_dataset(path) as ds:
-        return evaluate_dataset(ds.load())[0]
-
-
-def score_files(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """Concatenate the scores of many analysis files, sorted for reading."""
-    return evaluate_files(paths)[0]
-
-
 def evaluate_files(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Scores and rank histograms of many analysis files (each read once), sorted for reading."""
     scores, histograms = [], []

@@ -12,6 +12,7 @@ from slams.config import (
     settings,
     validate_config,
 )
+from slams.report import case_figure_stem
 
 try:
     validate_config(
@@ -73,14 +74,10 @@ for _set in LATENT_SETS:
 
 # Every figure (PNG; each has a PDF beside it) and the summary; workflow/rules/figures.smk
 # makes them. Figures 3-6 map the named cases: fig3-ideal, fig4-coarse, fig5-noisy,
-# fig6-sparse (slams.report.case_figure_stem), case-<name> for any other case.
+# fig6-sparse, case-<name> for any other case (slams.report.case_figure_stem).
 FIGURES = {
     **{
-        f"case_{case}": f"{RESULTS}/figures/"
-        + {"ideal": "fig3", "coarse": "fig4", "noisy": "fig5", "sparse": "fig6"}.get(
-            case, "case"
-        )
-        + f"-{case}.png"
+        f"case_{case}": f"{RESULTS}/figures/{case_figure_stem(case)}.png"
         for case in config["assimilation"]["cases"]
     },
     "fig7": f"{RESULTS}/figures/fig7-wasserstein.png",
