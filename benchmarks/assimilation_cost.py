@@ -1,8 +1,9 @@
 """Seconds per analysed day per member of each assimilation method, from a finished run.
 
-Reads Snakemake's per-job benchmark files (``results/<name>/benchmarks/assimilate/<method>/
-<setting>.tsv``: wall seconds, peak memory) and the analysis files (members, days), and prints a
-markdown table per method (median over the ablation settings) and the pixel / latent ratio.
+Reads Snakemake's per-job benchmark files (``results/<name>/benchmarks/assimilate/<protocol>/
+<method>/<setting>.tsv``: wall seconds, peak memory) and the analysis files (members, days), and
+prints a markdown table per protocol and method (median over the ablation settings) and the
+pixel / latent ratio.
 Usage::
 
     python benchmarks/assimilation_cost.py [results/demo]
@@ -19,9 +20,9 @@ import xarray as xr
 
 def costs(run: Path) -> pd.DataFrame:
     rows = []
-    for tsv in sorted((run / "benchmarks" / "assimilate").glob("*/*.tsv")):
-        method, setting = tsv.parent.name, tsv.stem
-        analysis = run / "analysis" / method / f"{setting}.nc"
+    for tsv in sorted((run / "benchmarks" / "assimilate").glob("*/*/*.tsv")):
+        protocol, method, setting = tsv.parent.parent.name, tsv.parent.name, tsv.stem
+        analysis = run / "analysis" / protocol / method / f"{setting}.nc"
         if not analysis.exists():
             continue
         bench = pd.read_csv(tsv, sep="\t")
@@ -30,6 +31,7 @@ def costs(run: Path) -> pd.DataFrame:
         seconds = float(bench["s"].iloc[-1])
         rows.append(
             {
+                "protocol": protocol,
                 "method": method,
                 "setting": setting,
                 "seconds": seconds,
@@ -47,7 +49,7 @@ def main() -> None:
     table = costs(run)
     if table.empty:
         raise SystemExit(f"no assimilation benchmarks under {run}/benchmarks/assimilate")
-    summary = table.groupby("method").agg(
+    summary = table.groupby(["protocol", "method"]).agg(
         jobs=("setting", "size"),
         members=("members", "first"),
         days=("days", "first"),
@@ -58,9 +60,10 @@ def main() -> None:
     )
     print(f"run {run}: {len(table)} analyses, {table['seconds'].sum():.0f} s of job time\n")
     print(summary.to_markdown(floatfmt=".3g"))
-    latent = summary.loc[summary.index.str.startswith("latent-"), "s_per_day_member"]
-    if "pixel" in summary.index and len(latent):
-        ratio = summary.loc["pixel", "s_per_day_member"] / latent.median()
+    per_method = table.groupby("method")["s_per_day_member"].median()
+    latent = per_method[per_method.index.str.startswith("latent-")]
+    if "pixel" in per_method.index and len(latent):
+        ratio = per_method["pixel"] / latent.median()
         print(f"\npixel / latent (median over the latent sets), s per day per member: {ratio:.2f}")
 
 

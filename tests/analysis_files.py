@@ -23,6 +23,7 @@ def analysis_dataset(
     every: int = 2,
     error: float = 1.0,
     seed: int = 0,
+    protocol: str = "physical",
 ) -> xr.Dataset:
     """An analysis file's dataset: truth ~ 250 K with a latitude gradient, members = truth +
     ``error`` noise, an observation of every ``every``-th day (NaN elsewhere), attributes.
@@ -48,6 +49,7 @@ def analysis_dataset(
         coords={"member": np.arange(n_members), **coords},
     )
     ds.attrs.update(
+        protocol=protocol,
         method=method,
         axis=axis,
         value=float(value),

@@ -4,16 +4,16 @@ import torch
 import xarray as xr
 
 from slams.assimilate import (
-    Measurement,
+    Context,
     SamplerSettings,
     analysis_dataset,
     assimilate_states,
-    make_observations,
     relabel_copy,
-    upsample_observations,
     window_slices,
 )
 from slams.diffusion import VPSDE, MarkovBlanketDenoiser
+from slams.observations import build_observations
+from slams.observe import Measurement
 
 
 class StandardNormalEps(torch.nn.Module):
@@ -39,16 +39,28 @@ def test_window_slices_cover_the_period_without_short_windows():
         window_slices(3, 10, 5)
 
 
+def temperature_observations(truth, measurement, seed, variance_ratio=1.0):
+    """Observations of ``truth (T, C, H, W)`` through the workflow's builder, with the state in
+    the paper's units (``std == anomaly_std``: the noise variance is the state's)."""
+    days, channels = truth.shape[:2]
+    split = xr.Dataset(
+        {"t": (("time", "level", "lat", "lon"), truth.numpy())},
+        coords={"time": np.arange(days), "level": np.arange(channels)},
+    )
+    stats = {"t": {"std": [variance_ratio**0.5] * channels, "anomaly_std": [1.0] * channels}}
+    return build_observations("paper", split, measurement, stats, seed)
+
+
 def test_observations_follow_the_schedule_and_variance():
-    states = torch.zeros(12, 2, 8, 16)
     measurement = Measurement(coarsen=2, gap=1, noise=0.5, every=4)
-    observed, y = make_observations(states, measurement, torch.Generator().manual_seed(0))
-    assert observed.tolist() == [i % 4 == 0 for i in range(12)]
+    obs = temperature_observations(torch.zeros(12, 2, 8, 16), measurement, 0)
+    assert obs.observed.tolist() == [i % 4 == 0 for i in range(12)]
+    y = obs.fields["t"].values
     assert y.shape == (3, 2, 4, 8)
     assert float(y.var()) == pytest.approx(0.5, rel=0.3)  # a variance, not a std
-    full = upsample_observations(observed, y, measurement, (8, 16))
-    assert full.shape == (12, 2, 8, 16)
-    assert torch.isnan(full[1]).all() and torch.isfinite(full[0]).all()
+    local, fields = obs.window(3, 10)  # days 4 and 8 are observed in days 3..9
+    assert local.tolist() == [1, 5]
+    assert torch.equal(fields["t"].values, y[1:3])
 
 
 @pytest.mark.parametrize("guidance", ["sda", "mmps"])
@@ -62,24 +74,29 @@ def test_guided_ensemble_matches_the_observed_block_means(guidance):
     days, shape = 10, (1, 4, 8)
     truth = torch.randn(days, *shape)
     measurement = Measurement(coarsen=2, gap=1, noise=0.01, every=2)
-    observed, y = make_observations(truth, measurement, torch.Generator().manual_seed(1))
-    denoiser = MarkovBlanketDenoiser(StandardNormalEps(), window=5)
-    analysis = assimilate_states(
-        denoiser,
-        observed,
-        y,
-        measurement,
-        shape,
+    obs = temperature_observations(truth, measurement, 1)
+    context = Context(
+        paths={},
+        stats={},
+        climatology_k=np.empty(0),
+        sampler=SamplerSettings(steps=64, corrections=1, tau=0.5, gamma=1e-2, guidance=guidance),
         members=64,
         window_days=10,
-        settings=SamplerSettings(steps=64, corrections=1, tau=0.5, gamma=1e-2, guidance=guidance),
-        generator=torch.Generator().manual_seed(2),
-        device=torch.device("cpu"),
+        window=5,
         progress=False,
     )
+    analysis = assimilate_states(
+        MarkovBlanketDenoiser(StandardNormalEps(), window=5),
+        obs,
+        lambda x: {"t": x},
+        shape,
+        context,
+        generator=torch.Generator().manual_seed(2),
+    )
     assert analysis.shape == (64, days, *shape)
+    observed = obs.observed
     block_means = measurement.operator()(analysis.mean(0))
-    expected = y / (1 + 4 * 0.01)
+    expected = obs.fields["t"].values / (1 + 4 * 0.01)
     error = (block_means[observed] - expected).abs().mean() / expected.abs().mean()
     assert error < 0.15
     # days without observations stay near the prior mean (|mean of 64 members| ~ 1/8)
@@ -103,7 +120,7 @@ def test_analysis_dataset_holds_every_member_day_and_level():
         },
     )
     ds = analysis_dataset(
-        np.full((5, 3, 2, 4, 8), 251.0), truth, None, np.array([1, 0, 1]), {"method": "pixel"}
+        np.full((5, 3, 2, 4, 8), 251.0), truth, {}, np.array([1, 0, 1]), {"method": "pixel"}
     )
     assert ds["analysis"].dims == ("member", "time", "level", "lat", "lon")
     assert ds.sizes["member"] == 5 and ds["observed"].values.tolist() == [1, 0, 1]
@@ -117,8 +134,9 @@ def test_relabel_copy_files_the_analysis_under_another_cell(tmp_path):
         coords={"time": np.arange("2004-01-01", "2004-01-03", dtype="datetime64[D]")},
     )
     rng = np.random.default_rng(0)
-    attrs = {"method": "pixel", "axis": "coarsen", "value": 2.0, "coarsen": 2, "seed": 1}
-    ds = analysis_dataset(rng.normal(250, 3, (3, 2, 1, 4, 8)), truth, None, np.ones(2), attrs)
+    attrs = {"protocol": "paper", "method": "pixel", "axis": "coarsen", "value": 2.0,
+             "coarsen": 2, "seed": 1}  # fmt: skip
+    ds = analysis_dataset(rng.normal(250, 3, (3, 2, 1, 4, 8)), truth, {}, np.ones(2), attrs)
     source, target = tmp_path / "coarsen-2.nc", tmp_path / "noise-0.1.nc"
     ds.to_netcdf(source)
     relabel_copy(source, target, "noise", "0.1")
@@ -127,3 +145,10 @@ def test_relabel_copy_files_the_analysis_under_another_cell(tmp_path):
         assert copy.attrs["same_setting_as"] == "coarsen-2" and copy.attrs["coarsen"] == 2
         assert original.attrs["axis"] == "coarsen"  # the source is left as it was
         xr.testing.assert_identical(copy["analysis"], original["analysis"])
+    # the same analysis filed under the other protocol (pixel observes the same way in both)
+    other = tmp_path / "physical-coarsen-2.nc"
+    relabel_copy(source, other, "coarsen", "2", protocol="physical")
+    with xr.open_dataset(other) as copy:
+        assert copy.attrs["protocol"] == "physical"
+        assert copy.attrs["same_analysis_as"] == "paper/coarsen-2"
+        assert "same_setting_as" not in copy.attrs

@@ -5,10 +5,11 @@ import yaml
 
 from slams.config import (
     ConfigError,
+    analysis_cells,
+    analysis_sources,
     format_value,
     grid_shape,
     load_config,
-    same_settings,
     setting_parameters,
     settings,
     validate_config,
@@ -153,10 +154,46 @@ def test_grid_and_settings(paper, schema):
     assert format_value(4.0) == "4" and format_value(0.5) == "0.5"
 
 
-def test_cells_that_repeat_a_setting(paper, schema):
+def test_cells_that_repeat_an_analysis(paper, schema):
     config = validate_config(copy.deepcopy(paper), schema)
     # the paper holds noise at 0.1 on the coarsening axis and coarsens by 4 on the noise axis
-    assert same_settings(config) == {("noise", "0.1"): ("coarsen", "4")}
     assert setting_parameters(config, "noise", 0.1) == setting_parameters(config, "coarsen", 4)
+    cells = analysis_cells(config)
+    sources = analysis_sources(config)
+    # 7 methods under the paper protocol, 8 (with pixel-both) under the physical one
+    assert len(cells) == (7 + 8) * 14
+    assert sources[("paper", "latent-both", "noise", "0.1")] == (
+        "paper", "latent-both", "coarsen", "4")  # fmt: skip
+    # pixel, oi and climatology observe the same way under both protocols: computed once
+    assert sources[("physical", "pixel", "gap", "16")] == ("paper", "pixel", "gap", "16")
+    assert sources[("physical", "oi", "noise", "0.1")] == ("paper", "oi", "coarsen", "4")
+    # latent methods differ between the protocols; pixel-both is physical only
+    assert ("physical", "latent-both", "gap", "16") not in sources
+    assert not any(cell[1] == "pixel-both" and cell[0] == "paper" for cell in cells)
+    computed = [cell for cell in cells if cell not in sources]
+    assert len(computed) == 3 * 13 + 13 + 4 * 13 * 2  # 156
+    assert all(source not in sources for source in sources.values())  # one hop
     config["assimilation"]["axes"]["noise"]["fixed"]["every"] = 1  # now a setting of its own
-    assert same_settings(config) == {}
+    assert ("paper", "latent-both", "noise", "0.1") not in analysis_sources(config)
+
+
+def test_protocols_cases_only_and_physical_only_methods(paper, schema):
+    config = copy.deepcopy(paper)
+    config["assimilation"]["cases_only"] = ["paper"]
+    config = validate_config(config, schema)
+    paper_cells = {c[2:] for c in analysis_cells(config) if c[0] == "paper"}
+    assert paper_cells == {("coarsen", "4"), ("coarsen", "20"), ("noise", "4"), ("gap", "16")}
+    bad = copy.deepcopy(paper)
+    bad["assimilation"]["protocols"] = ["physical"]
+    bad["assimilation"]["cases_only"] = ["paper"]
+    with pytest.raises(ConfigError, match=r"assimilation\.cases_only\[0\]: paper is not in"):
+        validate_config(bad, schema)
+    only_paper = copy.deepcopy(paper)
+    only_paper["assimilation"]["protocols"] = ["paper"]
+    with pytest.raises(ConfigError, match=r"assimilation\.methods\[1\]: pixel-both is defined "
+                       r"under the physical protocol only"):  # fmt: skip
+        validate_config(only_paper, schema)
+    unknown = copy.deepcopy(paper)
+    unknown["assimilation"]["protocols"] = ["paper", "real"]
+    with pytest.raises(ConfigError, match=r"assimilation\.protocols\[1\]"):
+        validate_config(unknown, schema)

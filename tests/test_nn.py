@@ -183,3 +183,15 @@ def test_unet_is_exact_at_pure_noise_whatever_its_weights():
     assert relative < 0.01
     mid = net(x, torch.full((2,), 0.5))
     assert (mid - x).norm() / x.norm() > 0.1  # away from t = 1 the network does the work
+
+
+def test_wrap_longitude_is_circular_padding_with_its_gradient():
+    import torch.nn.functional as F
+
+    from slams.nn.layers import wrap_longitude
+
+    x = torch.randn(2, 3, 4, 6, dtype=torch.float64, requires_grad=True)
+    for p in (1, 2):
+        torch.testing.assert_close(wrap_longitude(x, p), F.pad(x, (p, p, 0, 0), mode="circular"))
+        assert torch.autograd.gradcheck(lambda v, p=p: wrap_longitude(v, p), (x,))
+    assert wrap_longitude(x, 0) is x

@@ -15,7 +15,12 @@ from analysis_files import write_analysis
 from matplotlib.collections import PathCollection
 
 from slams import plots
-from slams.figures import case_map_figure, score_figures, spread_error_figure
+from slams.figures import (
+    case_map_figure,
+    overview_figures,
+    protocol_figures,
+    spread_error_figure,
+)
 from slams.plots import (
     DPI,
     plot_ablation,
@@ -31,7 +36,9 @@ AXES = {"coarsen": [4, 8, 12, 15, 20], "noise": [0.1, 0.5, 1.0, 2.0, 4.0], "gap"
 METHODS = ["pixel", "latent-none", "latent-insitu", "latent-exsitu", "latent-both", "oi"]
 
 
-def synthetic_scores(axes=AXES, methods=METHODS, levels=LEVELS) -> pd.DataFrame:
+def synthetic_scores(
+    axes=AXES, methods=METHODS, levels=LEVELS, protocol="physical", offset=0.0
+) -> pd.DataFrame:
     """Scores that grow with the axis value, differ by method and level; days observed/all."""
     rows = []
     for (axis, values), (m, method), level, days, metric in itertools.product(
@@ -41,13 +48,14 @@ def synthetic_scores(axes=AXES, methods=METHODS, levels=LEVELS) -> pd.DataFrame:
             score = 0.1 * value + 0.2 * m + level / 1000 + (0.5 if days == "all" else 0.0)
             rows.append(
                 {
+                    "protocol": protocol,
                     "method": method,
                     "axis": axis,
                     "value": float(value),
                     "level": level,
                     "days": days,
                     "metric": metric,
-                    "score": score,
+                    "score": score + offset,
                 }
             )
     return pd.DataFrame(rows)
@@ -287,9 +295,9 @@ def test_plot_rank_histograms_frequencies(figures, tmp_path):
     for method, counts in (("pixel", [5, 1, 1, 5]), ("oi", [2, 2, 2, 2])):
         for level in (200.0, 1000.0):
             for rank, count in enumerate(counts):
-                rows.append([method, "gap", 16.0, level, "observed", rank, count])
+                rows.append(["physical", method, "gap", 16.0, level, "observed", rank, count])
     table = pd.DataFrame(
-        rows, columns=["method", "axis", "value", "level", "days", "rank", "count"]
+        rows, columns=["protocol", "method", "axis", "value", "level", "days", "rank", "count"]
     )
     plot_rank_histograms(table, {"sparse": ("gap", 16), "absent": ("noise", 4)}, tmp_path / "h.png")
     fig = figures[-1]
@@ -302,22 +310,61 @@ def test_plot_rank_histograms_frequencies(figures, tmp_path):
     assert "sparse" in panels[0].get_ylabel()
 
 
-def test_score_figures_writes_every_output_or_says_why(figures, tmp_path):
+def test_protocol_and_overview_figures_write_every_output_or_say_why(figures, tmp_path):
     scores = synthetic_scores(axes={"coarsen": [4, 20]}, methods=["pixel", "oi"], levels=[200.0])
-    scores.to_csv(tmp_path / "scores.csv", index=False)
+    other = synthetic_scores(axes={"coarsen": [4]}, methods=["pixel"], levels=[200.0],
+                             protocol="paper")  # fmt: skip
+    pd.concat([scores, other]).to_csv(tmp_path / "scores.csv", index=False)
     ranks = pd.DataFrame(
-        [["pixel", "coarsen", 20.0, 200.0, "observed", r, 3] for r in range(3)],
-        columns=["method", "axis", "value", "level", "days", "rank", "count"],
+        [["physical", "pixel", "coarsen", 20.0, 200.0, "observed", r, 3] for r in range(3)],
+        columns=["protocol", "method", "axis", "value", "level", "days", "rank", "count"],
     )
     ranks.to_csv(tmp_path / "ranks.csv", index=False)
-    keys = ["fig7", "fig8", "rmse", "crps", "spread_skill", "rank_histograms", "curves"]
+    keys = ["fig7", "fig8", "rmse", "crps", "spread_skill", "rank_histograms"]
     outputs = {key: tmp_path / f"{key}.png" for key in keys}
-    outputs["summary"] = tmp_path / "summary.md"
-    score_figures(
-        tmp_path / "scores.csv", tmp_path / "ranks.csv", {}, outputs, {"coarse": ("coarsen", "20")}
-    )
+    protocol_figures(tmp_path / "scores.csv", tmp_path / "ranks.csv", outputs,
+                     {"coarse": ("coarsen", "20")}, "physical")  # fmt: skip
     assert all(path.exists() for path in outputs.values())
     titles = {fig.axes[0].get_title() for fig in figures}
-    # no latent method, no crps/spread_skill scores, no loss logs: said in the figure
-    assert {"Figure 8", "CRPS", "Spread/skill ratio", "Training curves"} <= titles
+    # no latent method, no crps/spread_skill scores: said in the figure
+    assert {"Figure 8", "CRPS", "Spread/skill ratio"} <= titles
+    # only the physical protocol's scores are drawn: the paper row at coarsen 4 is not
+    fig7 = figures[0]
+    assert {tuple(line.get_xdata()) for a in fig7.axes for line in a.lines} == {(4.0, 20.0)}
+    with pytest.raises(ValueError, match="no scores of the nonsense protocol"):
+        protocol_figures(tmp_path / "scores.csv", tmp_path / "ranks.csv", {}, {}, "nonsense")
+    overview = {"protocols": tmp_path / "protocols.png", "curves": tmp_path / "curves.png",
+                "summary": tmp_path / "summary.md"}  # fmt: skip
+    overview_figures(tmp_path / "scores.csv", {}, overview, {"coarse": ("coarsen", "20")})
+    assert all(path.exists() for path in overview.values())
+    assert "Training curves" in {fig.axes[0].get_title() for fig in figures}
+    outputs["summary"] = overview["summary"]
     assert "| coarse | coarsen 20 | RMSE (K) |" in outputs["summary"].read_text()
+
+
+def test_plot_protocols_draws_latent_methods_under_both_protocols(figures, tmp_path):
+    """Solid physical, dashed paper; pixel observes the same way in both, drawn once."""
+    methods = ["pixel", "latent-none", "latent-both", "oi"]
+    physical = synthetic_scores(
+        axes={"coarsen": [4, 20], "gap": [4]},
+        methods=methods,
+        levels=[200.0, 850.0],
+        protocol="physical",
+        offset=0.5,
+    )
+    paper = synthetic_scores(axes={"coarsen": [4, 20], "gap": [4]}, methods=methods,
+                             levels=[200.0, 850.0], protocol="paper")  # fmt: skip
+    scores = pd.concat([physical, paper])
+    scores = scores[~((scores["protocol"] == "physical") & (scores["method"] == "latent-none")
+                      & (scores["value"] == 20))]  # fmt: skip
+    plots.plot_protocols(scores, tmp_path / "p.png", metrics=("rmse",))
+    fig = figures[-1]
+    panel = fig.axes[0]  # rmse against coarsening
+    styles = sorted((line.get_linestyle(), len(line.get_xdata())) for line in panel.lines)
+    # pixel solid once, latent-none physical (one point) solid, latent-both solid, and the two
+    # latent methods dashed under the paper protocol; oi is not drawn
+    assert styles == [("-", 1), ("-", 2), ("-", 2), ("--", 2), ("--", 2)]
+    latent_both = [line for line in panel.lines
+                   if line.get_color() == plots.METHOD_COLOURS["latent-both"]]  # fmt: skip
+    by_style = {line.get_linestyle(): line.get_ydata() for line in latent_both}
+    np.testing.assert_allclose(by_style["-"] - by_style["--"], 0.5)  # the protocol's share

@@ -55,8 +55,9 @@ def test_map_methods_prefer_the_most_modalities():
     assert spread_map_methods(["climatology"]) == []
 
 
-def scores_table() -> pd.DataFrame:
-    """Two levels; pixel best in RMSE, latent-both best calibrated, climatology lacks spread."""
+def scores_table(protocol: str = "physical", shift: float = 0.0) -> pd.DataFrame:
+    """Two levels; pixel best in RMSE, latent-both best calibrated, climatology lacks spread;
+    ``shift`` is added to latent-both's scores."""
     rows = []
     values = {
         "pixel": {"rmse": (1.0, 2.0), "crps": (0.5, 0.7), "spread_skill": (0.5, 0.7)},
@@ -66,10 +67,11 @@ def scores_table() -> pd.DataFrame:
     for method, metrics in values.items():
         for metric, per_level in metrics.items():
             for level, score in zip((200.0, 1000.0), per_level, strict=True):
+                score += shift * (method == "latent-both")
                 for axis, value in (("coarsen", 4.0), ("gap", 16.0)):
-                    rows.append([method, axis, value, level, "observed", metric, score])
-                    rows.append([method, axis, value, level, "all", metric, score + 10])
-    columns = ["method", "axis", "value", "level", "days", "metric", "score"]
+                    rows.append([protocol, method, axis, value, level, "observed", metric, score])
+                    rows.append([protocol, method, axis, value, level, "all", metric, score + 10])
+    columns = ["protocol", "method", "axis", "value", "level", "days", "metric", "score"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -87,6 +89,21 @@ def test_summary_markdown_bold_best_and_gaps():
     assert "11.500" not in text
     # every setting follows, gap included
     assert "| gap | 16 | rmse | 1.500 | 2.500 | 3.000 |" in lines
+    # one protocol only: a section for it, no comparison
+    assert "## Physical protocol" in lines and "## Paper protocol" not in lines
+    assert "## The protocols compared" not in lines
+
+
+def test_summary_markdown_compares_the_protocols():
+    both = pd.concat([scores_table("physical", shift=0.5), scores_table("paper")])
+    lines = summary_markdown(both, {"ideal": ("coarsen", "4")}).splitlines()
+    assert lines.index("## Physical protocol") < lines.index("## Paper protocol")
+    assert "## The protocols compared" in lines
+    # latent-both under the paper protocol and the physical one, and the difference
+    assert "| coarsen | 4 | latent-both | 2.500 | 3.000 | +0.500 |" in lines
+    assert not any(
+        "| pixel |" in line for line in lines[lines.index("## The protocols compared") :]
+    )
 
 
 def test_summary_markdown_without_scores_for_days():
@@ -95,26 +112,29 @@ def test_summary_markdown_without_scores_for_days():
 
 
 def test_figure_rule_inputs_from_the_config():
-    template = "results/x/analysis/{method}/{axis}-{value}.nc"
-    every = ["pixel", "latent-none", "latent-both", "oi", "climatology"]
-    assert case_files(every, ("coarsen", "4"), template) == [
-        "results/x/analysis/pixel/coarsen-4.nc",
-        "results/x/analysis/latent-both/coarsen-4.nc",
+    template = "results/x/analysis/{protocol}/{method}/{axis}-{value}.nc"
+    every = ["pixel", "pixel-both", "latent-none", "latent-both", "oi", "climatology"]
+    assert case_files(every, ("coarsen", "4"), template, "paper") == [
+        "results/x/analysis/paper/pixel/coarsen-4.nc",
+        "results/x/analysis/paper/latent-both/coarsen-4.nc",
     ]
     assert case_map_missing(every) == {}
     # neither pixel nor latent: the first method's file, for the truth and the observation
     assert case_map_methods(["oi", "climatology"]) == ["oi"]
+    # pixel-both is defined under the physical protocol only
+    assert case_map_methods(["pixel-both", "oi"], "paper") == ["oi"]
     assert set(case_map_missing(["oi"])) == {"pixel analysis", "latent analysis"}
     assert case_figure_label("fig5") == "Figure 5" and case_figure_label("case") == "Case"
-    rows = spread_error_rows(every, {"noisy": ("noise", "4")}, [50, 500, 850], template)
+    rows = spread_error_rows(every, {"noisy": ("noise", "4")}, [50, 500, 850], template,
+                             "physical")  # fmt: skip
     assert rows == [
         [
             "noisy",
             850.0,
             {
-                "pixel": "results/x/analysis/pixel/noise-4.nc",
-                "latent-both": "results/x/analysis/latent-both/noise-4.nc",
-                "oi": "results/x/analysis/oi/noise-4.nc",
+                "pixel": "results/x/analysis/physical/pixel/noise-4.nc",
+                "latent-both": "results/x/analysis/physical/latent-both/noise-4.nc",
+                "oi": "results/x/analysis/physical/oi/noise-4.nc",
             },
         ]
     ]

@@ -6,18 +6,16 @@ import torch
 import xarray as xr
 
 from slams.data.samples import NetCDFSamples, file_times
+from slams.models import autoencoder_channels, autoencoder_inputs, load_model, save_model
 from slams.nn import AutoEncoder
 from slams.train import (
     TrainingDiverged,
     TrainSettings,
-    autoencoder_channels,
-    autoencoder_inputs,
+    autoencoder_loss,
     consecutive_starts,
     day_samples,
     encode_splits,
     fit,
-    load_model,
-    save_checkpoint,
     train_autoencoder,
     train_score,
     window_samples,
@@ -205,7 +203,7 @@ def test_checkpoint_rebuilds_a_frozen_model_in_eval_mode(tmp_path):
     model = AutoEncoder(**kwargs)
     model.train()
     model(torch.randn(4, 3, 8, 16))  # moves the BatchNorm running statistics
-    save_checkpoint(tmp_path / "ae.pt", model, "autoencoder", kwargs, {"modalities": "insitu"})
+    save_model(tmp_path / "ae.pt", model, "autoencoder", kwargs, {"modalities": "insitu"})
     loaded, meta = load_model(tmp_path / "ae.pt")
     assert meta == {"modalities": "insitu"}
     assert not loaded.training
@@ -244,6 +242,10 @@ def test_autoencoder_training_and_streamed_encoding(tmp_path, downsample):
                       tmp_path / "ae.pt", tmp_path / "ae.csv")  # fmt: skip
     model, meta = load_model(tmp_path / "ae.pt")
     assert meta["modalities"] == "insitu" and model.downsample == downsample
+    # the decoder reconstructs what the encoder reads: 3 levels and the precipitation
+    assert meta["decodes"] == ["t", "precip"]
+    decoded = model(torch.from_numpy(autoencoder_inputs(split_dataset(days=2), "insitu")))
+    assert decoded.shape == (2, 3 + 1, 8, 16)
     outs = {s: tmp_path / "latents" / f"{s}.nc" for s in paths}
     encode_splits(tmp_path / "ae.pt", paths, outs, batch_size=3)  # batches straddle the splits
     for split, path in paths.items():
@@ -279,3 +281,49 @@ def test_two_runs_with_the_same_seed_give_the_same_network(tmp_path):
     third = train_score(train, train, "pixel", 3, network, reseeded, tmp_path / "c.pt",
                         tmp_path / "c.csv")  # fmt: skip
     assert not torch.equal(next(first.parameters()), next(third.parameters()))
+
+
+def test_autoencoder_loss_weighs_every_decoded_channel_and_masks_missing_gauges():
+    """The loss is the mean over decoded channels of each channel's mean squared error; a
+    modality's error counts on its valid points only."""
+    batch = torch.from_numpy(autoencoder_inputs(split_dataset(days=4, levels=3), "both"))
+
+    class Fixed(torch.nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def forward(self, x):
+            return self.out
+
+    levels = 3
+    decoded = torch.cat([batch[:, :levels], batch[:, [levels]], batch[:, [levels + 2]]], 1)
+    loss = autoencoder_loss(levels, "both")
+    assert float(loss(Fixed(decoded), batch, None)) == 0.0
+    off = decoded.clone()
+    off[:, levels] += 2.0  # precipitation off by 2 everywhere: error 4 on the valid points
+    assert float(loss(Fixed(off), batch, None)) == pytest.approx(4.0 / (levels + 2))
+    masked = decoded.clone()
+    missing = batch[:, levels + 1] == 0
+    masked[:, levels][missing] = 100.0  # wrong only where there is no gauge
+    assert float(loss(Fixed(masked), batch, None)) == 0.0
+    # temperature only: the paper's reconstruction loss
+    t_only = autoencoder_loss(levels, "none")
+    assert float(t_only(Fixed(batch[:, :levels] + 1.0), batch[:, :levels], None)) == 1.0
+
+
+def test_validation_windows_do_not_overlap(tmp_path):
+    path = write_split(tmp_path, "validation", days=12, levels=2)
+    every = window_samples(path, "pixel", 5)
+    disjoint = window_samples(path, "pixel", 5, overlapping=False)
+    assert every.starts.tolist() == list(range(8))
+    assert disjoint.starts.tolist() == [0, 5]  # days 0-4 and 5-9; 10-11 make no window
+
+
+def test_pixel_both_windows_stack_temperature_precipitation_and_olr(tmp_path):
+    path = write_split(tmp_path, "train", days=8, levels=2)
+    windows = window_samples(path, "pixel-both", 3)
+    assert len(windows) == 6 and windows[0].shape == (3 * (2 + 2), 8, 16)
+    with xr.open_dataset(path) as ds:
+        np.testing.assert_array_equal(windows[1][4 + 2].numpy(), ds["precip"].values[2])
+        np.testing.assert_array_equal(windows[1][4 + 3].numpy(), ds["olr"].values[2])

@@ -41,18 +41,21 @@ def job_counts(output: str) -> dict[str, int]:
 def test_demo_dry_run_lists_every_job(root, tmp_path):
     result = snakemake(root, tmp_path, "-n", "--configfile", str(root / "presets/demo.yaml"))
     counts = job_counts(result.stdout)
-    # 7 methods x (3 + 3 + 3) settings, 3 sources x 5 years, 4 modality sets, 1 + 4 score nets;
-    # noise-0.1 is the setting of coarsen-2 (noise 0.1, every 4th day): computed once, copied
-    assert counts["assimilate"] == 7 * 8 and counts["same_analysis"] == 7
+    # physical protocol: 8 methods x 9 cells; paper protocol (named cases only): 7 methods x 4.
+    # One analysis per distinct setting (noise-0.1 is coarsen-2's: noise 0.1, every 4th day)
+    # and method, and pixel, oi and climatology once for both protocols:
+    # 3 x 8 + pixel-both 8 + latent 4 x 8 (physical) + 4 x 4 (paper) = 80; 100 - 80 copies
+    assert counts["assimilate"] == 80 and counts["same_analysis"] == 20
     assert counts["oi_background"] == 1
     assert counts["regrid"] == 15
     assert counts["train_autoencoder"] == 4 and counts["encode"] == 4
-    assert counts["train_score"] == 5
+    assert counts["train_score"] == 6  # pixel, pixel-both and 4 latent spaces
+    assert counts["case_figure"] == 8 and counts["protocol_figures"] == 2
     assert counts["synthetic"] == counts["dataset"] == counts["evaluate"] == counts["figures"] == 1
 
 
 def test_single_target_builds_only_what_it_needs(root, tmp_path):
-    target = "results/demo/analysis/latent-both/coarsen-4.nc"
+    target = "results/demo/analysis/physical/latent-both/coarsen-4.nc"
     # the target goes first: --configfile takes several values and would swallow it
     result = snakemake(
         root, tmp_path, target, "-n", "--configfile", str(root / "presets/demo.yaml")
@@ -91,22 +94,20 @@ def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
     out = tmp_path / "results" / "smoke"
 
     scores = pd.read_csv(out / "scores.csv")
-    assert list(scores.columns) == ["method", "axis", "value", "level", "days", "metric", "score"]
-    assert set(scores["method"]) == {
-        "pixel",
-        "latent-none",
-        "latent-insitu",
-        "latent-exsitu",
-        "latent-both",
-        "oi",
-        "climatology",
-    }
+    assert list(scores.columns) == [
+        "protocol", "method", "axis", "value", "level", "days", "metric", "score"
+    ]  # fmt: skip
+    paper = {"pixel", "latent-none", "latent-insitu", "latent-exsitu", "latent-both", "oi",
+             "climatology"}  # fmt: skip
+    assert set(scores.loc[scores["protocol"] == "paper", "method"]) == paper
+    assert set(scores.loc[scores["protocol"] == "physical", "method"]) == paper | {"pixel-both"}
     assert set(scores["axis"]) == {"coarsen", "noise", "gap"}
     assert {"wasserstein", "rmse"} <= set(scores["metric"])
     assert set(scores["days"]) == {"observed", "all"}
     assert np.isfinite(scores["score"]).all()
 
-    ds = xr.open_dataset(out / "analysis" / "latent-both" / "coarsen-2.nc")
+    analyses = out / "analysis"
+    ds = xr.open_dataset(analyses / "physical" / "latent-both" / "coarsen-2.nc")
     assert ds["analysis"].dims == ("member", "time", "level", "lat", "lon")
     assert ds.sizes["member"] == 2 and ds.sizes["time"] == 8
     assert ds.sizes["level"] == 5 and (ds.sizes["lat"], ds.sizes["lon"]) == (16, 32)
@@ -116,13 +117,25 @@ def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
     assert 150 < float(ds["analysis"].mean()) < 320
     assert 150 < float(ds["truth"].min()) and float(ds["truth"].max()) < 340
     assert ds.attrs["method"] == "latent-both" and ds.attrs["coarsen"] == 2
+    # the physical protocol: every observation it used, with masks, in physical units
+    assert ds.attrs["protocol"] == "physical" and ds.attrs["observations"] == "t,precip,olr"
+    assert {"observation", "observation_precip", "observation_precip_mask",
+            "observation_olr", "observation_olr_mask"} <= set(ds.data_vars)  # fmt: skip
+    assert ds["observation_precip"].attrs["units"] == "mm day-1"
+    paper_latent = xr.open_dataset(analyses / "paper" / "latent-both" / "coarsen-2.nc")
+    assert paper_latent.attrs["observations"] == "z" and "observation_latent" in paper_latent
 
-    cases = ("fig3-ideal", "fig4-coarse", "fig5-noisy", "fig6-sparse")
-    for name in (*cases, "fig7-wasserstein", "fig8-modalities", "training-curves", "rmse"):
-        figure = out / "figures" / f"{name}.png"
-        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert figure.stat().st_size > 10_000
-    assert "| axis | value | metric | pixel |" in (out / "summary.md").read_text()
+    for protocol in ("paper", "physical"):
+        cases = ("fig3-ideal", "fig4-coarse", "fig5-noisy", "fig6-sparse")
+        for name in (*cases, "fig7-wasserstein", "fig8-modalities", "rmse"):
+            figure = out / "figures" / protocol / f"{name}.png"
+            assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+            assert figure.stat().st_size > 10_000
+    for name in ("protocols", "training-curves", "spread-error"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 10_000
+    summary = (out / "summary.md").read_text()
+    assert "| axis | value | metric | pixel |" in summary
+    assert "## Physical protocol" in summary and "## The protocols compared" in summary
     ranks = pd.read_csv(out / "rank-histograms.csv")
     assert set(ranks["method"]) == set(scores["method"]) - {"climatology"}  # ensembles only
     resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())
@@ -130,21 +143,30 @@ def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
     assert (out / "logs" / "dataset.log").exists()
     assert (out / "benchmarks" / "evaluate.tsv").exists()
     # noise-0.1 repeats coarsen-2's setting: one computation, the copy filed under its own cell
-    copy = xr.open_dataset(out / "analysis" / "latent-both" / "noise-0.1.nc")
+    copy = xr.open_dataset(analyses / "physical" / "latent-both" / "noise-0.1.nc")
     assert (copy.attrs["axis"], copy.attrs["value"]) == ("noise", 0.1)
     assert copy.attrs["same_setting_as"] == "coarsen-2"
     xr.testing.assert_identical(copy["analysis"], ds["analysis"])
-    assert not (out / "benchmarks" / "assimilate" / "latent-both" / "noise-0.1.tsv").exists()
-    same = scores.set_index(["method", "axis", "value", "level", "days", "metric"])["score"]
+    benchmarks = out / "benchmarks" / "assimilate"
+    assert not (benchmarks / "physical" / "latent-both" / "noise-0.1.tsv").exists()
+    same = scores.set_index(["protocol", "method", "axis", "value", "level", "days", "metric"])
+    same = same["score"]
     np.testing.assert_array_equal(
         same.xs(("noise", 0.1), level=("axis", "value")),
         same.xs(("coarsen", 2.0), level=("axis", "value")),
     )
-    oi = xr.open_dataset(out / "analysis" / "oi" / "coarsen-2.nc")
+    # pixel observes the same way under both protocols: computed once, filed under both
+    pixel = xr.open_dataset(analyses / "paper" / "pixel" / "coarsen-2.nc")
+    pixel_physical = xr.open_dataset(analyses / "physical" / "pixel" / "coarsen-2.nc")
+    assert pixel_physical.attrs["same_analysis_as"] == "paper/coarsen-2"
+    xr.testing.assert_identical(pixel_physical["analysis"], pixel["analysis"])
+    assert not (benchmarks / "physical" / "pixel").exists()
+    oi = xr.open_dataset(analyses / "paper" / "oi" / "coarsen-2.nc")
     assert oi.sizes["member"] == 2 and np.isfinite(oi["analysis"]).all()
-    # pixel and oi assimilate the very same observations
-    pixel = xr.open_dataset(out / "analysis" / "pixel" / "coarsen-2.nc")
-    xr.testing.assert_identical(oi["observation"], pixel["observation"])
+    # every method of a setting assimilates the very same temperature observations
+    for method in ("oi", "pixel-both", "latent-both"):
+        other = xr.open_dataset(analyses / "physical" / method / "coarsen-2.nc")
+        xr.testing.assert_identical(other["observation"], pixel["observation"])
 
     # Changing a sampler setting reruns only the diffusion analyses (and what reads them),
     # not the climatology or OI ones, nor any training.
@@ -153,7 +175,9 @@ def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
     result = snakemake(root, tmp_path, "-n", "--configfile", str(root / "presets/smoke.yaml"),
                        str(overlay))  # fmt: skip
     counts = job_counts(result.stdout)
-    n_cells = len(list((out / "analysis" / "pixel").glob("*.nc")))
-    assert counts["assimilate"] == 5 * (n_cells - 1)  # pixel + 4 latent sets, noise-0.1 aside
-    assert counts["same_analysis"] == 5  # whose copies follow
+    # 4 distinct settings: pixel 4, pixel-both 4, 4 latent sets x 4 x 2 protocols
+    assert counts["assimilate"] == 4 + 4 + 4 * 4 * 2
+    # the copies of them: pixel 6 (noise-0.1, and the 5 physical cells), pixel-both 1,
+    # latent 4 x 2 (noise-0.1 in each protocol)
+    assert counts["same_analysis"] == 6 + 1 + 8
     assert "train_score" not in counts and "oi_background" not in counts

@@ -1,10 +1,10 @@
-"""Assimilation: ensembles of analyses over the test period, in pixel or latent space.
+"""Assimilation: one ensemble analysis of the test period per protocol, method and setting.
 
-Pixel (SDA): the state is the standardised temperature ``(T, levels, H, W)`` and the observation
-is ``y = A(x) + noise``. Latent (SLAMS, as the paper does it): the state is the standardised
-latent code ``z = E(temperature, modalities)`` of the frozen encoder and the observation is
-``y = A(z) + noise``; the sampled codes are decoded to temperature. Both sample the whole window
-at once through the Markov-blanket score, guided by the Gaussian likelihood of ``y``.
+:func:`run_cell` builds the setting's :class:`~slams.observations.Observations` once, hands
+them to the method's family (:mod:`slams.methods`) and writes what comes back, an ensemble in
+kelvin, with the truth and every observation the method used. The diffusion methods share
+:func:`assimilate_states`: guided sampling of the whole window through the Markov-blanket
+score, with a Gaussian likelihood of whichever fields the method observes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 import itertools
 import logging
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +29,13 @@ from slams.diffusion import (
     MomentMatchingGuidance,
     sample,
 )
-from slams.observe import MeasurementOperator, observed_days
+from slams.observe import Measurement
 
 log = logging.getLogger(__name__)
 
 # A zero observation variance makes the likelihood singular at t -> 0 (the gamma term vanishes);
 # this floor keeps the guidance finite and is far below every variance of the ablation grid.
 MIN_OBSERVATION_VARIANCE = 1e-3
-
-
-DIFFUSION_METHODS = ("pixel", "latent-none", "latent-insitu", "latent-exsitu", "latent-both")
 
 
 @dataclass
@@ -59,32 +57,46 @@ class SamplerSettings:
         if self.guidance not in ("sda", "mmps"):
             raise ValueError(f"guidance must be 'sda' or 'mmps', got {self.guidance!r}")
 
-    def make_guidance(self, observe, y: Tensor, variance: Tensor | float):
+    def make_guidance(self, observe, y: Tensor, variance: Tensor | float, mask=None):
         if self.guidance == "mmps":
-            return MomentMatchingGuidance(observe, y, variance, cg_iterations=self.cg_iterations)
-        return GaussianGuidance(observe, y, variance, gamma=self.gamma)
+            return MomentMatchingGuidance(
+                observe, y, variance, mask, cg_iterations=self.cg_iterations
+            )
+        return GaussianGuidance(observe, y, variance, mask, gamma=self.gamma)
 
 
 @dataclass
-class Measurement:
-    """One ablation setting: block-average factor, spatial gap, noise variance, day stride."""
+class Context:
+    """What a method may use besides the observations: the trained models' files
+    (``paths``), the dataset's statistics and the climatology of the assimilated days
+    ``(T, L, H, W)`` in K, the sampler, ensemble and device."""
 
-    coarsen: int = 1
-    gap: int = 1
-    noise: float = 0.0
-    every: int = 1
+    paths: Mapping[str, str]
+    stats: dict
+    climatology_k: np.ndarray
+    sampler: SamplerSettings
+    members: int = 1
+    window_days: int = 0
+    window: int = 5
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    period: list[str] | None = None
+    progress: bool = True
+    decoder_error: bool = True
 
-    @classmethod
-    def from_params(cls, params: dict) -> Measurement:
-        return cls(
-            coarsen=int(params["coarsen"]),
-            gap=int(params["gap"]),
-            noise=float(params["noise"]),
-            every=int(params["every"]),
-        )
 
-    def operator(self) -> MeasurementOperator:
-        return MeasurementOperator(coarsen=self.coarsen, gap=self.gap, noise_variance=self.noise)
+def sampler_attrs(context: Context) -> dict:
+    """The sampler settings an analysis file records (diffusion methods)."""
+    sampler = context.sampler
+    return {
+        "window_days": context.window_days,
+        "steps": sampler.steps,
+        "corrections": sampler.corrections,
+        "tau": sampler.tau,
+        "gamma": sampler.gamma if sampler.guidance == "sda" else 0.0,
+        "guidance": sampler.guidance,
+        "cg_iterations": sampler.cg_iterations if sampler.guidance == "mmps" else 0,
+    }
 
 
 def window_slices(n_days: int, window_days: int, min_days: int) -> list[slice]:
@@ -100,67 +112,72 @@ def window_slices(n_days: int, window_days: int, min_days: int) -> list[slice]:
     return [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
 
-def make_observations(
-    states: Tensor,
-    measurement: Measurement,
-    generator: torch.Generator,
-    variance: Tensor | float | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Observed-day mask ``(T,)`` and noisy observations ``A(x) + e`` of the observed days.
+def window_likelihood(observations, start: int, stop: int, state_fields: Callable):
+    """``(observe, y, variance, mask)`` of the observed days of days ``start .. stop - 1``,
+    or ``None`` if none is observed there.
 
-    ``variance`` (default ``measurement.noise``) may be per channel, broadcastable to one
-    day's observation ``(C, h, w)``, e.g. ``(C, 1, 1)``.
+    ``state_fields(x)`` maps a state of the observed days ``(B, n, C, H, W)`` to the full
+    field of every observed quantity (``{"t": ..., "precip": ...}``, each ``(B, n, C_f, H,
+    W)``); ``observe(x)`` takes a window ``(B, L, C, H, W)`` to the flat vector of all
+    observations ``(B, N)``, in the order of ``y``, ``variance`` and ``mask`` ``(N,)``. One
+    Gaussian likelihood, every term with its own variance (floored at
+    :data:`MIN_OBSERVATION_VARIANCE`).
     """
-    observed = observed_days(states.shape[0], measurement.every)
-    variance = measurement.noise if variance is None else variance
-    clean = measurement.operator()(states[observed])
-    noise = torch.randn(clean.shape, generator=generator, dtype=clean.dtype)
-    return observed, clean + torch.as_tensor(variance, dtype=clean.dtype).sqrt() * noise
+    local, fields = observations.window(start, stop)
+    if len(local) == 0 or not fields:
+        return None
+    names = list(fields)
+    y = torch.cat([fields[n].values.flatten() for n in names])
+    mask = torch.cat([fields[n].mask.flatten() for n in names])
+    variance = torch.cat(
+        [
+            fields[n].variance.clamp(min=MIN_OBSERVATION_VARIANCE).expand_as(fields[n].values)
+            .flatten()
+            for n in names
+        ]
+    )  # fmt: skip
+    operators = {n: fields[n].operator for n in names}
+
+    def observe(x: Tensor) -> Tensor:
+        full = state_fields(x[:, local])
+        return torch.cat([operators[n](full[n]).flatten(1) for n in names], dim=1)
+
+    return observe, y, variance, mask
 
 
 def assimilate_states(
     denoiser: MarkovBlanketDenoiser,
-    observed: Tensor,
-    y: Tensor,
-    measurement: Measurement,
+    observations,
+    state_fields: Callable,
     state_shape: tuple[int, int, int],
-    members: int,
-    window_days: int,
-    settings: SamplerSettings,
-    generator: torch.Generator,
-    device: torch.device,
-    progress: bool = True,
-    variance: Tensor | float | None = None,
+    context: Context,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Sample ``members`` analyses of the whole period, window by window.
+    """Sample ``context.members`` analyses of the whole period, window by window.
 
-    ``observed`` ``(T,)`` bool, ``y`` ``(n_observed, C, h, w)``; returns ``(M, T, C, H, W)``.
-    ``variance``: the observation-error variance the guidance assumes (default
-    ``measurement.noise``; per channel as ``(C, 1, 1)``), floored at 1e-3.
-    Each window is one batched guided sampling of ``(M, L, C, H, W)``; a window without any
-    observed day is sampled from the prior alone.
+    ``observations`` holds the fields the method assimilates; ``state_fields`` maps states of
+    the observed days to them (see :func:`window_likelihood`). Returns ``(M, T, C, H, W)``
+    in the state's units. Each window is one batched guided sampling of ``(M, L, C, H, W)``;
+    a window without any observed day is sampled from the prior alone. ``generator``
+    defaults to one seeded with ``context.seed + 1``.
     """
     sde = VPSDE()
-    operator = measurement.operator()
-    if variance is None:
-        variance = measurement.noise
-    variance = torch.as_tensor(variance, dtype=torch.float32).clamp(min=MIN_OBSERVATION_VARIANCE)
-    n_days = observed.shape[0]
-    obs_index = torch.cumsum(observed.long(), 0) - 1  # position of each observed day in y
+    device = context.device
+    settings = context.sampler
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(context.seed + 1)
+    n_days = observations.observed.shape[0]
     pieces = []
-    for window in window_slices(n_days, window_days, denoiser.window):
-        days = torch.arange(window.start, window.stop)
-        local = (days - window.start)[observed[days]]
-        shape = (members, len(days), *state_shape)
-        if len(local) == 0:
+    for window in window_slices(n_days, context.window_days, denoiser.window):
+        shape = (context.members, window.stop - window.start, *state_shape)
+        likelihood = window_likelihood(observations, window.start, window.stop, state_fields)
+        if likelihood is None:
             eps_fn = denoiser
         else:
-            y_window = y[obs_index[days[observed[days]]]].to(device)
-
-            def observe(x: Tensor, local: Tensor = local) -> Tensor:
-                return operator(x[:, local])
-
-            guidance = settings.make_guidance(observe, y_window, variance.to(device))
+            observe, y, variance, mask = likelihood
+            guidance = settings.make_guidance(
+                observe, y.to(device), variance.to(device), mask.to(device)
+            )
 
             def eps_fn(x: Tensor, t: Tensor, guidance=guidance) -> Tensor:
                 return guidance.guided_eps(denoiser, x, t, sde)
@@ -174,31 +191,21 @@ def assimilate_states(
             tau=settings.tau,
             generator=generator,
             device=device,
-            progress=progress,
+            progress=context.progress,
         )
         pieces.append(x.detach().cpu())
     return torch.cat(pieces, dim=1)
 
 
-def upsample_observations(
-    observed: Tensor, y: Tensor, measurement: Measurement, grid_shape: tuple[int, int]
-) -> Tensor:
-    """Observations on the full grid for plotting ``(T, C, H, W)``: NaN on unobserved days."""
-    operator = measurement.operator()
-    up = operator.upsample(y, grid_shape)
-    full = torch.full((observed.shape[0], *up.shape[1:]), float("nan"))
-    full[observed] = up
-    return full
-
-
 def analysis_dataset(
     analysis_k: np.ndarray,
     truth: xr.DataArray,
-    observation_k: np.ndarray | None,
+    observations: Mapping[str, xr.DataArray],
     observed: np.ndarray,
     attrs: dict,
 ) -> xr.Dataset:
-    """The analysis file: ensemble, truth and observations in kelvin with CF attributes."""
+    """The analysis file: ensemble and truth in kelvin, the observations the method used (see
+    :func:`slams.observations.observation_variables`), CF attributes."""
     coords = {k: truth[k] for k in ("time", "level", "lat", "lon")}
     dims = ("time", "level", "lat", "lon")
     ds = xr.Dataset(coords=coords)
@@ -211,18 +218,8 @@ def analysis_dataset(
     ds["truth"] = truth.astype(np.float32).assign_attrs(
         units="K", long_name="true air temperature (ERA5 or synthetic world)"
     )
-    if observation_k is not None:
-        ds["observation"] = xr.DataArray(
-            observation_k.astype(np.float32),
-            dims=dims,
-            coords=coords,
-            attrs={
-                "units": "K",
-                "long_name": "pixel-space observation A(truth) + noise on the full grid",
-                "comment": "NaN where or when unobserved; latent methods observe A(E(truth)) "
-                "instead, this field is shown for reference",
-            },
-        )
+    for name, variable in observations.items():
+        ds[name] = variable
     ds["observed"] = xr.DataArray(
         observed.astype(np.int8), dims=("time",), attrs={"long_name": "day was observed"}
     )
@@ -234,7 +231,8 @@ def _attr(value):
     return str(value) if isinstance(value, bool | type(None) | dict | list) else value
 
 
-def _select_period(ds: xr.Dataset, period: list[str] | None) -> xr.Dataset:
+def select_period(ds: xr.Dataset, period: list[str] | None) -> xr.Dataset:
+    """The days of ``period`` (inclusive ``[first, last]``; ``None``: all) of a split file."""
     if period is None:
         return ds
     selected = ds.sel(time=slice(period[0], period[1]))
@@ -245,7 +243,20 @@ def _select_period(ds: xr.Dataset, period: list[str] | None) -> xr.Dataset:
     return selected
 
 
-def run_method(
+NOISE_UNITS = {
+    "physical": (
+        "temperature: variance in the paper's units (the full field standardised per level); "
+        "precipitation (log1p) and OLR: variance of the standardised field"
+    ),
+    "paper": (
+        "variance in standardised units of the observed space (pixel: the full field "
+        "standardised per level, as in the paper; latent: the standardised latent code)"
+    ),
+}
+
+
+def run_cell(
+    protocol: str,
     method: str,
     axis: str,
     value: str,
@@ -257,47 +268,65 @@ def run_method(
     seed: int = 0,
     progress: bool = True,
 ) -> xr.Dataset:
-    """Assimilate the test period with one method in one ablation setting.
+    """Assimilate the test period with one method in one setting under one protocol.
 
-    ``paths`` holds ``test``, ``stats``, ``climatology`` and, by method, ``score``,
-    ``autoencoder`` and ``latents`` (diffusion methods) or ``background`` (``oi``).
-
-    The pixel state is the standardised anomaly about the day-of-year climatology; its
-    observation noise variance is given in the paper's units (the full field standardised per
-    level) and converted per level, so that the noise in kelvin is the paper's. ``pixel`` and
-    ``oi`` see the very same observations (same seed). Latent methods observe the standardised
-    latent code, with the variance in its units, as the paper does.
+    ``paths`` holds ``test``, ``stats``, ``climatology`` and what the method's family reads
+    (``score``, ``autoencoder``, ``latent_stats``, ``validation`` and, under ``paper``,
+    ``latents``; ``background``). ``assimilation`` holds ``members``, ``window_days``,
+    ``sampler``, ``period``, ``observation_variance`` (precipitation and OLR under ``physical``)
+    and ``decoder_error`` (latent methods under ``physical``).
     """
-    from slams.baselines import Background, OptimalInterpolation
-    from slams.data.dataset import climatology_of, from_anomaly, load_stats, noise_to_state_units
-    from slams.train import load_model, resolve_device, states_of
+    from slams.data.dataset import climatology_of, from_anomaly, load_stats
+    from slams.methods import METHODS, family, observed_fields
+    from slams.models import resolve_device, states_of
+    from slams.observations import build_observations, observation_variables
 
-    torch_device = resolve_device(device)
+    spec = METHODS[method]
+    if protocol not in spec.protocols:
+        raise ValueError(f"method {method} is not defined under the {protocol} protocol")
+    module = family(method)
     measurement = Measurement.from_params(measurement_params)
-    sampler = SamplerSettings(**assimilation.get("sampler", {}))
-    members = int(assimilation.get("members", 1))
-    window_days = int(assimilation.get("window_days", 0))
-    stats = load_stats(paths["stats"])
-    test = _select_period(xr.open_dataset(paths["test"]), assimilation.get("period"))
+    context = Context(
+        paths=paths,
+        stats=load_stats(paths["stats"]),
+        climatology_k=np.empty(0),
+        sampler=SamplerSettings(**assimilation.get("sampler", {})),
+        members=int(assimilation.get("members", 1)),
+        window_days=int(assimilation.get("window_days", 0)),
+        window=window,
+        device=resolve_device(device),
+        seed=seed,
+        period=assimilation.get("period"),
+        progress=progress,
+        decoder_error=bool(assimilation.get("decoder_error", True)),
+    )
+    with xr.open_dataset(paths["test"]) as test:
+        split = select_period(test, context.period).load()
     with xr.open_dataset(paths["climatology"]) as climatology:
-        clim_k = climatology_of(climatology, test["time"]).values  # (T, L, H, W)
-    x_true = states_of(test, ["t"])
+        context.climatology_k = climatology_of(climatology, split["time"]).values
     truth_k = (
-        test["t"]
+        split["t"]
         .transpose("time", "level", "lat", "lon")
-        .copy(data=from_anomaly(x_true.numpy(), clim_k, stats))
+        .copy(data=from_anomaly(states_of(split, ["t"]).numpy(), context.climatology_k,
+                                context.stats))
+    )  # fmt: skip
+    latents = None
+    if protocol == "paper" and hasattr(module, "paper_latents"):
+        latents = module.paper_latents(method, context)
+    used = observed_fields(method, protocol)
+    observations = build_observations(
+        protocol,
+        split,
+        measurement,
+        context.stats,
+        seed,
+        variances=assimilation.get("observation_variance"),
+        latents=latents,
+        fields=used,
     )
-    grid = tuple(x_true.shape[-2:])
-
-    pixel_variance = torch.from_numpy(noise_to_state_units(measurement.noise, stats)).float()
-    observed, y_pixel = make_observations(
-        x_true, measurement, torch.Generator().manual_seed(seed), pixel_variance
-    )
-    observation_k = from_anomaly(
-        upsample_observations(observed, y_pixel, measurement, grid).numpy(), clim_k, stats
-    )
-
+    analysis_k, extra = module.analyse(method, observations.select(used), context)
     attrs = {
+        "protocol": protocol,
         "method": method,
         "axis": axis,
         "value": float(value),
@@ -305,97 +334,58 @@ def run_method(
         "gap": measurement.gap,
         "noise_variance": measurement.noise,
         "observe_every_days": measurement.every,
-        "members": members,
+        "members": context.members,
         "seed": seed,
-        "noise_units": (
-            "variance in standardised units of the observed space (pixel: the full field "
-            "standardised per level, as in the paper; latent: the standardised latent code)"
-        ),
+        "observations": ",".join(used) if used else "none",
+        "noise_units": NOISE_UNITS[protocol],
         "state": "standardised anomaly about the day-of-year climatology of the training years",
+        **extra,
     }
-    if method in DIFFUSION_METHODS:
-        attrs.update(
-            window_days=window_days,
-            steps=sampler.steps,
-            corrections=sampler.corrections,
-            tau=sampler.tau,
-            gamma=sampler.gamma if sampler.guidance == "sda" else 0.0,
-            guidance=sampler.guidance,
-            cg_iterations=sampler.cg_iterations if sampler.guidance == "mmps" else 0,
-        )
-    generator = torch.Generator(device=torch_device).manual_seed(seed + 1)
-    if method == "climatology":
-        analysis_k = clim_k[None]
-        attrs["members"] = 1
-    elif method == "oi":
-        background = Background.load(paths["background"])
-        operator = measurement.operator()
-        diagonal = operator(background.residual[None])[0] / measurement.coarsen**2
-        variance = pixel_variance.clamp(min=MIN_OBSERVATION_VARIANCE)
-        oi = OptimalInterpolation(background, operator, diagonal, variance)
-        cpu = torch.Generator().manual_seed(seed + 1)
-        analysis = background.sample(members * len(observed), cpu).reshape(
-            members, len(observed), *background.residual.shape
-        )
-        if observed.any():
-            analysis[:, observed] = oi.ensemble(y_pixel, members, cpu)
-        analysis_k = from_anomaly(analysis.numpy(), clim_k, stats)
-        attrs["background_rank"] = int(background.variances.shape[0])
-        attrs["unobserved_days"] = "background: climatology, members drawn from B"
-    elif method == "pixel":
-        net, _ = load_model(paths["score"], torch_device)
-        denoiser = MarkovBlanketDenoiser(net, window=window)
-        analysis = assimilate_states(
-            denoiser, observed, y_pixel, measurement, tuple(x_true.shape[1:]), members,
-            window_days, sampler, generator, torch_device, progress, variance=pixel_variance,
-        )  # fmt: skip
-        analysis_k = from_anomaly(analysis.numpy(), clim_k, stats)
-    elif method.startswith("latent-"):
-        latents = _select_period(xr.open_dataset(paths["latents"]), assimilation.get("period"))
-        z_mean = torch.from_numpy(latents["z_mean"].values)[:, None, None]
-        z_std = torch.from_numpy(latents["z_std"].values)[:, None, None]
-        z = (states_of(latents, ["z"]) - z_mean) / z_std
-        observed_z, y_latent = make_observations(
-            z, measurement, torch.Generator().manual_seed(seed + 2)
-        )
-        net, _ = load_model(paths["score"], torch_device)
-        autoencoder, _ = load_model(paths["autoencoder"], torch_device)
-        denoiser = MarkovBlanketDenoiser(net, window=window)
-        z_analysis = assimilate_states(
-            denoiser, observed_z, y_latent, measurement, tuple(z.shape[1:]), members,
-            window_days, sampler, generator, torch_device, progress,
-        )  # fmt: skip
-        z_analysis = z_analysis * z_std + z_mean
-        with torch.no_grad():
-            decoded = torch.stack(
-                [autoencoder.decode(member.to(torch_device)).cpu() for member in z_analysis]
-            )
-        analysis_k = from_anomaly(decoded.numpy(), clim_k, stats)
-        attrs["latent_channels"] = int(z.shape[1])
-        attrs["latent_grid"] = "x".join(str(n) for n in z.shape[-2:])
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    log.info("%s %s-%s: %d members x %d days", method, axis, value, *analysis_k.shape[:2])
+    if protocol == "physical":
+        for name, variance in (assimilation.get("observation_variance") or {}).items():
+            if name in used:
+                attrs[f"{name}_variance"] = float(variance)
+    coords = {k: split[k] for k in ("time", "level", "lat", "lon")}
+    variables = observation_variables(
+        observations.select(used), coords, context.climatology_k, context.stats
+    )
+    log.info(
+        "%s %s %s-%s: %d members x %d days, observing %s",
+        protocol, method, axis, value, *analysis_k.shape[:2], attrs["observations"],
+    )  # fmt: skip
     return analysis_dataset(
-        np.asarray(analysis_k), truth_k, np.asarray(observation_k), observed.numpy(), attrs
+        np.asarray(analysis_k), truth_k, variables, observations.observed.numpy(), attrs
     )
 
 
-def relabel_copy(source: str | Path, target: str | Path, axis: str, value: str | float) -> None:
-    """Copy an analysis to the name of another cell of the same observation setting.
+def relabel_copy(
+    source: str | Path,
+    target: str | Path,
+    axis: str,
+    value: str | float,
+    protocol: str | None = None,
+) -> None:
+    """Copy an analysis to the name of another cell with the same observations.
 
-    Only the global ``axis`` and ``value`` attributes change (and ``same_setting_as`` names
-    the source cell), so the evaluation files the copy under its own cell. The data are
-    copied byte for byte, without reading them into memory.
+    Only the global ``axis``, ``value`` and ``protocol`` attributes change;
+    ``same_setting_as`` names the source cell (``<axis>-<value>``) and, if it is filed under
+    another protocol, ``same_analysis_as`` its protocol too. The data are copied byte for
+    byte, without reading them into memory.
     """
     import netCDF4
 
     shutil.copyfile(source, target)
     with netCDF4.Dataset(target, "a") as nc:
+        attrs = nc.ncattrs()
         original = f"{nc.getncattr('axis')}-{format_value(nc.getncattr('value'))}"
+        source_protocol = nc.getncattr("protocol") if "protocol" in attrs else None
         nc.setncattr("axis", axis)
         nc.setncattr("value", float(value))
-        nc.setncattr("same_setting_as", original)
+        if original != f"{axis}-{format_value(float(value))}":
+            nc.setncattr("same_setting_as", original)
+        if protocol is not None and protocol != source_protocol:
+            nc.setncattr("protocol", protocol)
+            nc.setncattr("same_analysis_as", f"{source_protocol}/{original}")
 
 
 def background_of(train_path: str, rank: int, seed: int = 0, progress: bool = True):

@@ -56,9 +56,9 @@ class Background:
         return Background(*(v.to(device) for v in (self.modes, self.variances, self.residual)))
 
     def save(self, path) -> None:
-        from slams.train import _save_atomic  # one atomic writer for every .pt file
+        from slams.models import save_atomic  # one atomic writer for every .pt file
 
-        _save_atomic({k: getattr(self, k) for k in ("modes", "variances", "residual")}, path)
+        save_atomic({k: getattr(self, k) for k in ("modes", "variances", "residual")}, path)
 
     @classmethod
     def load(cls, path) -> Background:

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from slams.methods import METHODS
+
 AXES = ("coarsen", "noise", "gap")
 MODALITY_SETS = ("none", "insitu", "exsitu", "both")
 LATENT_METHODS = tuple(f"latent-{m}" for m in MODALITY_SETS)
@@ -155,6 +157,21 @@ def check_consistency(config: dict) -> None:
                         + (" (the latent grid of autoencoder.downsample)" if factor > 1 else "")
                     )
 
+    section = config["assimilation"]
+    for i, protocol in enumerate(section["cases_only"]):
+        if protocol not in section["protocols"]:
+            raise ConfigError(
+                f"config error at assimilation.cases_only[{i}]: {protocol} is not in "
+                "assimilation.protocols"
+            )
+    for i, method in enumerate(section["methods"]):
+        defined = METHODS[method].protocols
+        if not set(defined) & set(section["protocols"]):
+            raise ConfigError(
+                f"config error at assimilation.methods[{i}]: {method} is defined under the "
+                f"{' and '.join(defined)} protocol only; add it to assimilation.protocols"
+            )
+
     grid = {f"{axis}-{value}" for axis, value in settings(config)}
     for name, cell in config["assimilation"]["cases"].items():
         if cell not in grid:
@@ -198,23 +215,51 @@ def settings(config: dict) -> list[tuple[str, str]]:
     ]
 
 
-def same_settings(config: dict) -> dict[tuple[str, str], tuple[str, str]]:
-    """Cells of the ablation grid that repeat an earlier cell's observation setting.
+def protocol_settings(config: dict, protocol: str) -> list[tuple[str, str]]:
+    """The (axis, value text) cells a protocol runs: the whole grid, or only the named cases
+    for a protocol in ``assimilation.cases_only``."""
+    grid = settings(config)
+    if protocol in config["assimilation"].get("cases_only", []):
+        named = set(cases(config).values())
+        return [cell for cell in grid if cell in named]
+    return grid
 
-    Two axes can meet in one setting (the paper: ``coarsen-4`` is ``noise-0.1``, since the
-    coarsening axis holds the noise at 0.1 and the noise axis the coarsening at 4). Returns
-    ``{(axis, value): (first axis, first value)}`` for every such later cell, in config order;
-    the workflow computes each setting once and gives the later cell a relabelled copy.
+
+def protocol_methods(config: dict, protocol: str) -> list[str]:
+    """The configured methods defined under ``protocol``, in config order."""
+    return [m for m in config["assimilation"]["methods"] if protocol in METHODS[m].protocols]
+
+
+def analysis_cells(config: dict) -> list[tuple[str, str, str, str]]:
+    """Every analysis file of the run as ``(protocol, method, axis, value)``, in config order."""
+    return [
+        (protocol, method, axis, value)
+        for protocol in config["assimilation"]["protocols"]
+        for method in protocol_methods(config, protocol)
+        for axis, value in protocol_settings(config, protocol)
+    ]
+
+
+def analysis_sources(config: dict) -> dict[tuple, tuple]:
+    """Analysis cells that repeat an earlier cell's analysis -> that cell.
+
+    Two cells share one analysis when they have the same observation setting (two axes can
+    meet in one setting: the paper's ``noise-0.1`` is ``coarsen-4``) and the same method under
+    the same protocol, or under any protocol for a method that observes the same way under
+    every one (``pixel``, ``oi``, ``climatology``). The first such cell is computed; the later
+    ones are relabelled copies.
     """
-    first: dict[tuple, tuple[str, str]] = {}
-    same = {}
-    for axis, value in settings(config):
-        key = tuple(sorted(setting_parameters(config, axis, float(value)).items()))
+    first: dict[tuple, tuple] = {}
+    sources = {}
+    for cell in analysis_cells(config):
+        protocol, method, axis, value = cell
+        setting = tuple(sorted(setting_parameters(config, axis, float(value)).items()))
+        key = (method, setting) if METHODS[method].protocol_free else (protocol, method, setting)
         if key in first:
-            same[(axis, value)] = first[key]
+            sources[cell] = first[key]
         else:
-            first[key] = (axis, value)
-    return same
+            first[key] = cell
+    return sources
 
 
 def merge(base: dict, overlay: dict) -> dict:

@@ -1,9 +1,10 @@
 """Scoring of analysis files into the tidy tables that every figure reads.
 
-``scores.csv``: ``method, axis, value, level, days, metric, score`` (one row per score).
-``rank-histograms.csv``: ``method, axis, value, level, days, rank, count`` (one row per
-rank bin; only ensembles of at least 2 members, since one member has no ranks to speak of).
-``days`` is ``observed`` (the days with an observation) or ``all``.
+``scores.csv``: ``protocol, method, axis, value, level, days, metric, score`` (one row per
+score). ``rank-histograms.csv``: ``protocol, method, axis, value, level, days, rank, count``
+(one row per rank bin; only ensembles of at least 2 members, since one member has no ranks to
+speak of). ``protocol`` is the observation protocol (``paper`` or ``physical``), ``days`` is
+``observed`` (the days with an observation) or ``all``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from slams.metrics import MEMBER, rank_histogram_analysis, score_analysis
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ["method", "axis", "value", "level", "days", "metric", "score"]
-RANK_COLUMNS = ["method", "axis", "value", "level", "days", "rank", "count"]
+COLUMNS = ["protocol", "method", "axis", "value", "level", "days", "metric", "score"]
+RANK_COLUMNS = ["protocol", "method", "axis", "value", "level", "days", "rank", "count"]
+SORT = ["protocol", "axis", "value", "method"]
 DAYS = (("observed", True), ("all", False))
 
 
 def _label(table: pd.DataFrame, ds: xr.Dataset, columns: list[str]) -> pd.DataFrame:
+    table["protocol"] = ds.attrs["protocol"]
     table["method"] = ds.attrs["method"]
     table["axis"] = ds.attrs["axis"]
     table["value"] = float(ds.attrs["value"])
@@ -70,14 +73,10 @@ def evaluate_files(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFr
     if not scores:
         raise ValueError("evaluate_files needs at least one analysis file")
     score_table = pd.concat(scores, ignore_index=True)
-    score_table = score_table.sort_values(
-        ["axis", "value", "method", "metric", "days", "level"]
-    ).reset_index(drop=True)
+    score_table = score_table.sort_values([*SORT, "metric", "days", "level"]).reset_index(drop=True)
     if histograms:
         rank_table = pd.concat(histograms, ignore_index=True)
-        rank_table = rank_table.sort_values(
-            ["axis", "value", "method", "days", "level", "rank"]
-        ).reset_index(drop=True)
+        rank_table = rank_table.sort_values([*SORT, "days", "level", "rank"]).reset_index(drop=True)
     else:
         rank_table = pd.DataFrame(columns=RANK_COLUMNS)
     return score_table, rank_table

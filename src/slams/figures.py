@@ -76,7 +76,7 @@ def case_map_figure(
         observation = next(
             (pick(ds, "observation") for ds in datasets.values() if "observation" in ds), None
         )
-        analyses, members = {}, {}
+        analyses, members, observes = {}, {}, {}
         for method in show:
             ds = datasets[method]
             if not np.allclose(pick(ds, "truth"), truth, equal_nan=True):
@@ -86,6 +86,7 @@ def case_map_figure(
                 )
             analyses[plots.method_title(method)] = pick(ds, "analysis")
             members[method] = ds.sizes.get(metrics.MEMBER, 1)
+            observes[method] = ds.attrs.get("observations", "?")
         attrs = dict(first.attrs)
     finally:
         for ds in datasets.values():
@@ -99,9 +100,13 @@ def case_map_figure(
         f"Observation: coarsen {attrs.get('coarsen', '?')}, gap {attrs.get('gap', '?')},",
         f"noise variance {attrs.get('noise_variance', '?')} (standardised units).",
     ]
+    if "protocol" in attrs:
+        notes.append(f"Protocol: {attrs['protocol']}.")
     if members:
-        notes.append("Ensemble means of")
-        notes.extend(f"  {m}: {n} member{'s' * (n != 1)}" for m, n in members.items())
+        notes.append("Ensemble means of (observing)")
+        notes.extend(
+            f"  {m}: {n} member{'s' * (n != 1)} ({observes[m]})" for m, n in members.items()
+        )
     if observation is None or not np.isfinite(observation.values).any():
         notes.append("No observation on this day.")
     for panel, reason in (missing or {}).items():
@@ -164,59 +169,72 @@ def _fig7_methods(present: Sequence[str]) -> list[str]:
     return chosen
 
 
-def score_figures(
+def _draw(outputs: Mapping[str, str | Path], key: str, make, title: str, reason: str) -> None:
+    """Draw figure ``key`` with ``make(path)``, or a placeholder saying ``reason`` if ``make``
+    is None (the config lacks what the figure needs); keys not in ``outputs`` are skipped."""
+    if key not in outputs:
+        return
+    if make is None:
+        log.warning("%s: %s", key, reason)
+        plots.plot_placeholder(outputs[key], title, reason)
+    else:
+        make(outputs[key])
+
+
+def protocol_figures(
     scores_csv: str | Path,
     rank_histograms_csv: str | Path,
-    loss_csvs: Mapping[str, str | Path],
     outputs: Mapping[str, str | Path],
     cases: Mapping[str, tuple[str, str | float]],
-    name: str = "",
+    protocol: str,
     days: str = "observed",
 ) -> None:
-    """The figures drawn from the tables, each to ``outputs[key]`` (keys not given: skipped).
+    """The figures of one protocol drawn from the tables, each to ``outputs[key]``.
 
     Keys: ``fig7`` (Wasserstein against degradation: pixel, latent-none, latent-both),
     ``fig8`` (modality ablation), ``rmse``, ``crps``, ``spread_skill`` (against degradation,
-    every method), ``rank_histograms`` (the named cases), ``curves`` (training losses),
-    ``summary`` (markdown headline table).
+    every method), ``rank_histograms`` (the named cases).
     """
     scores = pd.read_csv(scores_csv)
+    scores = scores[scores["protocol"] == protocol]
     histograms = pd.read_csv(rank_histograms_csv)
+    histograms = histograms[histograms["protocol"] == protocol]
+    if scores.empty:
+        raise ValueError(f"{scores_csv} has no scores of the {protocol} protocol")
     present = list(scores["method"].unique())
     metrics_present = set(scores["metric"])
-
-    def draw(key: str, make, title: str, reason: str) -> None:
-        if key not in outputs:
-            return
-        if make is None:
-            log.warning("%s: %s", key, reason)
-            plots.plot_placeholder(outputs[key], title, reason)
-        else:
-            make(outputs[key])
+    suffix = f", {protocol} protocol"
 
     fig7 = _fig7_methods(present)
-    draw(
+    _draw(
+        outputs,
         "fig7",
-        (lambda out: plots.plot_ablation(scores, out, "wasserstein", days, fig7)) if fig7 else None,
+        (lambda out: plots.plot_ablation(scores, out, "wasserstein", days, fig7,
+                                         title=f"Figure 7{suffix}"))
+        if fig7
+        else None,
         "Figure 7",
         "No diffusion method (pixel, latent-*) in the config's methods.",
-    )
+    )  # fmt: skip
     has_latent = any(m.startswith("latent-") for m in present)
-    draw(
+    _draw(
+        outputs,
         "fig8",
-        (lambda out: plots.plot_modality_ablation(scores, out, "wasserstein", days))
+        (lambda out: plots.plot_modality_ablation(scores, out, "wasserstein", days,
+                                                  title=f"Figure 8{suffix}"))
         if has_latent
         else None,
         "Figure 8",
         "No latent method in the config's methods: no modality ablation.",
-    )
+    )  # fmt: skip
     for key, metric, reference in (
         ("rmse", "rmse", None),
         ("crps", "crps", None),
         ("spread_skill", "spread_skill", 1.0),
     ):
         label = plots.METRIC_LABELS[metric].split(" (")[0]
-        draw(
+        _draw(
+            outputs,
             key,
             (
                 lambda out, metric=metric, reference=reference, label=label: plots.plot_ablation(
@@ -225,7 +243,7 @@ def score_figures(
                     metric,
                     days,
                     reference=reference,
-                    title=f"{label} against degradation, {days} days",
+                    title=f"{label} against degradation, {days} days{suffix}",
                 )
             )
             if metric in metrics_present
@@ -239,7 +257,8 @@ def score_figures(
         if not histograms.empty
         and ((histograms["axis"] == axis) & np.isclose(histograms["value"], float(value))).any()
     }
-    draw(
+    _draw(
+        outputs,
         "rank_histograms",
         (lambda out: plots.plot_rank_histograms(histograms, settings, out, days))
         if settings
@@ -247,7 +266,29 @@ def score_figures(
         "Rank histograms",
         "No ensemble analysis of the named cases (2 or more members).",
     )
-    draw(
+
+
+def overview_figures(
+    scores_csv: str | Path,
+    loss_csvs: Mapping[str, str | Path],
+    outputs: Mapping[str, str | Path],
+    cases: Mapping[str, tuple[str, str | float]],
+    name: str = "",
+    days: str = "observed",
+) -> None:
+    """The figures across protocols, each to ``outputs[key]``: ``protocols`` (pixel and the
+    latent methods under each protocol), ``curves`` (training losses), ``summary`` (markdown)."""
+    scores = pd.read_csv(scores_csv)
+    protocols = list(dict.fromkeys(scores["protocol"]))
+    _draw(
+        outputs,
+        "protocols",
+        (lambda out: plots.plot_protocols(scores, out, days=days)) if len(protocols) > 1 else None,
+        "Protocols",
+        f"Only the {protocols[0]} protocol was run: nothing to compare (assimilation.protocols).",
+    )
+    _draw(
+        outputs,
         "curves",
         (lambda out: plots.plot_training_curves(loss_csvs, out)) if loss_csvs else None,
         "Training curves",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -80,3 +81,25 @@ class MeasurementOperator:
             f"MeasurementOperator(coarsen={self.coarsen}, gap={self.gap}, "
             f"noise_variance={self.noise_variance})"
         )
+
+
+@dataclass
+class Measurement:
+    """One ablation setting: block-average factor, spatial gap, noise variance, day stride."""
+
+    coarsen: int = 1
+    gap: int = 1
+    noise: float = 0.0
+    every: int = 1
+
+    @classmethod
+    def from_params(cls, params: dict) -> Measurement:
+        return cls(
+            coarsen=int(params["coarsen"]),
+            gap=int(params["gap"]),
+            noise=float(params["noise"]),
+            every=int(params["every"]),
+        )
+
+    def operator(self) -> MeasurementOperator:
+        return MeasurementOperator(coarsen=self.coarsen, gap=self.gap, noise_variance=self.noise)

@@ -26,6 +26,7 @@ from matplotlib.ticker import MaxNLocator
 
 from slams import metrics
 from slams.grid import cell_edges
+from slams.methods import METHODS
 from slams.report import METHOD_ORDER, ordered_methods, summary_table
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "plot_case_maps",
     "plot_modality_ablation",
     "plot_placeholder",
+    "plot_protocols",
     "plot_rank_histograms",
     "plot_spread_error_maps",
     "plot_training_curves",
@@ -54,12 +56,18 @@ AXIS_LABELS = {
 _PALETTE = plt.get_cmap("tab10").colors
 METHOD_COLOURS = {
     "pixel": _PALETTE[3],  # red
+    "pixel-both": _PALETTE[6],  # pink
     "latent-none": _PALETTE[7],  # grey
     "latent-insitu": _PALETTE[0],  # blue (paper Fig. 8: in-situ blue)
     "latent-exsitu": _PALETTE[1],  # orange (paper Fig. 8: ex-situ orange)
     "latent-both": _PALETTE[2],  # green
     "oi": _PALETTE[4],  # purple
     "climatology": _PALETTE[5],  # brown
+}
+# The pixel-space references of figure 8: pixel dashed, the joint pixel prior dotted.
+PIXEL_REFERENCES = {
+    "pixel": {"color": "k", "ls": "--"},
+    "pixel-both": {"color": _PALETTE[6], "ls": ":"},
 }
 # Panels per row of the training curves (the paper config trains 9 networks).
 TRAINING_CURVE_COLUMNS = 5
@@ -101,6 +109,17 @@ def _save(fig: plt.Figure, out_path: str | Path) -> list[Path]:
     fig.savefig(pdf)
     plt.close(fig)
     return [png, pdf]
+
+
+def _axis_ticks(panel: plt.Axes, axis: str, values: np.ndarray, labelsize: float) -> None:
+    """An ablation axis' values as the x ticks (the noise variances on a log scale), a grid."""
+    if axis == "noise" and np.all(values > 0):
+        panel.set_xscale("log")
+        panel.minorticks_off()
+    panel.set_xticks(values)
+    panel.set_xticklabels([f"{v:g}" for v in values])
+    panel.tick_params(labelsize=labelsize)
+    panel.grid(alpha=0.3, lw=0.5)
 
 
 def _format_level(level: float) -> str:
@@ -183,13 +202,7 @@ def plot_ablation(
                 )
             if reference is not None:
                 panel.axhline(reference, color="0.3", lw=0.9, ls="--", zorder=0)
-            if axis == "noise" and np.all(x_values > 0):
-                panel.set_xscale("log")
-                panel.minorticks_off()
-            panel.set_xticks(x_values)
-            panel.set_xticklabels([f"{v:g}" for v in x_values])
-            panel.tick_params(labelsize=7)
-            panel.grid(alpha=0.3, lw=0.5)
+            _axis_ticks(panel, axis, x_values, labelsize=7)
             if row == 0:
                 panel.set_title(_format_level(level), fontsize=9)
             panel.set_xlabel(AXIS_LABELS[axis], fontsize=8)
@@ -286,14 +299,16 @@ def plot_modality_ablation(
     metric: str = "wasserstein",
     days: str = "observed",
     settings: Mapping[str, float] | None = None,
+    title: str | None = None,
 ) -> list[Path]:
     """Paper Fig. 8 a-c: the latent modality sets at the most degraded setting of each axis.
 
     One panel per axis (a: coarsening, b: noise, c: gap). In a panel, y = pressure level
     (10 hPa at the top, as in the atmosphere), one horizontal bar per latent modality set
     present (``latent-none``, ``-insitu``, ``-exsitu``, ``-both``; colours fixed as in every
-    figure) and the pixel-space result of that level as a dashed vertical segment across the
-    level's bars. x = ``metric`` (lower is better).
+    figure) and the pixel-space results of that level as vertical segments across the
+    level's bars: ``pixel`` dashed, ``pixel-both`` (the joint pixel prior, if present) dotted.
+    x = ``metric`` (lower is better).
 
     Args:
         scores: tidy score table.
@@ -337,10 +352,11 @@ def plot_modality_ablation(
             panel.barh(
                 y, widths, height=bar_height * 0.9, color=METHOD_COLOURS[method], label=method
             )
-        pixel = cell[cell["method"] == "pixel"].set_index("level")["score"]
-        for i, level in enumerate(levels):
-            if level in pixel.index:
-                panel.plot([pixel[level]] * 2, [-i - 0.45, -i + 0.45], color="k", ls="--", lw=1.2)
+        for reference, style in PIXEL_REFERENCES.items():
+            pixel = cell[cell["method"] == reference].set_index("level")["score"]
+            for i, level in enumerate(levels):
+                if level in pixel.index:
+                    panel.plot([pixel[level]] * 2, [-i - 0.45, -i + 0.45], lw=1.2, **style)
         letter = "abc"[list(AXIS_LABELS).index(axis)]
         panel.set_title(f"({letter}) {AXIS_LABELS[axis]} = {value:g}", fontsize=10)
         panel.set_xlabel(METRIC_LABELS.get(metric, metric), fontsize=9)
@@ -351,10 +367,88 @@ def plot_modality_ablation(
     panels[0, 0].set_yticklabels([_format_level(level) for level in levels])
     panels[0, 0].set_ylim(-len(levels) + 0.4, 0.6)
     handles = [plt.Rectangle((0, 0), 1, 1, color=METHOD_COLOURS[m], label=m) for m in latent]
-    if "pixel" in set(table["method"]):
-        handles.append(plt.Line2D([], [], color="k", ls="--", lw=1.2, label="pixel"))
+    for reference, style in PIXEL_REFERENCES.items():
+        if reference in set(table["method"]):
+            handles.append(plt.Line2D([], [], lw=1.2, label=reference, **style))
+    # the legend below the panels: a title, if any, takes the top
     fig.legend(
-        handles=handles, loc="outside upper center", ncols=len(handles), frameon=False, fontsize=9
+        handles=handles,
+        loc="outside lower center" if title is not None else "outside upper center",
+        ncols=len(handles),
+        frameon=False,
+        fontsize=9,
+    )
+    if title is not None:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, out_path)
+
+
+# --------------------------------------------------------------------------- protocols
+
+PROTOCOL_STYLES = {"physical": "-", "paper": "--"}
+PROTOCOL_METRICS = ("rmse", "crps")
+
+
+def plot_protocols(
+    scores: pd.DataFrame,
+    out_path: str | Path,
+    metrics: Sequence[str] = PROTOCOL_METRICS,
+    days: str = "observed",
+) -> list[Path]:
+    """Pixel and the latent methods under each observation protocol, side by side.
+
+    Rows = metrics (level means), columns = ablation axes, x = the axis value; one colour per
+    method (as in every figure), solid for the ``physical`` protocol, dashed for ``paper``.
+    The gap between a latent method's dashed and solid lines is how much of its score the
+    paper's protocol (observing the encoded truth) accounts for. Pixel, OI and climatology
+    observe the same way under both protocols, so they are drawn once (solid).
+    """
+    table = scores[scores["metric"].isin(metrics) & scores["axis"].isin(AXIS_LABELS)]
+    if "days" in table.columns:
+        table = table[table["days"] == days]
+    shown = [m for m in METHOD_ORDER if m.startswith(("pixel", "latent-"))]
+    table = table[table["method"].isin(shown)]
+    if table.empty:
+        raise ValueError(f"no {list(metrics)} scores of pixel or latent methods on {days} days")
+    means = table.groupby(["protocol", "method", "metric", "axis", "value"], as_index=False)[
+        "score"
+    ].mean()
+    axes_present = [a for a in AXIS_LABELS if a in set(means["axis"])]
+    metrics = [m for m in metrics if m in set(means["metric"])]
+    methods = [m for m in shown if m in set(means["method"])]
+    protocols = [p for p in PROTOCOL_STYLES if p in set(means["protocol"])]
+    fig, panels = plt.subplots(
+        len(metrics), len(axes_present), figsize=(3.4 * len(axes_present) + 0.6,
+                                                  2.6 * len(metrics) + 1.0),
+        squeeze=False, layout="constrained",
+    )  # fmt: skip
+    for row, metric in enumerate(metrics):
+        for col, axis in enumerate(axes_present):
+            panel = panels[row, col]
+            cell = means[(means["metric"] == metric) & (means["axis"] == axis)]
+            for method in methods:
+                for protocol in protocols:
+                    if protocol == "paper" and METHODS[method].protocol_free and len(protocols) > 1:
+                        continue
+                    line = cell[(cell["method"] == method) & (cell["protocol"] == protocol)]
+                    line = line.sort_values("value")
+                    if line.empty:
+                        continue
+                    panel.plot(line["value"], line["score"], ls=PROTOCOL_STYLES[protocol],
+                               lw=1.3, ms=4, **_style(method))  # fmt: skip
+            _axis_ticks(panel, axis, np.sort(cell["value"].unique()), labelsize=8)
+            panel.set_xlabel(AXIS_LABELS[axis], fontsize=9)
+            if col == 0:
+                panel.set_ylabel(f"{METRIC_LABELS.get(metric, metric)}, level mean", fontsize=9)
+    handles = [plt.Line2D([], [], lw=1.3, ms=4, label=m, **_style(m)) for m in methods]
+    handles += [
+        plt.Line2D([], [], color="0.3", ls=PROTOCOL_STYLES[p], lw=1.3, label=f"{p} protocol")
+        for p in protocols
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5),
+               frameon=False, fontsize=9)  # fmt: skip
+    fig.suptitle(
+        f"How much of the latent methods' scores is the protocol ({days} days)", fontsize=11
     )
     return _save(fig, out_path)
 

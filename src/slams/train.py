@@ -18,7 +18,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,16 +31,20 @@ from tqdm.auto import tqdm
 
 from slams.data.samples import NetCDFSamples, file_times
 from slams.diffusion import VPSDE, denoising_loss
+from slams.models import (
+    MODELS,
+    autoencoder_variables,
+    load_model,
+    resolve_device,
+    save_atomic,
+)
 from slams.nn import AutoEncoder, ScoreUNet
+from slams.observations import MODALITY_VARIABLES
 
 log = logging.getLogger(__name__)
 
-MODALITY_VARIABLES = {
-    "none": (),
-    "insitu": ("precip",),
-    "exsitu": ("olr",),
-    "both": ("precip", "olr"),
-}
+# The state variables of each pixel-space score network, stacked on channels.
+PIXEL_SPACES = {"pixel": ("t",), "pixel-both": ("t", "precip", "olr")}
 LOSS_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "samples_per_s", "seconds"]
 
 LossFn = Callable[[nn.Module, Tensor, torch.Generator], Tensor]
@@ -83,43 +87,10 @@ class TrainSettings:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda if available else cpu; 'cuda' without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was configured but no CUDA GPU is visible; use 'auto'")
-    return torch.device(device)
-
-
 def loader_workers(threads: int, device: str) -> int:
     """DataLoader workers for a job with ``threads`` cores: on a GPU all but one core read data
     (the GPU computes); on the CPU the cores compute and the training process reads."""
     return max(0, int(threads) - 1) if resolve_device(device).type == "cuda" else 0
-
-
-def autoencoder_variables(modalities: str) -> list[str]:
-    """Encoder input variables: temperature, then each modality followed by its validity mask,
-    so that a missing value (filled with 0 in the dataset) is never mistaken for a real zero."""
-    names = ["t"]
-    for var in MODALITY_VARIABLES[modalities]:
-        names += [var, f"{var}_mask"]
-    return names
-
-
-def autoencoder_channels(n_levels: int, modalities: str) -> int:
-    """Encoder input channels: temperature levels plus (value, validity mask) per modality."""
-    return n_levels + 2 * len(MODALITY_VARIABLES[modalities])
-
-
-def autoencoder_inputs(ds: xr.Dataset, modalities: str) -> np.ndarray:
-    """The encoder input of every day of an in-memory split, ``(T, C, H, W)`` float32 (the
-    layout :class:`NetCDFSamples` streams for training)."""
-    channels = [ds["t"].transpose("time", "level", "lat", "lon").values]
-    for var in MODALITY_VARIABLES[modalities]:
-        channels.append(ds[var].transpose("time", "lat", "lon").values[:, None])
-        channels.append(ds[f"{var}_mask"].transpose("time", "lat", "lon").values[:, None])
-    return np.concatenate(channels, axis=1).astype(np.float32)
 
 
 def consecutive_starts(times: np.ndarray, window: int) -> np.ndarray:
@@ -130,15 +101,6 @@ def consecutive_starts(times: np.ndarray, window: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- checkpoints
-
-
-def _save_atomic(obj: dict, path: str | Path) -> None:
-    """``torch.save`` to a temporary name, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -322,8 +284,8 @@ def fit(
         if checkpoint_dir is not None:
             state = checkpoint(epoch)
             if improved:
-                _save_atomic(state, checkpoint_dir / "best.pt")
-            _save_atomic(state, checkpoint_dir / "last.pt")
+                save_atomic(state, checkpoint_dir / "best.pt")
+            save_atomic(state, checkpoint_dir / "last.pt")
     if not history:
         _write_losses(losses_csv, history)
     return history
@@ -350,14 +312,6 @@ def evaluate_loss(
 
 # --------------------------------------------------------------------------- model files
 
-_MODELS = {"autoencoder": AutoEncoder, "score": ScoreUNet}
-
-
-def save_checkpoint(path: str | Path, model: nn.Module, kind: str, kwargs: dict, meta: dict):
-    """Weights plus everything needed to rebuild the model (class and constructor arguments)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _save_atomic({"kind": kind, "kwargs": kwargs, "meta": meta, "state_dict": state}, Path(path))
-
 
 def export_model(checkpoint_path: str | Path, model_path: str | Path) -> dict:
     """Write the model file the workflow consumes from a training checkpoint (``best.pt``):
@@ -367,23 +321,12 @@ def export_model(checkpoint_path: str | Path, model_path: str | Path) -> dict:
     row = next(r for r in state["history"] if r["epoch"] == epoch)
     meta = {**state["meta"], "epoch": epoch, "train_loss": row["train_loss"],
             "val_loss": row["val_loss"], "epochs": len(state["history"])}  # fmt: skip
-    _save_atomic(
+    save_atomic(
         {"kind": state["kind"], "kwargs": state["kwargs"], "meta": meta,
          "state_dict": state["model"]},
         Path(model_path),
     )  # fmt: skip
     return meta
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a saved model in eval mode (BatchNorm uses its running statistics), frozen."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model = _MODELS[checkpoint["kind"]](**checkpoint["kwargs"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.to(device).eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model, checkpoint["meta"]
 
 
 def _train_and_export(
@@ -400,7 +343,7 @@ def _train_and_export(
     meta: dict,
 ) -> nn.Module:
     torch.manual_seed(settings.seed)  # the initial weights are part of the seeded run
-    model = _MODELS[kind](**kwargs)
+    model = MODELS[kind](**kwargs)
     export = {"kind": kind, "kwargs": kwargs, "meta": meta}
     if checkpoint_dir is None:
         checkpoint_dir = Path(model_path).parent / "checkpoints" / Path(model_path).stem
@@ -417,11 +360,26 @@ def _train_and_export(
 # --------------------------------------------------------------------------- autoencoder
 
 
-def autoencoder_loss(n_levels: int) -> LossFn:
-    """Mean squared reconstruction error of the temperature channels (the first ``n_levels``)."""
+def autoencoder_loss(n_levels: int, modalities: str = "none") -> LossFn:
+    """Mean squared reconstruction error over every decoded channel: the ``n_levels``
+    temperature levels, then each observation modality of the set on its valid points only.
+
+    The batch is the encoder input (temperature levels, then per modality its value and its
+    validity mask); the decoder outputs the temperature levels, then one channel per modality.
+    Each decoded channel weighs the same; a modality's error is averaged over its valid points
+    (a missing gauge, filled with 0 in the dataset, is not a value to reconstruct). For the
+    ``none`` set this is the paper's temperature reconstruction loss.
+    """
+    names = MODALITY_VARIABLES[modalities]
 
     def loss(model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
-        return (model(batch).float() - batch[:, :n_levels]).square().mean()
+        decoded = model(batch).float()
+        total = (decoded[:, :n_levels] - batch[:, :n_levels]).square().mean() * n_levels
+        for k in range(len(names)):
+            value, mask = batch[:, n_levels + 2 * k], batch[:, n_levels + 2 * k + 1]
+            error = (decoded[:, n_levels + k] - value).square() * mask
+            total = total + error.sum() / mask.sum().clamp(min=1.0)
+        return total / (n_levels + len(names))
 
     return loss
 
@@ -444,13 +402,17 @@ def train_autoencoder(
     checkpoint_dir: str | Path | None = None,
     metadata: dict | None = None,
 ) -> AutoEncoder:
-    """Train the autoencoder of one modality set from the split files; export its model file."""
+    """Train the autoencoder of one modality set from the split files; export its model file.
+
+    The encoder reads temperature and the set's modalities (with their masks); the decoder
+    reconstructs every one of them, so that the ``physical`` protocol can observe
+    precipitation and OLR through it (its metadata's ``decodes`` lists them in order)."""
     with netCDF4.Dataset(str(train_path)) as ds:
         levels = ds.variables["level"][:].tolist()
     train_data = day_samples(train_path, modalities)
     kwargs = {
         "in_channels": train_data.channels,
-        "out_channels": len(levels),
+        "out_channels": len(levels) + len(MODALITY_VARIABLES[modalities]),
         "latent_channels": network["latent_channels"],
         "hidden": network["hidden"],
         "layers": network["layers"],
@@ -460,7 +422,7 @@ def train_autoencoder(
     return _train_and_export(
         "autoencoder",
         kwargs,
-        autoencoder_loss(len(levels)),
+        autoencoder_loss(len(levels), modalities),
         train_data,
         day_samples(validation_path, modalities),
         settings,
@@ -468,7 +430,12 @@ def train_autoencoder(
         losses_csv,
         checkpoint_dir,
         f"autoencoder-{modalities}",
-        {"modalities": modalities, "levels": levels, **(metadata or {})},
+        {
+            "modalities": modalities,
+            "levels": levels,
+            "decodes": ["t", *MODALITY_VARIABLES[modalities]],
+            **(metadata or {}),
+        },
     )
 
 
@@ -484,13 +451,28 @@ def score_loss(sde: VPSDE) -> LossFn:
     return loss
 
 
-def window_samples(path: str | Path, space: str, window: int) -> NetCDFSamples:
+def window_samples(
+    path: str | Path, space: str, window: int, overlapping: bool = True
+) -> NetCDFSamples:
     """Markov-blanket windows ``(K * C, H, W)`` of standardised states, streamed: temperature
-    for ``pixel``, latent codes standardised by the training split's ``z_mean``/``z_std``
-    otherwise."""
-    starts = consecutive_starts(file_times(path), window)
-    if space == "pixel":
-        return NetCDFSamples(path, ["t"], starts, window)
+    for ``pixel``, temperature, precipitation and OLR for ``pixel-both``, latent codes
+    standardised by the training split's ``z_mean``/``z_std`` otherwise.
+
+    Training uses every window (a start on every day); with ``overlapping=False`` no two
+    windows share a day (the validation loss: the same days, a fifth of the cost for K = 5).
+    """
+    times = file_times(path)
+    starts = consecutive_starts(times, window)
+    if not overlapping:
+        days = (times.astype("datetime64[D]") - times[0].astype("datetime64[D]")).astype(int)
+        kept, last_day = [], -1
+        for start in starts:
+            if days[start] > last_day:
+                kept.append(start)
+                last_day = days[start] + window - 1
+        starts = np.asarray(kept, dtype=starts.dtype)
+    if space in PIXEL_SPACES:
+        return NetCDFSamples(path, list(PIXEL_SPACES[space]), starts, window)
     with netCDF4.Dataset(str(path)) as ds:
         offset, scale = ds.variables["z_mean"][:], ds.variables["z_std"][:]
     return NetCDFSamples(path, ["z"], starts, window, offset=offset, scale=scale)
@@ -523,7 +505,7 @@ def train_score(
         kwargs,
         score_loss(VPSDE()),
         train_data,
-        window_samples(validation_path, space, window),
+        window_samples(validation_path, space, window, overlapping=False),
         settings,
         model_path,
         losses_csv,
@@ -534,17 +516,6 @@ def train_score(
 
 
 # --------------------------------------------------------------------------- latents
-
-
-def states_of(ds: xr.Dataset, variables: Sequence[str] = ("t",)) -> Tensor:
-    """Daily states ``(T, C, H, W)`` float32 from named variables of an in-memory split."""
-    arrays = []
-    for var in variables:
-        da = ds[var]
-        da = da.transpose("time", *[d for d in da.dims if d != "time"])
-        values = da.values
-        arrays.append(values if values.ndim == 4 else values[:, None])
-    return torch.from_numpy(np.concatenate(arrays, axis=1).astype(np.float32))
 
 
 @torch.no_grad()

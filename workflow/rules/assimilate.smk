@@ -1,19 +1,21 @@
-# One ensemble analysis per method and ablation setting; a setting that two axes share is
-# computed once (rule assimilate) and copied under the later cell's name (rule same_analysis).
+# One ensemble analysis per protocol, method and ablation setting. An analysis that two cells
+# share (a setting two axes meet in; a method that observes the same way under both protocols)
+# is computed once (rule assimilate) and copied under the later cell's name (same_analysis).
 
 
 rule assimilate:
-    """Guided diffusion sampling (or the climatology reference) over the test period."""
+    """Guided diffusion sampling, optimal interpolation or the climatology over the test
+    period, under one observation protocol."""
     input:
         unpack(analysis_inputs),
     output:
         ANALYSIS,
     log:
-        f"{LOGS}/assimilate/{{method}}/{{axis}}-{{value}}.log",
+        f"{LOGS}/assimilate/{{protocol}}/{{method}}/{{axis}}-{{value}}.log",
     benchmark:
-        f"{BENCHMARKS}/assimilate/{{method}}/{{axis}}-{{value}}.tsv"
+        f"{BENCHMARKS}/assimilate/{{protocol}}/{{method}}/{{axis}}-{{value}}.tsv"
     wildcard_constraints:
-        axis=rf"(?!(?:{SAME_CELLS})\.nc$)(?:coarsen|noise|gap)",
+        protocol=rf"(?!(?:{COPIED_CELLS})\.nc$)(?:paper|physical)",
     conda:
         "../../envs/torch.yaml"
     threads: config["resources"]["assimilate_threads"]
@@ -23,7 +25,7 @@ rule assimilate:
         measurement=measurement,
         assimilation=assimilation_params,
         window=lambda wc: (
-            config["score"]["window"] if wc.method not in ("oi", "climatology") else 0
+            config["score"]["window"] if METHOD_SPECS[wc.method].space else 0
         ),
         device=config["device"],
         seed=config["seed"],
@@ -55,18 +57,17 @@ rule oi_background:
 
 
 rule same_analysis:
-    """A cell whose observation setting repeats an earlier cell's (the paper: noise-0.1 is
-    coarsen-4): that analysis, copied with the cell's own axis and value attributes."""
+    """A cell whose analysis another cell computes (the paper: noise-0.1 is coarsen-4; pixel,
+    oi and climatology observe the same way under both protocols): that analysis, copied
+    with the cell's own protocol, axis and value attributes."""
     input:
-        lambda wc: ANALYSIS.format(
-            method=wc.method, **SAME_SETTINGS[(wc.axis, wc.value)]
-        ),
+        lambda wc: ANALYSIS.format(**SAME_ANALYSIS[tuple(wc[k] for k in CELL_KEYS)]),
     output:
         ANALYSIS,
     log:
-        f"{LOGS}/same_analysis/{{method}}/{{axis}}-{{value}}.log",
+        f"{LOGS}/same_analysis/{{protocol}}/{{method}}/{{axis}}-{{value}}.log",
     wildcard_constraints:
-        axis=rf"(?=(?:{SAME_CELLS})\.nc$)(?:coarsen|noise|gap)",
+        protocol=rf"(?=(?:{COPIED_CELLS})\.nc$)(?:paper|physical)",
     localrule: True
     conda:
         "../../envs/data.yaml"

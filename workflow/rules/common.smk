@@ -4,14 +4,14 @@ import re
 from pathlib import Path
 
 from slams.config import (
-    LATENT_METHODS,
     ConfigError,
+    analysis_cells,
+    analysis_sources,
     format_value,
-    same_settings,
     setting_parameters,
-    settings,
     validate_config,
 )
+from slams.methods import METHODS as METHOD_SPECS
 from slams.report import case_figure_stem
 
 try:
@@ -28,13 +28,23 @@ YEARS = list(range(DATA["years"][0], DATA["years"][1] + 1))
 SOURCES = ["era5", "cpc", "olr"]
 MODALITIES = config["autoencoder"]["modalities"]
 METHODS = config["assimilation"]["methods"]
-SETTINGS = settings(config)
-# Cells that repeat an earlier cell's setting -> that cell, as wildcards; and a regex of them.
-SAME_SETTINGS = {
-    cell: {"axis": axis, "value": value}
-    for cell, (axis, value) in same_settings(config).items()
+PROTOCOLS = config["assimilation"]["protocols"]
+# The protocol whose results the single-protocol figures show: the one we recommend.
+MAIN_PROTOCOL = "physical" if "physical" in PROTOCOLS else PROTOCOLS[0]
+CELL_KEYS = ("protocol", "method", "axis", "value")
+CELLS = analysis_cells(
+    config
+)  # every analysis file, as (protocol, method, axis, value)
+# Cells whose analysis another cell already computes -> that cell, as wildcards; a regex of
+# their paths (<protocol>/<method>/<axis>-<value>) keeps them apart from rule assimilate.
+SAME_ANALYSIS = {
+    cell: dict(zip(CELL_KEYS, source))
+    for cell, source in analysis_sources(config).items()
 }
-SAME_CELLS = "|".join(re.escape(f"{a}-{v}") for a, v in SAME_SETTINGS) or "(?!x)x"
+COPIED_CELLS = (
+    "|".join(re.escape("{}/{}/{}-{}".format(*cell)) for cell in SAME_ANALYSIS)
+    or "(?!x)x"
+)
 SPLITS = ["train", "validation", "test"]
 
 RESOURCES = f"resources/{DATA['dataset']}"
@@ -56,15 +66,13 @@ SCORE_NET = f"{RESULTS}/models/score-{{space}}.pt"
 CHECKPOINTS = f"{RESULTS}/models/checkpoints/{{model}}"
 OI_BACKGROUND = f"{RESULTS}/models/oi-background.pt"
 SCORE_LOSSES = f"{RESULTS}/models/score-{{space}}-losses.csv"
-ANALYSIS = f"{RESULTS}/analysis/{{method}}/{{axis}}-{{value}}.nc"
+ANALYSIS = f"{RESULTS}/analysis/{{protocol}}/{{method}}/{{axis}}-{{value}}.nc"
 SCORES = f"{RESULTS}/scores.csv"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 
-SPACES = ["pixel"] * ("pixel" in METHODS) + [m for m in METHODS if m in LATENT_METHODS]
-LATENT_SETS = sorted(
-    {m.removeprefix("latent-") for m in METHODS if m in LATENT_METHODS}
-)
+SPACES = [METHOD_SPECS[m].space for m in METHODS if METHOD_SPECS[m].space]
+LATENT_SETS = sorted({METHOD_SPECS[m].modalities for m in METHODS} - {None})
 for _set in LATENT_SETS:
     if _set not in MODALITIES:
         raise WorkflowError(
@@ -73,19 +81,32 @@ for _set in LATENT_SETS:
         )
 
 # Every figure (PNG; each has a PDF beside it) and the summary; workflow/rules/figures.smk
-# makes them. Figures 3-6 map the named cases: fig3-ideal, fig4-coarse, fig5-noisy,
-# fig6-sparse, case-<name> for any other case (slams.report.case_figure_stem).
+# makes them. Per protocol, in figures/<protocol>/: figures 3-6 map the named cases (fig3-ideal,
+# fig4-coarse, fig5-noisy, fig6-sparse, case-<name> for any other case:
+# slams.report.case_figure_stem), figures 7 and 8 and the scores against degradation.
+PROTOCOL_FIGURE = f"{RESULTS}/figures/{{protocol}}/{{name}}.png"
+PROTOCOL_FIGURE_NAMES = {
+    "fig7": "fig7-wasserstein",
+    "fig8": "fig8-modalities",
+    "rmse": "rmse",
+    "crps": "crps",
+    "spread_skill": "spread-skill",
+    "rank_histograms": "rank-histograms",
+}
 FIGURES = {
     **{
-        f"case_{case}": f"{RESULTS}/figures/{case_figure_stem(case)}.png"
+        f"case_{case}_{protocol}": PROTOCOL_FIGURE.format(
+            protocol=protocol, name=case_figure_stem(case)
+        )
+        for protocol in PROTOCOLS
         for case in config["assimilation"]["cases"]
     },
-    "fig7": f"{RESULTS}/figures/fig7-wasserstein.png",
-    "fig8": f"{RESULTS}/figures/fig8-modalities.png",
-    "rmse": f"{RESULTS}/figures/rmse.png",
-    "crps": f"{RESULTS}/figures/crps.png",
-    "spread_skill": f"{RESULTS}/figures/spread-skill.png",
-    "rank_histograms": f"{RESULTS}/figures/rank-histograms.png",
+    **{
+        f"{key}_{protocol}": PROTOCOL_FIGURE.format(protocol=protocol, name=name)
+        for protocol in PROTOCOLS
+        for key, name in PROTOCOL_FIGURE_NAMES.items()
+    },
+    "protocols": f"{RESULTS}/figures/protocols.png",
     "spread_error": f"{RESULTS}/figures/spread-error.png",
     "curves": f"{RESULTS}/figures/training-curves.png",
     "summary": f"{RESULTS}/summary.md",
@@ -93,22 +114,34 @@ FIGURES = {
 }
 
 
+def protocol_figure(key):
+    """The path template (with {protocol}) of one per-protocol figure."""
+    return PROTOCOL_FIGURE.replace("{name}", PROTOCOL_FIGURE_NAMES[key])
+
+
+def protocol_pdf(key):
+    """The PDF written beside a per-protocol figure."""
+    return str(Path(protocol_figure(key)).with_suffix(".pdf"))
+
+
 wildcard_constraints:
     source="era5|cpc|olr",
     year=r"\d{4}",
     split="train|validation|test",
     modalities="none|insitu|exsitu|both",
-    space=r"pixel|latent-(none|insitu|exsitu|both)",
-    method=r"pixel|latent-(none|insitu|exsitu|both)|oi|climatology",
+    space=r"pixel|pixel-both|latent-(none|insitu|exsitu|both)",
+    method=r"pixel|pixel-both|latent-(none|insitu|exsitu|both)|oi|climatology",
+    protocol="paper|physical",
     axis="coarsen|noise|gap",
     value=r"[0-9.]+",
 
 
-def analysis_files():
+def analysis_files(protocol=None):
+    """Every analysis file of the run, or of one protocol."""
     return [
-        ANALYSIS.format(method=method, axis=axis, value=value)
-        for method in METHODS
-        for axis, value in SETTINGS
+        ANALYSIS.format(**dict(zip(CELL_KEYS, cell)))
+        for cell in CELLS
+        if protocol is None or cell[0] == protocol
     ]
 
 
@@ -129,33 +162,50 @@ def assimilation_params(wildcards):
     settings) does not rerun its analyses (Snakemake's params rerun trigger)."""
     section = config["assimilation"]
     method = wildcards.method
+    spec = METHOD_SPECS[method]
     params = {"period": section["period"]}
     if method != "climatology":
         params["members"] = section["members"]
     if method == "oi":
         params["oi"] = section["oi"]
-    elif method != "climatology":
+    elif spec.space is not None:
         params.update(window_days=section["window_days"], sampler=section["sampler"])
+    if wildcards.protocol == "physical":
+        # the error variances of the precipitation and OLR it observes, if any
+        params["observation_variance"] = {
+            k: v
+            for k, v in section["observation_variance"].items()
+            if k in spec.observes
+        }
+        if spec.modalities is not None:
+            params["decoder_error"] = section["decoder_error"]
     return params
 
 
 def analysis_inputs(wildcards):
-    """The trained networks and data an analysis needs, by method."""
-    method = wildcards.method
+    """The trained networks and data an analysis needs, by protocol and method."""
+    spec = METHOD_SPECS[wildcards.method]
     inputs = {
         "test": DATASET.format(split="test"),
         "stats": STATS,
         "climatology": CLIMATOLOGY,
     }
-    if method == "pixel":
-        inputs["score"] = SCORE_NET.format(space="pixel")
-    elif method == "oi":
+    if spec.space is not None:
+        inputs["score"] = SCORE_NET.format(space=spec.space)
+    if wildcards.method == "oi":
         inputs["background"] = OI_BACKGROUND
-    elif method.startswith("latent-"):
-        modalities = method.removeprefix("latent-")
-        inputs["score"] = SCORE_NET.format(space=method)
-        inputs["autoencoder"] = AUTOENCODER.format(modalities=modalities)
-        inputs["latents"] = LATENTS.format(modalities=modalities, split="test")
+    if spec.modalities is not None:
+        inputs["autoencoder"] = AUTOENCODER.format(modalities=spec.modalities)
+        # the training split's latent statistics (z_mean, z_std)
+        inputs["latent_stats"] = LATENTS.format(
+            modalities=spec.modalities, split="train"
+        )
+        if wildcards.protocol == "paper":
+            # the paper protocol observes the encoded truth of the test days
+            inputs["latents"] = LATENTS.format(modalities=spec.modalities, split="test")
+        elif config["assimilation"]["decoder_error"]:
+            # the decoder's own error, measured on validation days
+            inputs["validation"] = DATASET.format(split="validation")
     return inputs
 
 
@@ -165,7 +215,7 @@ def measurement(wildcards):
 
 def score_inputs(wildcards):
     """Training and validation states of a score network: the dataset or stored latents."""
-    if wildcards.space == "pixel":
+    if wildcards.space.startswith("pixel"):
         return {s: DATASET.format(split=s) for s in ("train", "validation")}
     modalities = wildcards.space.removeprefix("latent-")
     return {

@@ -21,7 +21,7 @@ report: "../report/workflow.rst"
 
 
 CASES = named_cases(config)  # {"ideal": ("coarsen", "4"), ...}
-CASE_FIGURE = f"{RESULTS}/figures/{{figure}}-{{case}}"
+CASE_FIGURE = f"{RESULTS}/figures/{{protocol}}/{{figure}}-{{case}}"
 # the PDF written beside each figure's PNG
 PDFS = {
     key: str(Path(path).with_suffix(".pdf"))
@@ -29,31 +29,33 @@ PDFS = {
     if path.endswith(".png")
 }
 SPREAD_ERROR_ROWS = spread_error_rows(
-    METHODS, CASES, config["data"]["levels"], ANALYSIS
+    METHODS, CASES, config["data"]["levels"], ANALYSIS, MAIN_PROTOCOL
 )
 PAPER = "1. Paper figures"
 BEYOND = "2. Beyond the paper"
 
 
 rule case_figure:
-    """Paper figures 3-6: truth, observation, pixel and latent analyses of a case, and errors."""
+    """Paper figures 3-6: truth, observation, pixel and latent analyses of a case, and errors,
+    under one protocol."""
     input:
-        lambda wc: case_files(METHODS, CASES[wc.case], ANALYSIS),
+        lambda wc: case_files(METHODS, CASES[wc.case], ANALYSIS, wc.protocol),
     output:
         png=report(
             f"{CASE_FIGURE}.png",
             caption="../report/case.rst",
             category=PAPER,
+            subcategory="{protocol} protocol",
             labels=lambda wc: {
                 "figure": case_figure_label(wc.figure),
-                "shows": f"{wc.case} case maps",
+                "shows": f"{wc.case} case maps, {wc.protocol} protocol",
             },
         ),
         pdf=f"{CASE_FIGURE}.pdf",
     log:
-        f"{LOGS}/figures/{{figure}}-{{case}}.log",
+        f"{LOGS}/figures/{{protocol}}/{{figure}}-{{case}}.log",
     benchmark:
-        f"{BENCHMARKS}/figures/{{figure}}-{{case}}.tsv"
+        f"{BENCHMARKS}/figures/{{protocol}}/{{figure}}-{{case}}.tsv"
     wildcard_constraints:
         figure="fig[3-6]|case",
         case="|".join(re.escape(case) for case in CASES) or "(?!x)x",
@@ -64,11 +66,11 @@ rule case_figure:
         mem_mb=4000,
         runtime=30,
     params:
-        methods=case_map_methods(METHODS),
-        show=[m for m in map_methods(METHODS).values() if m],
+        methods=lambda wc: case_map_methods(METHODS, wc.protocol),
+        show=lambda wc: [m for m in map_methods(METHODS, wc.protocol).values() if m],
         level=lambda wc: case_level(wc.case, config["data"]["levels"]),
         label=lambda wc: case_figure_label(wc.figure),
-        missing=case_map_missing(METHODS),
+        missing=lambda wc: case_map_missing(METHODS, wc.protocol),
         setting=lambda wc: "-".join(CASES[wc.case]),
     script:
         "../scripts/case_figure.py"
@@ -98,65 +100,116 @@ rule spread_error_maps:
         runtime=30,
     params:
         cases=SPREAD_ERROR_ROWS,
-        methods=spread_map_methods(METHODS),
+        methods=spread_map_methods(METHODS, MAIN_PROTOCOL),
+        protocol=MAIN_PROTOCOL,
         days="observed",
     script:
         "../scripts/spread_error_maps.py"
 
 
-rule figures:
-    """Figures 7 and 8, scores against degradation, rank histograms, training curves, summary."""
+rule protocol_figures:
+    """Figures 7 and 8, scores against degradation and rank histograms of one protocol."""
     input:
         scores=SCORES,
         rank_histograms=RANK_HISTOGRAMS,
+    output:
+        fig7=report(
+            protocol_figure("fig7"),
+            caption="../report/fig7.rst",
+            category=PAPER,
+            subcategory="{protocol} protocol",
+            labels=lambda wc: {
+                "figure": "Figure 7",
+                "shows": f"Wasserstein against degradation, {wc.protocol} protocol",
+            },
+        ),
+        fig7_pdf=protocol_pdf("fig7"),
+        fig8=report(
+            protocol_figure("fig8"),
+            caption="../report/fig8.rst",
+            category=PAPER,
+            subcategory="{protocol} protocol",
+            labels=lambda wc: {
+                "figure": "Figure 8",
+                "shows": f"modality ablation, {wc.protocol} protocol",
+            },
+        ),
+        fig8_pdf=protocol_pdf("fig8"),
+        rmse=report(
+            protocol_figure("rmse"),
+            caption="../report/rmse.rst",
+            category=BEYOND,
+            subcategory="{protocol} protocol",
+            labels=lambda wc: {
+                "figure": "RMSE",
+                "shows": f"RMSE against degradation, {wc.protocol} protocol",
+            },
+        ),
+        rmse_pdf=protocol_pdf("rmse"),
+        crps=report(
+            protocol_figure("crps"),
+            caption="../report/crps.rst",
+            category=BEYOND,
+            subcategory="{protocol} protocol",
+            labels=lambda wc: {
+                "figure": "CRPS",
+                "shows": f"CRPS against degradation, {wc.protocol} protocol",
+            },
+        ),
+        crps_pdf=protocol_pdf("crps"),
+        spread_skill=report(
+            protocol_figure("spread_skill"),
+            caption="../report/spread-skill.rst",
+            category=BEYOND,
+            subcategory="{protocol} protocol",
+            labels=lambda wc: {
+                "figure": "spread/skill",
+                "shows": f"spread/skill against degradation, {wc.protocol} protocol",
+            },
+        ),
+        spread_skill_pdf=protocol_pdf("spread_skill"),
+        rank_histograms=report(
+            protocol_figure("rank_histograms"),
+            caption="../report/rank-histograms.rst",
+            category=BEYOND,
+            subcategory="{protocol} protocol",
+            labels=lambda wc: {
+                "figure": "rank histograms",
+                "shows": f"calibration, the cases, {wc.protocol} protocol",
+            },
+        ),
+        rank_histograms_pdf=protocol_pdf("rank_histograms"),
+    log:
+        f"{LOGS}/figures/{{protocol}}/scores.log",
+    benchmark:
+        f"{BENCHMARKS}/figures/{{protocol}}/scores.tsv"
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        cases=CASES,
+        days="observed",
+    script:
+        "../scripts/protocol_figures.py"
+
+
+rule figures:
+    """The protocols compared, training curves and the summary."""
+    input:
+        scores=SCORES,
         losses=expand(AUTOENCODER_LOSSES, modalities=LATENT_SETS)
         + expand(SCORE_LOSSES, space=SPACES),
     output:
-        fig7=report(
-            FIGURES["fig7"],
-            caption="../report/fig7.rst",
-            category=PAPER,
-            labels={"figure": "Figure 7", "shows": "Wasserstein against degradation"},
-        ),
-        fig7_pdf=PDFS["fig7"],
-        fig8=report(
-            FIGURES["fig8"],
-            caption="../report/fig8.rst",
-            category=PAPER,
-            labels={"figure": "Figure 8", "shows": "modality ablation"},
-        ),
-        fig8_pdf=PDFS["fig8"],
-        rmse=report(
-            FIGURES["rmse"],
-            caption="../report/rmse.rst",
+        protocols=report(
+            FIGURES["protocols"],
+            caption="../report/protocols.rst",
             category=BEYOND,
-            labels={"figure": "RMSE", "shows": "RMSE against degradation"},
+            labels={"figure": "protocols", "shows": "paper against physical protocol"},
         ),
-        rmse_pdf=PDFS["rmse"],
-        crps=report(
-            FIGURES["crps"],
-            caption="../report/crps.rst",
-            category=BEYOND,
-            labels={"figure": "CRPS", "shows": "CRPS against degradation"},
-        ),
-        crps_pdf=PDFS["crps"],
-        spread_skill=report(
-            FIGURES["spread_skill"],
-            caption="../report/spread-skill.rst",
-            category=BEYOND,
-            labels={
-                "figure": "spread/skill",
-                "shows": "spread/skill against degradation",
-            },
-        ),
-        spread_skill_pdf=PDFS["spread_skill"],
-        rank_histograms=report(
-            FIGURES["rank_histograms"],
-            caption="../report/rank-histograms.rst",
-            category=BEYOND,
-            labels={"figure": "rank histograms", "shows": "calibration, the cases"},
-        ),
-        rank_histograms_pdf=PDFS["rank_histograms"],
+        protocols_pdf=PDFS["protocols"],
         curves=report(
             FIGURES["curves"],
             caption="../report/training-curves.rst",
@@ -183,6 +236,7 @@ rule figures:
     params:
         name=NAME,
         cases=CASES,
+        protocols=PROTOCOLS,
         days="observed",
     script:
         "../scripts/figures.py"

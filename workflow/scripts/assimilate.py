@@ -1,11 +1,13 @@
-"""Rule assimilate: one method in one ablation setting over the test period."""
+"""Rule assimilate: one method in one ablation setting over the test period, under one
+observation protocol."""
 
-from slams.assimilate import run_method
+from slams.assimilate import run_cell
 from slams.workflow import set_threads, setup_logging
 
 setup_logging(snakemake.log[0])
 set_threads(snakemake.threads)
-ds = run_method(
+ds = run_cell(
+    snakemake.wildcards.protocol,
     snakemake.wildcards.method,
     snakemake.wildcards.axis,
     snakemake.wildcards.value,

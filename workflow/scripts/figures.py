@@ -1,15 +1,14 @@
-"""Rule figures: figures 7 and 8, scores against degradation, rank histograms, training
-curves and the markdown summary, from the score tables and the loss logs."""
+"""Rule figures: the protocols compared, training curves and the markdown summary, from the
+score table and the loss logs."""
 
 from pathlib import Path
 
-from slams.figures import score_figures
+from slams.figures import overview_figures
 from slams.workflow import setup_logging
 
 setup_logging(snakemake.log[0])
-score_figures(
+overview_figures(
     snakemake.input.scores,
-    snakemake.input.rank_histograms,
     {Path(p).name.removesuffix("-losses.csv"): p for p in snakemake.input.losses},
     {key: snakemake.output[key] for key in snakemake.output.keys() if not key.endswith("_pdf")},
     cases=snakemake.params.cases,

@@ -1,4 +1,4 @@
-"""Rule same_analysis: a cell whose setting repeats an earlier cell's, as a relabelled copy."""
+"""Rule same_analysis: a cell whose analysis another cell computes, as a relabelled copy."""
 
 from slams.assimilate import relabel_copy
 from slams.workflow import setup_logging
@@ -9,4 +9,5 @@ relabel_copy(
     snakemake.output[0],
     snakemake.wildcards.axis,
     snakemake.wildcards.value,
+    protocol=snakemake.wildcards.protocol,
 )

@@ -15,6 +15,36 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class _WrapLongitude(torch.autograd.Function):
+    """``x (..., W) -> (..., W + 2p)``: the last ``p`` columns, ``x``, the first ``p`` columns.
+
+    The same values as ``F.pad(x, (p, p, 0, 0), mode="circular")``, with a backward that
+    folds the wrapped columns' gradients back in one pass (autograd of the padding slices
+    zero-fills and copies the whole gradient once per slice, ~13 % of a guided U-Net
+    evaluation on the demo).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, p: int) -> Tensor:
+        ctx.p = p
+        return torch.cat([x[..., -p:], x, x[..., :p]], dim=-1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        p = ctx.p
+        out = grad[..., p:-p].clone()
+        out[..., :p] += grad[..., -p:]
+        out[..., -p:] += grad[..., :p]
+        return out, None
+
+
+def wrap_longitude(x: Tensor, p: int) -> Tensor:
+    """Circular padding of ``p`` columns on both sides of the last (longitude) axis."""
+    if p > x.shape[-1]:
+        raise ValueError(f"cannot wrap {p} columns of a grid {x.shape[-1]} wide")
+    return _WrapLongitude.apply(x, p) if p > 0 else x
+
+
 class PeriodicConv2d(nn.Conv2d):
     """2-D convolution with circular padding in longitude and zero padding in latitude.
 
@@ -45,9 +75,7 @@ class PeriodicConv2d(nn.Conv2d):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.lon_padding > 0:
-            x = F.pad(x, (self.lon_padding, self.lon_padding, 0, 0), mode="circular")
-        return super().forward(x)
+        return super().forward(wrap_longitude(x, self.lon_padding))
 
 
 class ChannelLayerNorm(nn.Module):
@@ -62,8 +90,7 @@ class ChannelLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        mean = x.mean(dim=1, keepdim=True)
-        var = x.var(dim=1, keepdim=True, unbiased=False)
+        var, mean = torch.var_mean(x, dim=1, keepdim=True, unbiased=False)
         return (x - mean) * torch.rsqrt(var + self.eps)
 
 

@@ -1,0 +1,172 @@
+"""Score-based latent assimilation (SLAMS): the state is the standardised latent code of an
+autoencoder whose encoder read temperature plus 0, 1 or 2 observation modalities.
+
+- ``physical`` protocol: the likelihood goes through the decoder, which reconstructs every
+  modality its encoder reads: ``y_t ~ A(D_t(z))``, ``y_p ~ D_p(z)`` on the gauges,
+  ``y_olr ~ D_olr(z)``, one Gaussian likelihood with each term's own variance: the
+  observation error plus, by default, the decoder's own error for that quantity (measured on
+  validation days, see :func:`decoder_error_variance`). No truth is needed beyond the
+  observations.
+- ``paper`` protocol (the paper's): the latent code itself is observed, ``y = A(E(true stack))
+  + noise``, with the noise in standardised latent units; forming ``y`` needs the truth.
+
+The sampled codes are decoded to temperature in both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import netCDF4
+import numpy as np
+import torch
+import xarray as xr
+
+from slams.assimilate import assimilate_states, sampler_attrs, select_period
+from slams.data.dataset import from_anomaly
+from slams.diffusion import MarkovBlanketDenoiser
+from slams.models import load_model, states_of
+
+
+def latent_statistics(path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of the training split's latent codes ``(C, 1, 1)`` each."""
+    with netCDF4.Dataset(str(path)) as ds:
+        mean, std = (np.asarray(ds.variables[k][:], dtype=np.float32) for k in ("z_mean", "z_std"))
+    return torch.from_numpy(mean)[:, None, None], torch.from_numpy(std)[:, None, None]
+
+
+def paper_latents(method: str, context) -> torch.Tensor:
+    """The standardised latent codes of the TRUE days (the paper protocol's observed field)."""
+    z_mean, z_std = latent_statistics(context.paths["latent_stats"])
+    with xr.open_dataset(context.paths["latents"]) as ds:
+        latents = select_period(ds, context.period).load()
+    return (states_of(latents, ["z"]) - z_mean) / z_std
+
+
+def decoded_fields(decoder, outputs, z_mean, z_std):
+    """The observed fields of a standardised latent state ``(B, n, C, h, w)``: the decoder's
+    output channels (temperature levels, then each modality), split by name."""
+    sizes = [n for _, n in outputs]
+
+    def decode(x):
+        batch, days = x.shape[:2]
+        decoded = decoder((x * z_std + z_mean).flatten(0, 1))
+        decoded = decoded.reshape(batch, days, *decoded.shape[1:])
+        parts = torch.split(decoded, sizes, dim=2)
+        return {name: part for (name, _), part in zip(outputs, parts, strict=True)}
+
+    return decode
+
+
+def decoder_outputs(meta: dict, levels: int) -> list[tuple[str, int]]:
+    """``[(name, channels)]`` of an autoencoder's decoder output, in order."""
+    names = meta.get("decodes", ["t"])
+    return [(name, levels if name == "t" else 1) for name in names]
+
+
+@torch.no_grad()
+def decoder_error_variance(
+    autoencoder, meta: dict, outputs, observations, validation_path, days: int = 64
+) -> dict[str, torch.Tensor]:
+    """The decoder's error variance for each observed quantity, as the setting observes it.
+
+    On ``days`` validation days spread over the split (never the assimilated period), the
+    autoencoder's reconstruction ``D(E(x))`` and the true fields go through each field's
+    operator (the coarsening and gap of temperature; the validity mask of precipitation and
+    OLR); the variance of the difference per channel (temperature: per level, ``(L, 1, 1)``;
+    the others: a scalar) is the error of the decoder as an observation operator. Adding it to
+    the observation error variance keeps a likelihood through an imperfect decoder from
+    trusting it more than its reconstructions deserve.
+    """
+    from slams.models import autoencoder_inputs, states_of
+
+    device = next(autoencoder.parameters()).device
+    with xr.open_dataset(validation_path) as ds:
+        n_days = ds.sizes["time"]
+        picked = np.unique(np.linspace(0, n_days - 1, min(days, n_days)).round().astype(int))
+        split = ds.isel(time=picked).load()
+    inputs = torch.from_numpy(autoencoder_inputs(split, meta["modalities"])).to(device)
+    decoded = autoencoder(inputs).cpu()
+    parts = dict(zip([n for n, _ in outputs], torch.split(decoded, [c for _, c in outputs], 1),
+                     strict=True))  # fmt: skip
+    variances = {}
+    for name, field in observations.fields.items():
+        truth = states_of(split, [name])
+        error = field.operator(parts[name]) - field.operator(truth)
+        if name == "t":
+            variances[name] = error.square().mean(dim=(0, 2, 3))[:, None, None]
+        else:
+            valid = states_of(split, [f"{name}_mask"]) > 0.5
+            variances[name] = error[valid].square().mean()
+    return variances
+
+
+def analyse(method, observations, context):
+    device = context.device
+    net, _ = load_model(context.paths["score"], device)
+    autoencoder, meta = load_model(context.paths["autoencoder"], device)
+    levels = context.climatology_k.shape[1]
+    z_mean, z_std = (v.to(device) for v in latent_statistics(context.paths["latent_stats"]))
+    outputs = decoder_outputs(meta, levels)
+    if observations.protocol == "paper":
+
+        def state_fields(x):
+            return {"z": x}
+    else:
+        decoded = {name for name, _ in outputs}
+        needed = set(observations.fields)
+        if not needed <= decoded:
+            raise ValueError(
+                f"{context.paths['autoencoder']} decodes {sorted(decoded)}, but {method} observes "
+                f"{sorted(needed)} under the physical protocol: retrain it (the decoder must "
+                "reconstruct every modality its encoder reads)"
+            )
+        state_fields = decoded_fields(autoencoder.decode, outputs, z_mean, z_std)
+        if context.decoder_error:
+            extra = decoder_error_variance(
+                autoencoder, meta, outputs, observations, context.paths["validation"]
+            )
+            observations = replace(
+                observations,
+                fields={
+                    name: replace(f, variance=f.variance + extra[name].to(f.variance))
+                    for name, f in observations.fields.items()
+                },
+            )
+            decoder_error = {name: v.flatten().tolist() for name, v in extra.items()}
+    grid = (
+        context.climatology_k.shape[-2] // autoencoder.downsample,
+        context.climatology_k.shape[-1] // autoencoder.downsample,
+    )
+    shape = (int(z_mean.shape[0]), *grid)
+    ensemble = assimilate_states(
+        MarkovBlanketDenoiser(net, window=context.window),
+        observations,
+        state_fields,
+        shape,
+        context,
+    )
+    with torch.no_grad():
+        decoded_t = torch.stack(
+            [
+                autoencoder.decode(member.to(device) * z_std + z_mean)[:, :levels].cpu()
+                for member in ensemble
+            ]
+        )
+    analysis_k = from_anomaly(decoded_t.numpy(), context.climatology_k, context.stats)
+    attrs = {
+        **sampler_attrs(context),
+        "latent_channels": shape[0],
+        "latent_grid": "x".join(str(n) for n in grid),
+        "decoder_outputs": ",".join(name for name, _ in outputs),
+    }
+    if observations.protocol == "physical":
+        attrs["decoder_error"] = (
+            "added to the observation error variance: "
+            + "; ".join(
+                f"{k} {' '.join(f'{v:.3g}' for v in vs)}" for k, vs in decoder_error.items()
+            )
+            if context.decoder_error
+            else "not in the likelihood"
+        )
+    return analysis_k, attrs
