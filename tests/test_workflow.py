@@ -1,5 +1,6 @@
 """The Snakemake workflow: DAG shape, config errors, single targets, and one full smoke run."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,10 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 def snakemake(root: Path, workdir: Path, *args: str, check: bool = True):
     cmd = [*SNAKEMAKE, "-s", str(root / "Snakefile"), "--directory", str(workdir), *args]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=workdir)
+    # the jobs' warm-start server (slams.warm) ends soon after the test's last job
+    env = {**os.environ, "SLAMS_WARM_IDLE": "10"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=workdir,
+                            env=env)  # fmt: skip
     if check and result.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"

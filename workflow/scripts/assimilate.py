@@ -1,6 +1,10 @@
 """Rule assimilate: one method in one ablation setting over the test period, under one
 observation protocol."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from slams.assimilate import run_cell
 from slams.workflow import set_threads, setup_logging
 

@@ -1,5 +1,9 @@
 """Rule case_figure: the maps of one named case (paper figures 3-6)."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from slams.figures import case_map_figure
 from slams.workflow import setup_logging
 

@@ -1,5 +1,9 @@
 """Rule dataset: normalised splits, statistics and climatology."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from slams.data.dataset import build_dataset
 from slams.workflow import setup_logging
 

@@ -1,5 +1,9 @@
 """Rule encode: latent codes of every split by the frozen encoder."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from slams.train import encode_splits
 from slams.workflow import set_threads, setup_logging
 

@@ -1,5 +1,9 @@
 """Rule evaluate: every analysis file into the tidy scores and rank-histogram tables."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from slams.evaluate import evaluate_files
 from slams.workflow import setup_logging
 

@@ -1,6 +1,10 @@
 """Rule figures: the protocols compared, training curves and the markdown summary, from the
 score table and the loss logs."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from pathlib import Path
 
 from slams.figures import overview_figures

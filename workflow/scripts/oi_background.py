@@ -1,5 +1,9 @@
 """Rule oi_background: the static background covariance of optimal interpolation."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from slams.assimilate import background_of
 from slams.workflow import set_threads, setup_logging
 

@@ -1,6 +1,10 @@
 """Rule protocol_figures: figures 7 and 8, scores against degradation and rank histograms of
 one observation protocol, from the score tables."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from slams.figures import protocol_figures
 from slams.workflow import setup_logging
 

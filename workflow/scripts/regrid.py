@@ -1,5 +1,9 @@
 """Rule regrid: one year of one source onto the target grid."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from slams.data.regrid import regrid_file
 from slams.workflow import setup_logging
 

@@ -1,5 +1,9 @@
 """Rule same_analysis: a cell whose analysis another cell computes, as a relabelled copy."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from slams.assimilate import relabel_copy
 from slams.workflow import setup_logging
 

@@ -1,5 +1,9 @@
 """Rule synthetic: the embedded synthetic world (see slams.data.synthetic)."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from slams.data.synthetic import write_synthetic
 from slams.workflow import setup_logging
 

@@ -1,5 +1,9 @@
 """Rule train_autoencoder: one autoencoder per modality set (resumes from its checkpoints)."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from slams.train import train_autoencoder
 from slams.workflow import setup_logging, train_settings
 

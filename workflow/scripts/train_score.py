@@ -1,5 +1,9 @@
 """Rule train_score: a score network in pixel space or in one latent space (resumable)."""
 
+from slams.warm import delegate
+
+delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
+
 from slams.train import train_score
 from slams.workflow import setup_logging, train_settings
 
