@@ -28,3 +28,4 @@ rule all:
     input:
         **FIGURES,
         scores=SCORES,
+        significance=SIGNIFICANCE,

@@ -134,8 +134,8 @@ def method_paths(paths: dict[str, str], method: str, protocol: str) -> dict[str,
         base["score"] = paths["score-latent-both"]
         base["autoencoder"] = paths["autoencoder"]
         base["latent_stats"] = paths["latent_stats"]
+        # the decoder's residuals (both protocols) and error (physical) come from validation days
+        base["validation"] = paths["validation"]
         if protocol == "paper":
             base["latents"] = paths["latents"]
-        else:
-            base["validation"] = paths["validation"]
     return base

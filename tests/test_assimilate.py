@@ -152,3 +152,16 @@ def test_relabel_copy_files_the_analysis_under_another_cell(tmp_path):
         assert copy.attrs["protocol"] == "physical"
         assert copy.attrs["same_analysis_as"] == "paper/coarsen-2"
         assert "same_setting_as" not in copy.attrs
+
+
+def test_a_non_finite_analysis_fails_with_the_member_and_day():
+    from slams.assimilate import AnalysisDiverged, check_finite
+
+    times = np.arange("2004-01-01", "2004-01-05", dtype="datetime64[D]")
+    analysis = np.full((3, 4, 2, 4, 8), 250.0)
+    check_finite(analysis, times, "pixel coarsen-2 (physical protocol)")  # finite: fine
+    analysis[1, 2, 0, 1, 1] = np.nan
+    analysis[2, 3] = np.inf
+    with pytest.raises(AnalysisDiverged, match=r"^pixel coarsen-2 \(physical protocol\): "
+                       r"member 1, day 2004-01-03 is not finite \(65 values in all\)"):  # fmt: skip
+        check_finite(analysis, times, "pixel coarsen-2 (physical protocol)")

@@ -497,7 +497,7 @@ def test_paper_dry_run_lists_the_download_jobs(root, tmp_path):
     assert counts["train_autoencoder"] == counts["encode"] == 4 and counts["train_score"] == 6
     assert counts["case_figure"] == 8  # figures 3-6 under each protocol
     assert counts["protocol_figures"] == 2
-    assert counts["total"] == 656  # the README's table
+    assert counts["total"] == 657  # the README's table
 
 
 def test_real_source_rules_fetch_extract_and_regrid_from_a_local_server(root, server, tmp_path):

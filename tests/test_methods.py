@@ -243,3 +243,22 @@ def test_decoder_error_variance_is_measured_through_each_fields_operator(tmp_pat
     torch.testing.assert_close(extra["t"].flatten(), torch.tensor([0.0, 0.25]))
     assert float(extra["precip"]) == pytest.approx(4.0)
     assert float(extra["olr"]) == 0.0
+
+
+def test_decoder_residuals_add_spread_and_keep_the_ensemble_mean():
+    """Centred residuals: the ensemble mean is unchanged; the members' variance about it gains
+    the residuals' variance (in expectation); one member gets a residual as drawn."""
+    from slams.methods.latent import add_decoder_residuals
+
+    generator = torch.Generator().manual_seed(0)
+    residuals = 2.0 * torch.randn(64, 3, 4, 8, generator=generator)  # variance 4
+    members = torch.randn(8, 30, 3, 4, 8, generator=generator) * 0.1
+    perturbed = add_decoder_residuals(members, residuals, seed=5)
+    torch.testing.assert_close(perturbed.mean(0), members.mean(0), atol=1e-5, rtol=0)
+    gained = perturbed.var(0).mean() - members.var(0).mean()
+    assert 3.6 < gained < 4.4
+    # the same seed gives the same perturbation, another seed another one
+    assert torch.equal(add_decoder_residuals(members, residuals, seed=5), perturbed)
+    assert not torch.equal(add_decoder_residuals(members, residuals, seed=6), perturbed)
+    single = add_decoder_residuals(members[:1], residuals, seed=5) - members[:1]
+    assert any(torch.allclose(single[0, 0], r, atol=1e-6) for r in residuals)

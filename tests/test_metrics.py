@@ -124,14 +124,14 @@ def test_wasserstein_with_ties_matches_scipy():
     assert float(wasserstein(truth, analysis, weighted=True)) == pytest.approx(expected, rel=1e-10)
 
 
-def test_wasserstein_drops_nan_and_checks_dims():
+def test_wasserstein_is_nan_with_a_nan_and_checks_dims():
     rng = np.random.default_rng(3)
     values = rng.normal(size=grid_shape(2))
     other = rng.normal(size=grid_shape(2))
     with_nan = values.copy()
     with_nan[0, 0, 0] = np.nan
-    expected = scipy.stats.wasserstein_distance(values.ravel()[1:], other.ravel())
-    assert float(wasserstein(field(with_nan), field(other))) == pytest.approx(expected)
+    assert np.isnan(float(wasserstein(field(with_nan), field(other))))
+    assert np.isnan(float(wasserstein(field(values), field(with_nan), weighted=True)))
     with pytest.raises(ValueError, match="not dimensions"):
         wasserstein(field(values), field(other), dims=("time", "latitude"))
     with pytest.raises(ValueError, match="lat"):
@@ -274,11 +274,13 @@ def test_rank_histogram_hand_case():
     truth = np.full(grid_shape(1), 2.5)
     truth[:, 0, :] = 0.0  # rank 0 on one row
     truth[:, 1, :] = 5.0  # rank 3 on another row
-    truth[:, 2, 0] = np.nan  # skipped
     counts = rank_histogram(field(truth), field(members, member=True))
     assert counts.dims == ("rank",)
     n_row = LON.size
-    np.testing.assert_array_equal(counts.values, [n_row, 0, (LAT.size - 2) * n_row - 1, n_row])
+    np.testing.assert_array_equal(counts.values, [n_row, 0, (LAT.size - 2) * n_row, n_row])
+    truth[:, 2, 0] = np.nan  # no rank: an error, not a point left out
+    with pytest.raises(ValueError, match="1 points with a NaN have no rank"):
+        rank_histogram(field(truth), field(members, member=True))
 
 
 def test_rank_histogram_breaks_ties_at_random_reproducibly():
@@ -454,3 +456,17 @@ def test_crps_of_one_member_is_area_weighted_mean_absolute_error():
     expected = 3.0 * expected_weights()[-1] / LAT.size
     assert float(crps(truth, field(error, member=True))) == pytest.approx(expected, rel=1e-6)
     assert float(crps(truth, field(error[0]))) == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_diverged_member_never_leaves_a_finite_score():
+    """One NaN in one member: every score that reduces over it is NaN, none is computed from
+    the other members or points, and a whole analysis file is refused with one line."""
+    truth, analysis = synthetic_ensemble(n_members=4, member_scale=1.0, seed=9, n_time=3)
+    analysis = analysis.copy()
+    analysis[2, 1, 3, 4] = np.nan
+    for metric in (rmse, crps, spread_skill, wasserstein):
+        assert np.isnan(float(metric(truth, analysis))), metric.__name__
+    ds = analysis_dataset(n_members=3)
+    ds["analysis"][1, 2, 0, 5, 6] = np.inf
+    with pytest.raises(ValueError, match=r"analysis has 1 non-finite values \(first at member 1,"):
+        score_analysis(ds, observed_only=False)

@@ -195,7 +195,8 @@ def test_plot_modality_ablation_bars_levels_and_pixel_lines(figures, tmp_path):
     # top of the atmosphere on top: y ticks descend with pressure
     labels = [t.get_text() for t in panels[0].get_yticklabels()]
     ticks = list(panels[0].get_yticks())
-    assert [labels[ticks.index(y)] for y in sorted(ticks, reverse=True)] == [
+    top_down = sorted(ticks, reverse=not panels[0].yaxis_inverted())
+    assert [labels[ticks.index(y)] for y in top_down] == [
         "t @ 10 hPa",
         "t @ 200 hPa",
         "t @ 1000 hPa",

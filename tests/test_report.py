@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -75,23 +76,51 @@ def scores_table(protocol: str = "physical", shift: float = 0.0) -> pd.DataFrame
     return pd.DataFrame(rows, columns=columns)
 
 
-def test_summary_markdown_bold_best_and_gaps():
-    text = summary_markdown(scores_table(), {"ideal": ("coarsen", "4")}, name="demo")
+def daily_table(crps: dict[str, float], noise: float, days: int = 30) -> pd.DataFrame:
+    """Daily MSE and CRPS of the coarsen-4 cell: each method's level-mean CRPS around the given
+    value, with day-to-day noise shared by all methods (the weather) and its own."""
+    rng = np.random.default_rng(0)
+    rows = []
+    shared = rng.normal(0, 0.3, size=days)
+    for method, base in crps.items():
+        own = rng.normal(0, noise, size=days)
+        for level in (200.0, 1000.0):
+            for day in range(days):
+                value = max(base + shared[day] + own[day], 0.01)
+                for metric, score in (("crps", value), ("mse", value**2)):
+                    rows.append(["physical", method, "coarsen", 4.0, level, day, True, metric,
+                                 score])  # fmt: skip
+    columns = ["protocol", "method", "axis", "value", "level", "time", "observed", "metric",
+               "score"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+def test_summary_markdown_bold_only_a_significant_winner():
+    clear = daily_table({"pixel": 1.5, "latent-both": 2.5, "climatology": 3.0}, noise=0.05)
+    text = summary_markdown(scores_table(), {"ideal": ("coarsen", "4")}, name="demo", daily=clear)
     assert text.startswith("# Summary of experiment demo")
     lines = text.splitlines()
     header = "| case | setting | metric | pixel | latent-both | climatology | best |"
     assert header in lines
-    # means over the two levels; lowest in bold; spread/skill closest to 1 in bold
+    # means over the two levels; pixel is clearly best day after day: bold
     assert "| ideal | coarsen 4 | RMSE (K) | **1.500** | 2.500 | 3.000 | pixel |" in lines
-    assert "| ideal | coarsen 4 | spread/skill | 0.600 | **1.025** | – | latent-both |" in lines
+    # spread/skill and Wasserstein are not tested: no winner
+    assert "| ideal | coarsen 4 | spread/skill | 0.600 | 1.025 | – | – |" in lines
     # no Wasserstein scores in the table: no such row, and "all" days were not used
-    assert not any("Wasserstein" in line for line in lines)
+    assert not any(line.startswith("| ideal") and "Wasserstein" in line for line in lines)
     assert "11.500" not in text
     # every setting follows, gap included
     assert "| gap | 16 | rmse | 1.500 | 2.500 | 3.000 |" in lines
     # one protocol only: a section for it, no comparison
     assert "## Physical protocol" in lines and "## Paper protocol" not in lines
     assert "## The protocols compared" not in lines
+    # close methods with noisy days: no bold, the tie is named
+    tie = daily_table({"pixel": 1.5, "latent-both": 1.52, "climatology": 3.0}, noise=0.5)
+    lines = summary_markdown(scores_table(), {"ideal": ("coarsen", "4")}, daily=tie).splitlines()
+    assert "| ideal | coarsen 4 | RMSE (K) | 1.500 | 2.500 | 3.000 | pixel ≈ latent-both |" in lines
+    # without daily scores nothing is tested, nothing is bold
+    untested = summary_markdown(scores_table(), {"ideal": ("coarsen", "4")}).splitlines()
+    assert not any("**" in line for line in untested if line.startswith("| ideal"))
 
 
 def test_summary_markdown_compares_the_protocols():

@@ -140,6 +140,14 @@ def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
     summary = (out / "summary.md").read_text()
     assert "| axis | value | metric | pixel |" in summary
     assert "## Physical protocol" in summary and "## The protocols compared" in summary
+    significance = pd.read_csv(out / "significance.csv")
+    assert {"protocol", "axis", "value", "level", "metric", "method", "reference", "difference",
+            "low", "high"} <= set(significance.columns)  # fmt: skip
+    assert set(significance["reference"]) == {"pixel", "latent-none"}
+    assert (significance["low"] <= significance["high"]).all()
+    daily = pd.read_csv(out / "daily-scores.csv")
+    assert set(daily["metric"]) == {"mse", "crps"} and daily["time"].nunique() == 8
+    assert "### Differences on the named cases, with 95 % intervals" in summary
     ranks = pd.read_csv(out / "rank-histograms.csv")
     assert set(ranks["method"]) == set(scores["method"]) - {"climatology"}  # ensembles only
     resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())

@@ -69,20 +69,24 @@ class SamplerSettings:
 class Context:
     """What a method may use besides the observations: the trained models' files
     (``paths``), the dataset's statistics and the climatology of the assimilated days
-    ``(T, L, H, W)`` in K, the sampler, ensemble and device."""
+    ``(T, L, H, W)`` in K, the sampler, ensemble and device; ``window_days`` (``None``: the
+    whole period in one pass) and ``chunk``, the most Markov-blanket windows per network
+    call."""
 
     paths: Mapping[str, str]
     stats: dict
     climatology_k: np.ndarray
     sampler: SamplerSettings
     members: int = 1
-    window_days: int = 0
+    window_days: int | None = None
     window: int = 5
+    chunk: int | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     period: list[str] | None = None
     progress: bool = True
     decoder_error: bool = True
+    decoder_residuals: bool = True
 
 
 def sampler_attrs(context: Context) -> dict:
@@ -153,12 +157,15 @@ def assimilate_states(
     context: Context,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Sample ``context.members`` analyses of the whole period, window by window.
+    """Sample ``context.members`` analyses of the whole period.
 
     ``observations`` holds the fields the method assimilates; ``state_fields`` maps states of
     the observed days to them (see :func:`window_likelihood`). Returns ``(M, T, C, H, W)``
-    in the state's units. Each window is one batched guided sampling of ``(M, L, C, H, W)``;
-    a window without any observed day is sampled from the prior alone. ``generator``
+    in the state's units. By default (``context.window_days`` 0 or ``None``) the whole period
+    is one guided sampling of ``(M, T, C, H, W)`` through the Markov blanket, so that every
+    observation reaches every day the prior links it to; with ``window_days`` (the paper: 29)
+    it is cut into windows sampled independently, each without the observations of the
+    others. A window without any observed day is sampled from the prior alone. ``generator``
     defaults to one seeded with ``context.seed + 1``.
     """
     sde = VPSDE()
@@ -168,7 +175,7 @@ def assimilate_states(
         generator = torch.Generator(device=device).manual_seed(context.seed + 1)
     n_days = observations.observed.shape[0]
     pieces = []
-    for window in window_slices(n_days, context.window_days, denoiser.window):
+    for window in window_slices(n_days, context.window_days or n_days, denoiser.window):
         shape = (context.members, window.stop - window.start, *state_shape)
         likelihood = window_likelihood(observations, window.start, window.stop, state_fields)
         if likelihood is None:
@@ -231,6 +238,23 @@ def _attr(value):
     return str(value) if isinstance(value, bool | type(None) | dict | list) else value
 
 
+class AnalysisDiverged(FloatingPointError):
+    """An analysis holds a NaN or an infinity: the sampler diverged."""
+
+
+def check_finite(analysis: np.ndarray, times: np.ndarray, cell: str) -> None:
+    """Raise :class:`AnalysisDiverged` in one line naming the cell, the first member and day
+    that are not finite, so a diverged member fails its job instead of being scored."""
+    bad = ~np.isfinite(analysis)
+    if bad.any():
+        member, day = np.argwhere(bad)[0][:2]
+        date = np.datetime_as_string(times[day], unit="D") if len(times) > day else day
+        raise AnalysisDiverged(
+            f"{cell}: member {member}, day {date} is not finite ({int(bad.sum())} values in "
+            "all); the sampler diverged: try more steps, or larger observation variances"
+        )
+
+
 def select_period(ds: xr.Dataset, period: list[str] | None) -> xr.Dataset:
     """The days of ``period`` (inclusive ``[first, last]``; ``None``: all) of a split file."""
     if period is None:
@@ -274,7 +298,8 @@ def run_cell(
     (``score``, ``autoencoder``, ``latent_stats``, ``validation`` and, under ``paper``,
     ``latents``; ``background``). ``assimilation`` holds ``members``, ``window_days``,
     ``sampler``, ``period``, ``observation_variance`` (precipitation and OLR under ``physical``)
-    and ``decoder_error`` (latent methods under ``physical``).
+    ``decoder_error`` (latent methods under ``physical``) and ``decoder_residuals`` (latent
+    methods).
     """
     from slams.data.dataset import climatology_of, from_anomaly, load_stats
     from slams.methods import METHODS, family, observed_fields
@@ -292,13 +317,15 @@ def run_cell(
         climatology_k=np.empty(0),
         sampler=SamplerSettings(**assimilation.get("sampler", {})),
         members=int(assimilation.get("members", 1)),
-        window_days=int(assimilation.get("window_days", 0)),
+        window_days=assimilation.get("window_days"),
+        chunk=assimilation.get("chunk_windows"),
         window=window,
         device=resolve_device(device),
         seed=seed,
         period=assimilation.get("period"),
         progress=progress,
         decoder_error=bool(assimilation.get("decoder_error", True)),
+        decoder_residuals=bool(assimilation.get("decoder_residuals", True)),
     )
     with xr.open_dataset(paths["test"]) as test:
         split = select_period(test, context.period).load()
@@ -325,6 +352,8 @@ def run_cell(
         fields=used,
     )
     analysis_k, extra = module.analyse(method, observations.select(used), context)
+    check_finite(np.asarray(analysis_k), split["time"].values, f"{method} {axis}-{value} "
+                 f"({protocol} protocol)")  # fmt: skip
     attrs = {
         "protocol": protocol,
         "method": method,

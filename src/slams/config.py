@@ -107,7 +107,7 @@ def check_consistency(config: dict) -> None:
     window = config["score"]["window"]
     if window % 2 == 0:
         raise ConfigError(f"config error at score.window: {window} must be odd")
-    if config["assimilation"]["window_days"] < window:
+    if (config["assimilation"]["window_days"] or window) < window:
         raise ConfigError(
             "config error at assimilation.window_days: "
             f"{config['assimilation']['window_days']} is shorter than score.window {window}"

@@ -4,7 +4,9 @@
 score). ``rank-histograms.csv``: ``protocol, method, axis, value, level, days, rank, count``
 (one row per rank bin; only ensembles of at least 2 members, since one member has no ranks to
 speak of). ``protocol`` is the observation protocol (``paper`` or ``physical``), ``days`` is
-``observed`` (the days with an observation) or ``all``.
+``observed`` (the days with an observation) or ``all``. ``daily-scores.csv``: ``protocol,
+method, axis, value, level, time, observed, metric, score`` with every day's MSE of the
+ensemble mean (``mse``, K²) and CRPS (K) per level: what the bootstrap intervals resample.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from pathlib import Path
 import pandas as pd
 import xarray as xr
 
-from slams.metrics import MEMBER, rank_histogram_analysis, score_analysis
+from slams.metrics import MEMBER, daily_scores, rank_histogram_analysis, score_analysis
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["protocol", "method", "axis", "value", "level", "days", "metric", "score"]
+DAILY_COLUMNS = [
+    "protocol", "method", "axis", "value", "level", "time", "observed", "metric", "score",
+]  # fmt: skip
 RANK_COLUMNS = ["protocol", "method", "axis", "value", "level", "days", "rank", "count"]
 SORT = ["protocol", "axis", "value", "method"]
 DAYS = (("observed", True), ("all", False))
@@ -34,12 +39,15 @@ def _label(table: pd.DataFrame, ds: xr.Dataset, columns: list[str]) -> pd.DataFr
     return table[columns]
 
 
-def evaluate_dataset(ds: xr.Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scores and rank histograms of one loaded analysis dataset, on observed and on all days.
+def evaluate_dataset(ds: xr.Dataset) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Scores, rank histograms and daily scores of one loaded analysis dataset.
 
     Returns:
-        ``(scores, rank_histograms)`` with columns :data:`COLUMNS` and :data:`RANK_COLUMNS`;
-        the rank histogram table is empty for a single-member analysis (climatology).
+        ``(scores, rank_histograms, daily)`` with columns :data:`COLUMNS`,
+        :data:`RANK_COLUMNS` and :data:`DAILY_COLUMNS`; scores and histograms on observed and
+        on all days; the rank histogram table is empty for a single-member analysis
+        (climatology); ``daily`` holds every day's MSE and CRPS per level
+        (:func:`slams.metrics.daily_scores`).
     """
     scores, histograms = [], []
     has_ensemble = ds["analysis"].sizes.get(MEMBER, 1) >= 2
@@ -57,17 +65,25 @@ def evaluate_dataset(ds: xr.Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
         rank_table = _label(pd.concat(histograms, ignore_index=True), ds, RANK_COLUMNS)
     else:
         rank_table = pd.DataFrame(columns=RANK_COLUMNS)
-    return score_table, rank_table
+    daily = _label(daily_scores(ds), ds, DAILY_COLUMNS)
+    return score_table, rank_table, daily
 
 
-def evaluate_files(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Scores and rank histograms of many analysis files (each read once), sorted for reading."""
-    scores, histograms = [], []
+def evaluate_files(
+    paths: Iterable[str | Path],
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Scores, rank histograms and daily scores of many analysis files (each read once),
+    sorted for reading."""
+    scores, histograms, daily = [], [], []
     for path in paths:
         log.info("scoring %s", path)
         with xr.open_dataset(path) as ds:
-            score_table, rank_table = evaluate_dataset(ds.load())
+            try:
+                score_table, rank_table, daily_table = evaluate_dataset(ds.load())
+            except ValueError as error:
+                raise ValueError(f"{path}: {error}") from None
         scores.append(score_table)
+        daily.append(daily_table)
         if not rank_table.empty:
             histograms.append(rank_table)
     if not scores:
@@ -79,4 +95,9 @@ def evaluate_files(paths: Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFr
         rank_table = rank_table.sort_values([*SORT, "days", "level", "rank"]).reset_index(drop=True)
     else:
         rank_table = pd.DataFrame(columns=RANK_COLUMNS)
-    return score_table, rank_table
+    daily_table = (
+        pd.concat(daily, ignore_index=True)
+        .sort_values([*SORT, "metric", "level", "time"])
+        .reset_index(drop=True)
+    )
+    return score_table, rank_table, daily_table

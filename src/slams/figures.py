@@ -188,15 +188,21 @@ def protocol_figures(
     cases: Mapping[str, tuple[str, str | float]],
     protocol: str,
     days: str = "observed",
+    intervals_csv: str | Path | None = None,
 ) -> None:
     """The figures of one protocol drawn from the tables, each to ``outputs[key]``.
 
     Keys: ``fig7`` (Wasserstein against degradation: pixel, latent-none, latent-both),
-    ``fig8`` (modality ablation), ``rmse``, ``crps``, ``spread_skill`` (against degradation,
-    every method), ``rank_histograms`` (the named cases).
+    ``fig8`` (modality ablation), ``rmse``, ``crps`` (with their 95 % intervals from
+    ``intervals_csv``), ``spread_skill`` (against degradation, every method),
+    ``rank_histograms`` (the named cases).
     """
     scores = pd.read_csv(scores_csv)
     scores = scores[scores["protocol"] == protocol]
+    intervals = None
+    if intervals_csv is not None:
+        intervals = pd.read_csv(intervals_csv)
+        intervals = intervals[intervals["protocol"] == protocol]
     histograms = pd.read_csv(rank_histograms_csv)
     histograms = histograms[histograms["protocol"] == protocol]
     if scores.empty:
@@ -244,6 +250,7 @@ def protocol_figures(
                     days,
                     reference=reference,
                     title=f"{label} against degradation, {days} days{suffix}",
+                    intervals=intervals,
                 )
             )
             if metric in metrics_present
@@ -275,9 +282,12 @@ def overview_figures(
     cases: Mapping[str, tuple[str, str | float]],
     name: str = "",
     days: str = "observed",
+    daily_csv: str | Path | None = None,
+    significance_csv: str | Path | None = None,
 ) -> None:
     """The figures across protocols, each to ``outputs[key]``: ``protocols`` (pixel and the
-    latent methods under each protocol), ``curves`` (training losses), ``summary`` (markdown)."""
+    latent methods under each protocol), ``curves`` (training losses), ``summary`` (markdown,
+    its winners tested on ``daily_csv``, its intervals from ``significance_csv``)."""
     scores = pd.read_csv(scores_csv)
     protocols = list(dict.fromkeys(scores["protocol"]))
     _draw(
@@ -295,4 +305,8 @@ def overview_figures(
         "No network trained: the config runs neither pixel nor latent methods.",
     )
     if "summary" in outputs:
-        Path(outputs["summary"]).write_text(summary_markdown(scores, cases, name, days))
+        daily = pd.read_csv(daily_csv) if daily_csv is not None else None
+        significance = pd.read_csv(significance_csv) if significance_csv is not None else None
+        Path(outputs["summary"]).write_text(
+            summary_markdown(scores, cases, name, days, daily, significance)
+        )

@@ -9,9 +9,11 @@ Conventions (WeatherBench 2):
 
 - area weights ``w(lat)`` come from :func:`slams.grid.area_weights`, proportional to
   ``sin(lat_north_edge) - sin(lat_south_edge)`` and normalised to mean 1;
-- a "spatial mean" is the area-weighted mean over the ``lat``/``lon`` dims in ``dims``
-  (NaN-aware: weights of missing points drop out), and the remaining dims in ``dims``
-  (typically ``time``) are then averaged with equal weight;
+- a "spatial mean" is the area-weighted mean over the ``lat``/``lon`` dims in ``dims``, and the
+  remaining dims in ``dims`` (typically ``time``) are then averaged with equal weight;
+- NaNs are never skipped: a NaN anywhere in what a score reduces makes that score NaN (a
+  diverged member must not leave a finite score from fewer members or points), and
+  :func:`score_analysis` refuses an analysis or truth with any non-finite value;
 - errors are ``analysis - truth`` (a warm analysis has a positive bias);
 - temperature scores are in kelvin.
 """
@@ -78,21 +80,21 @@ def _mean_over(field: xr.DataArray, dims: tuple[Hashable, ...]) -> xr.DataArray:
     """Area-weighted mean over the spatial dims in ``dims``, then a plain mean over the rest.
 
     mean_rest( sum_ij w_i f_ij / sum_ij w_i )  with w_i the area weight of latitude row i;
-    NaNs are skipped (their weight drops out of the denominator).
+    a NaN makes the mean NaN.
     """
     spatial = [d for d in dims if d in SPATIAL_DIMS]
     rest = [d for d in dims if d not in SPATIAL_DIMS]
     if "lat" in spatial:
-        field = field.weighted(_weights_for(field)).mean(spatial)
+        field = field.weighted(_weights_for(field)).mean(spatial, skipna=False)
     elif spatial:
-        field = field.mean(spatial)
+        field = field.mean(spatial, skipna=False)
     if rest:
-        field = field.mean(rest)
+        field = field.mean(rest, skipna=False)
     return field
 
 
 def _ensemble_mean(analysis: xr.DataArray) -> xr.DataArray:
-    return analysis.mean(MEMBER) if MEMBER in analysis.dims else analysis
+    return analysis.mean(MEMBER, skipna=False) if MEMBER in analysis.dims else analysis
 
 
 def _n_members(analysis: xr.DataArray) -> int:
@@ -128,7 +130,7 @@ def _wasserstein_1d(
     u_weights: np.ndarray | None = None,
     v_weights: np.ndarray | None = None,
 ) -> float:
-    """Exact W1 between two weighted empirical distributions (NaNs dropped).
+    """Exact W1 between two weighted empirical distributions (NaN if either holds a NaN).
 
     W1(u, v) = integral |F_u(x) - F_v(x)| dx, evaluated exactly as a sum over the
     intervals between consecutive pooled sample values z_(k), on which both CDFs are
@@ -138,14 +140,12 @@ def _wasserstein_1d(
     running sum is only ever used where it already includes all tied values.
     Same result as ``scipy.stats.wasserstein_distance(u, v, u_weights, v_weights)``.
     """
-    u_valid, v_valid = np.isfinite(u), np.isfinite(v)
+    if not (np.isfinite(u).all() and np.isfinite(v).all()):
+        return float("nan")  # never a distance between fewer values than were given
     if u_weights is not None:
-        u_valid &= u_weights > 0
-        u_weights = u_weights[u_valid]
+        u, u_weights = u[u_weights > 0], u_weights[u_weights > 0]
     if v_weights is not None:
-        v_valid &= v_weights > 0
-        v_weights = v_weights[v_valid]
-    u, v = u[u_valid], v[v_valid]
+        v, v_weights = v[v_weights > 0], v_weights[v_weights > 0]
     if u.size == 0 or v.size == 0:
         return float("nan")
     u_sorted, u_mass = _sorted_masses(u, u_weights)
@@ -179,7 +179,7 @@ def wasserstein(
     where F are the empirical CDFs of all values over ``dims`` (the analysis' ``member``
     dim is pooled too: all members together form one sample). This is the paper's
     distribution-level score (Fig. 7); it ignores *where* values occur. Exact (no
-    binning), identical to ``scipy.stats.wasserstein_distance``. NaNs are dropped.
+    binning), identical to ``scipy.stats.wasserstein_distance``; NaN where a sample has a NaN.
 
     Args:
         truth: e.g. (time, level, lat, lon).
@@ -301,7 +301,7 @@ def crps(
     # Work with X_i - y: the pair term is shift invariant, and subtracting y first avoids
     # cancelling large numbers (temperatures ~250 K) in float32.
     departure = analysis - truth
-    skill = abs(departure).mean(MEMBER)
+    skill = abs(departure).mean(MEMBER, skipna=False)
     ordered = xr.apply_ufunc(
         np.sort,
         departure,
@@ -339,7 +339,7 @@ def spread(
     dims = _check_dims(analysis, dims)
     n_members = _require_members(analysis, "spread")
     correction = np.sqrt((n_members + 1) / n_members) if corrected else 1.0
-    variance = analysis.var(MEMBER, ddof=1)
+    variance = analysis.var(MEMBER, ddof=1, skipna=False)
     return (correction * np.sqrt(_mean_over(variance, dims))).rename("spread")
 
 
@@ -375,7 +375,7 @@ def rank_histogram(
 
     rank = #{i : X_i < y} + U,  U ~ uniform{0, ..., #{i : X_i = y}}  (random tie breaking,
     reproducible by ``seed``), so rank in {0, ..., M}. Counts are over all points in
-    ``dims`` (unweighted counts); points with a NaN truth or member are skipped.
+    ``dims`` (unweighted counts); a NaN truth or member is an error (it has no rank).
     Flat for a calibrated ensemble, U-shaped when under-dispersive, dome-shaped when
     over-dispersive.
 
@@ -391,12 +391,14 @@ def rank_histogram(
     n_members = analysis.sizes[MEMBER]
     truth, analysis = _align(truth, analysis)
     departure = analysis - truth
-    valid = departure.notnull().all(MEMBER)
+    missing = int(departure.isnull().any(MEMBER).sum())
+    if missing:
+        raise ValueError(f"rank_histogram: {missing} points with a NaN have no rank")
     below = (departure < 0).sum(MEMBER)
     ties = (departure == 0).sum(MEMBER)
     rng = np.random.default_rng(seed)
     rank = below + rng.integers(0, ties.values + 1)  # high is exclusive
-    counts = [((rank == k) & valid).sum(dims) for k in range(n_members + 1)]
+    counts = [(rank == k).sum(dims) for k in range(n_members + 1)]
     histogram = xr.concat(counts, dim="rank").assign_coords(rank=np.arange(n_members + 1))
     return histogram.astype(np.int64).transpose(..., "rank").rename("count")
 
@@ -413,6 +415,34 @@ def _select_days(ds: xr.Dataset, observed_only: bool) -> xr.Dataset:
     if not bool(observed.any()):
         raise ValueError("the analysis has no observed day ('observed' is all 0); score all days")
     return ds.isel(time=np.flatnonzero(observed.values))
+
+
+def _label(values: xr.DataArray, dim: str, index: int) -> str:
+    """A readable coordinate value (a date for times), or the index without a coordinate."""
+    if dim not in values.coords:
+        return str(index)
+    value = values[dim].values[index]
+    if np.issubdtype(np.asarray(value).dtype, np.datetime64):
+        return np.datetime_as_string(value, unit="D")
+    return str(value)
+
+
+def require_finite(ds: xr.Dataset) -> None:
+    """Raise a one-line ValueError if ``analysis`` or ``truth`` holds a NaN or an infinity,
+    naming the first member and day: no score may come from fewer members or points."""
+    for name in ("analysis", "truth"):
+        values = ds[name]
+        bad = ~np.isfinite(values.values)
+        if bad.any():
+            first = dict(zip(values.dims, np.argwhere(bad)[0], strict=True))
+            where = ", ".join(
+                f"{d} {_label(values, d, i)}" for d, i in first.items() if d in (MEMBER, "time")
+            )
+            method = ds.attrs.get("method", "?")
+            raise ValueError(
+                f"{method} {ds.attrs.get('axis', '?')}-{ds.attrs.get('value', '?')}: {name} has "
+                f"{int(bad.sum())} non-finite values (first at {where}); not scoring it"
+            )
 
 
 def score_analysis(ds: xr.Dataset, observed_only: bool) -> pd.DataFrame:
@@ -437,6 +467,7 @@ def score_analysis(ds: xr.Dataset, observed_only: bool) -> pd.DataFrame:
     """
     ds = _select_days(ds, observed_only)
     truth, analysis = ds["truth"], ds["analysis"]
+    require_finite(ds)
     dims = DEFAULT_DIMS
     scores = {
         "wasserstein": wasserstein(truth, analysis, dims),
@@ -444,7 +475,7 @@ def score_analysis(ds: xr.Dataset, observed_only: bool) -> pd.DataFrame:
         "bias": bias(truth, analysis, dims),
         "crps": crps(truth, analysis, dims),
     }
-    scores["wasserstein_normalised"] = scores["wasserstein"] / truth.std(dims)
+    scores["wasserstein_normalised"] = scores["wasserstein"] / truth.std(dims, skipna=False)
     if _n_members(analysis) >= 2:
         scores["spread_skill"] = spread_skill(truth, analysis, dims)
 
@@ -460,6 +491,33 @@ def score_analysis(ds: xr.Dataset, observed_only: bool) -> pd.DataFrame:
             for level, value in zip(levels, values, strict=True)
         )
     return pd.DataFrame(rows, columns=["level", "metric", "score"])
+
+
+def daily_scores(ds: xr.Dataset) -> pd.DataFrame:
+    """Per level and day, the area-weighted MSE of the ensemble mean and the CRPS: what the
+    bootstrap of :mod:`slams.significance` resamples (their means over days are the squared
+    RMSE and the CRPS of :func:`score_analysis`).
+
+    Returns:
+        tidy DataFrame with columns ``level, time, observed, metric, score`` (``mse`` in K²,
+        ``crps`` in K) for every day of the file.
+    """
+    require_finite(ds)
+    truth, analysis = ds["truth"], ds["analysis"]
+    spatial = ("lat", "lon")
+    fields = {
+        "mse": rmse(truth, analysis, spatial) ** 2,
+        "crps": crps(truth, analysis, spatial),
+    }
+    observed = ds["observed"].values.astype(bool)
+    rows = []
+    for metric, field in fields.items():
+        table = field.transpose("time", "level").to_pandas()
+        long = table.stack().rename("score").reset_index()
+        long["observed"] = np.repeat(observed, table.shape[1])
+        long["metric"] = metric
+        rows.append(long)
+    return pd.concat(rows, ignore_index=True)[["level", "time", "observed", "metric", "score"]]
 
 
 def rank_histogram_analysis(ds: xr.Dataset, observed_only: bool, seed: int = 0) -> pd.DataFrame:

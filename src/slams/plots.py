@@ -1,10 +1,11 @@
 """Figures from the tidy score tables (``scores.csv``, ``rank-histograms.csv``), the analysis
 files and the training logs.
 
-Everything is plain matplotlib on the non-interactive Agg backend, so the functions run
-on cluster nodes without a display. Each figure is written as PNG and as PDF. Maps are drawn
-on the cell-centred lat-lon grid itself (cells from their edges, no reprojection), longitude
-0-360 °E, latitude -90-90 °N.
+Lines and bars are drawn with seaborn from the tidy tables, one fixed colour and marker per
+method; the maps with matplotlib, on the cell-centred lat-lon grid itself (cells from their
+edges, no reprojection), longitude 0-360 °E, latitude -90-90 °N. Everything runs on the
+non-interactive Agg backend, so the functions run on cluster nodes without a display. Each
+figure is written as PNG and as PDF.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 import xarray as xr
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -126,6 +128,45 @@ def _format_level(level: float) -> str:
     return f"t @ {float(level):g} hPa"
 
 
+def _lines(
+    panel: plt.Axes, table: pd.DataFrame, methods: Sequence[str], style: str | None = None
+) -> None:
+    """One seaborn line with markers per method (its fixed colour and marker), x = ``value``,
+    y = ``score``; ``style``: a column drawn as line styles (e.g. the protocol)."""
+    present = [m for m in methods if m in set(table["method"])]
+    if not present:
+        return
+    sns.lineplot(
+        data=table,
+        x="value",
+        y="score",
+        hue="method",
+        hue_order=present,
+        palette={m: _style(m)["color"] for m in present},
+        style="method" if style is None else style,
+        markers=(
+            {m: _style(m)["marker"] for m in present}
+            if style is None
+            else dict.fromkeys(table[style].unique(), "o")
+        ),
+        dashes=False if style is None else {"physical": "", "paper": (4, 2)},
+        errorbar=None,
+        legend=False,
+        lw=1.3,
+        ms=4,
+        ax=panel,
+    )
+
+
+def _bands(panel: plt.Axes, intervals: pd.DataFrame, methods: Sequence[str]) -> None:
+    """The 95 % interval of each method's score as a shaded band (``low``, ``high``)."""
+    for method in methods:
+        band = intervals[intervals["method"] == method].sort_values("value")
+        if not band.empty:
+            panel.fill_between(band["value"], band["low"], band["high"], lw=0, alpha=0.18,
+                               color=_style(method)["color"])  # fmt: skip
+
+
 def plot_ablation(
     scores: pd.DataFrame,
     out_path: str | Path,
@@ -134,14 +175,15 @@ def plot_ablation(
     methods: Sequence[str] | None = None,
     reference: float | None = None,
     title: str | None = None,
+    intervals: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Paper Fig. 7: a score against each ablation setting, per level and method.
 
     One figure: rows = ablation axes (coarsen, noise, gap; absent ones are skipped),
     labelled (a), (b), (c) as in the paper, columns = levels (ascending hPa), x = the axis
-    value, y = ``metric``, one line with markers per method (fixed colour per method), one
-    shared legend. Several rows for the same (method, axis, value, level) — e.g. seeds — are
-    averaged. The noise axis is drawn on a log scale (variances 0.1 .. 4 span decades).
+    value, y = ``metric``, one seaborn line with markers per method (fixed colour per method),
+    one shared legend. Several rows for the same (method, axis, value, level) — e.g. seeds —
+    are averaged. The noise axis is drawn on a log scale (variances 0.1 .. 4 span decades).
     A method without the metric (e.g. CRPS of the one-member climatology) has no line.
 
     Args:
@@ -152,6 +194,8 @@ def plot_ablation(
         methods: methods to draw, in legend order; default all present.
         reference: draw a dashed horizontal line at this value (e.g. 1 for spread/skill).
         title: figure title above the legend.
+        intervals: ``intervals.csv`` rows (``method, axis, value, days, level, metric, low,
+            high``): each line gets its 95 % bootstrap interval as a shaded band.
 
     Returns:
         the written [png, pdf] paths.
@@ -168,6 +212,9 @@ def plot_ablation(
             f"methods {methods}: check that the evaluation ran for them"
         )
     table = table.groupby(["axis", "method", "level", "value"], as_index=False)["score"].mean()
+    if intervals is not None:
+        intervals = intervals[(intervals["metric"] == metric) & (intervals["days"] == days)]
+        intervals = intervals[intervals["level"] != "mean"].astype({"level": float})
     axes_present = [a for a in AXIS_LABELS if a in set(table["axis"])]
     levels = np.sort(table["level"].unique())
 
@@ -192,22 +239,18 @@ def plot_ablation(
         x_values = np.sort(axis_table["value"].unique())
         for col, level in enumerate(levels):
             panel = panels[row, col]
-            cell = axis_table[axis_table["level"] == level]
-            for method in method_list:
-                line = cell[cell["method"] == method].sort_values("value")
-                if line.empty:
-                    continue
-                panel.plot(
-                    line["value"], line["score"], label=method, lw=1.3, ms=4, **_style(method)
-                )
+            if intervals is not None:
+                cell = intervals[
+                    (intervals["axis"] == axis) & np.isclose(intervals["level"], level)
+                ]
+                _bands(panel, cell, method_list)
+            _lines(panel, axis_table[axis_table["level"] == level], method_list)
             if reference is not None:
                 panel.axhline(reference, color="0.3", lw=0.9, ls="--", zorder=0)
             _axis_ticks(panel, axis, x_values, labelsize=7)
-            if row == 0:
-                panel.set_title(_format_level(level), fontsize=9)
+            panel.set_title(_format_level(level) if row == 0 else "", fontsize=9)
             panel.set_xlabel(AXIS_LABELS[axis], fontsize=8)
-            if col == 0:
-                panel.set_ylabel(y_label, fontsize=8)
+            panel.set_ylabel(y_label if col == 0 else "", fontsize=8)
         # The paper's sub-figure letters, one per ablation axis.
         panels[row, 0].text(
             -0.3, 1.08, f"({'abc'[list(AXIS_LABELS).index(axis)]})", fontsize=10,
@@ -218,6 +261,9 @@ def plot_ablation(
     handles = [
         plt.Line2D([], [], lw=1.3, ms=4, label=method, **_style(method)) for method in method_list
     ]
+    if intervals is not None and not intervals.empty:
+        label = "95 % interval (block bootstrap over days)"
+        handles.append(plt.Rectangle((0, 0), 1, 1, color="0.5", alpha=0.3, label=label))
     if title is not None:
         fig.suptitle(title, y=1 - 0.06 / height, fontsize=11)
     fig.legend(
@@ -261,17 +307,17 @@ def plot_training_curves(loss_csvs: Mapping[str, str | Path], out_path: str | Pa
         missing = {"epoch", "train_loss", "val_loss"} - set(log.columns)
         if missing:
             raise ValueError(f"{path}: loss CSV lacks columns {sorted(missing)}")
-        for column, label, colour in (
-            ("train_loss", "train", "tab:blue"),
-            ("val_loss", "validation", "tab:orange"),
-        ):
-            curve = log[["epoch", column]].dropna()
-            curve = curve[curve[column] > 0]  # log axis
-            # Small markers keep one-epoch (smoke) runs visible.
-            panel.plot(
-                curve["epoch"], curve[column], label=label, color=colour, lw=1.3, marker="o", ms=2.5
-            )
+        curves = log.melt("epoch", ["train_loss", "val_loss"], "split", "loss").dropna()
+        curves = curves[curves["loss"] > 0]  # log axis
+        curves["split"] = curves["split"].map({"train_loss": "train", "val_loss": "validation"})
+        # Small markers keep one-epoch (smoke) runs visible.
+        sns.lineplot(
+            data=curves, x="epoch", y="loss", hue="split", hue_order=["train", "validation"],
+            palette={"train": "tab:blue", "validation": "tab:orange"}, marker="o", ms=2.5,
+            lw=1.3, errorbar=None, ax=panel,
+        )  # fmt: skip
         panel.set_yscale("log")
+        panel.set_ylabel("")
         panel.set_title(name, fontsize=10)
         panel.set_xlabel("Epoch")
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -340,32 +386,28 @@ def plot_modality_ablation(
         sharey=True,
         layout="constrained",
     )
-    bar_height = 0.8 / len(latent)
+    labels = [_format_level(level) for level in levels]
+    table["label"] = table["level"].map(dict(zip(levels, labels, strict=True)))
     for panel, (axis, value) in zip(panels[0], settings.items(), strict=True):
         cell = table[(table["axis"] == axis) & np.isclose(table["value"], value)]
-        # level i at y = -i: 10 hPa on top, bars of one level stacked downwards
-        for k, method in enumerate(latent):
-            rows = cell[cell["method"] == method].set_index("level")["score"]
-            # legend order from the top of a level's group downwards
-            y = [-i + 0.4 - (k + 0.5) * bar_height for i in range(len(levels))]
-            widths = [rows.get(level, np.nan) for level in levels]
-            panel.barh(
-                y, widths, height=bar_height * 0.9, color=METHOD_COLOURS[method], label=method
-            )
+        # one group of bars per level, 10 hPa on top (seaborn puts the first category there)
+        sns.barplot(
+            data=cell[cell["method"].isin(latent)], y="label", x="score", hue="method",
+            order=labels, hue_order=latent, palette=METHOD_COLOURS, orient="h",
+            errorbar=None, legend=False, width=0.85, ax=panel,
+        )  # fmt: skip
         for reference, style in PIXEL_REFERENCES.items():
             pixel = cell[cell["method"] == reference].set_index("level")["score"]
             for i, level in enumerate(levels):
                 if level in pixel.index:
-                    panel.plot([pixel[level]] * 2, [-i - 0.45, -i + 0.45], lw=1.2, **style)
+                    panel.plot([pixel[level]] * 2, [i - 0.45, i + 0.45], lw=1.2, **style)
         letter = "abc"[list(AXIS_LABELS).index(axis)]
         panel.set_title(f"({letter}) {AXIS_LABELS[axis]} = {value:g}", fontsize=10)
         panel.set_xlabel(METRIC_LABELS.get(metric, metric), fontsize=9)
+        panel.set_ylabel("")
         panel.grid(axis="x", alpha=0.3, lw=0.5)
         panel.set_xlim(left=0)
         panel.tick_params(labelsize=8)
-    panels[0, 0].set_yticks([-i for i in range(len(levels))])
-    panels[0, 0].set_yticklabels([_format_level(level) for level in levels])
-    panels[0, 0].set_ylim(-len(levels) + 0.4, 0.6)
     handles = [plt.Rectangle((0, 0), 1, 1, color=METHOD_COLOURS[m], label=m) for m in latent]
     for reference, style in PIXEL_REFERENCES.items():
         if reference in set(table["method"]):
@@ -426,21 +468,18 @@ def plot_protocols(
         for col, axis in enumerate(axes_present):
             panel = panels[row, col]
             cell = means[(means["metric"] == metric) & (means["axis"] == axis)]
-            for method in methods:
-                for protocol in protocols:
-                    if protocol == "paper" and METHODS[method].protocol_free and len(protocols) > 1:
-                        continue
-                    line = cell[(cell["method"] == method) & (cell["protocol"] == protocol)]
-                    line = line.sort_values("value")
-                    if line.empty:
-                        continue
-                    panel.plot(line["value"], line["score"], ls=PROTOCOL_STYLES[protocol],
-                               lw=1.3, ms=4, **_style(method))  # fmt: skip
+            # methods that observe the same way under both protocols are drawn once
+            once = [m for m in methods if METHODS[m].protocol_free and len(protocols) > 1]
+            cell = cell[~((cell["protocol"] == "paper") & cell["method"].isin(once))]
+            _lines(panel, cell.sort_values("value"), methods, style="protocol")
             _axis_ticks(panel, axis, np.sort(cell["value"].unique()), labelsize=8)
             panel.set_xlabel(AXIS_LABELS[axis], fontsize=9)
             if col == 0:
                 panel.set_ylabel(f"{METRIC_LABELS.get(metric, metric)}, level mean", fontsize=9)
-    handles = [plt.Line2D([], [], lw=1.3, ms=4, label=m, **_style(m)) for m in methods]
+    handles = [
+        plt.Line2D([], [], lw=1.3, ms=4, marker="o", color=_style(m)["color"], label=m)
+        for m in methods
+    ]
     handles += [
         plt.Line2D([], [], color="0.3", ls=PROTOCOL_STYLES[p], lw=1.3, label=f"{p} protocol")
         for p in protocols
@@ -715,11 +754,12 @@ def plot_rank_histograms(
             panel = panels[r, c]
             counts = cell[cell["method"] == method].groupby("rank")["count"].sum()
             if counts.sum() > 0:
-                frequency = counts / counts.sum()
-                panel.bar(frequency.index, frequency.values, width=0.85,
-                          color=METHOD_COLOURS.get(method, "0.5"))  # fmt: skip
+                frequency = (counts / counts.sum()).rename("frequency").reset_index()
+                sns.barplot(data=frequency, x="rank", y="frequency", width=0.85, errorbar=None,
+                            color=METHOD_COLOURS.get(method, "0.5"), ax=panel)  # fmt: skip
                 panel.axhline(1 / len(counts), color="k", ls="--", lw=0.9)
-                panel.set_xticks(frequency.index)
+                panel.set_xlabel("")
+                panel.set_ylabel("")
             else:
                 panel.text(0.5, 0.5, "not run", ha="center", va="center",
                            transform=panel.transAxes, fontsize=8)  # fmt: skip

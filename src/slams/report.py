@@ -95,12 +95,8 @@ def _level_means(scores: pd.DataFrame, days: str) -> pd.Series:
     return table.groupby(["axis", "value", "metric", "method"])["score"].mean()
 
 
-def _format_row(values: pd.Series, methods: list[str], best: str) -> tuple[list[str], str]:
-    """Cells of one table row with the best value in bold, and the best method's name."""
-    finite = values.dropna()
-    winner = ""
-    if not finite.empty:
-        winner = (finite - 1).abs().idxmin() if best == "one" else finite.idxmin()
+def _format_row(values: pd.Series, methods: list[str], winner: str) -> list[str]:
+    """Cells of one table row, the ``winner``'s value (if any) in bold."""
     cells = []
     for method in methods:
         value = values.get(method, np.nan)
@@ -110,7 +106,29 @@ def _format_row(values: pd.Series, methods: list[str], best: str) -> tuple[list[
             cells.append(f"**{value:.3f}**")
         else:
             cells.append(f"{value:.3f}")
-    return cells, winner
+    return cells
+
+
+def winner(
+    values: pd.Series, daily: pd.DataFrame | None, protocol: str, axis: str, value: float,
+    metric: str, days: str,
+) -> str:  # fmt: skip
+    """The best method of a row, if it is significantly best, else a note.
+
+    The best (lowest) level-mean RMSE or CRPS wins only where the 95 % interval of its
+    difference from the runner-up, a paired moving-block bootstrap over days
+    (:func:`slams.significance.paired_difference`), excludes zero; otherwise the row says
+    ``<best> ≈ <runner-up>``. Metrics without daily values (Wasserstein, spread/skill) are
+    not tested and name no winner.
+    """
+    from slams.significance import DAILY, paired_difference
+
+    finite = values.dropna().sort_values()
+    if metric not in DAILY or daily is None or len(finite) < 2:
+        return ""
+    best, runner_up = finite.index[0], finite.index[1]
+    _, low, _ = paired_difference(daily, protocol, axis, value, metric, runner_up, best, days)
+    return best if low > 0 else f"{best} ≈ {runner_up}"
 
 
 def _table(header: list[str], rows: list[list[str]], numeric_from: int) -> list[str]:
@@ -167,15 +185,33 @@ PROTOCOL_NOTES = {
 }
 
 
-def _case_rows(means: pd.Series, cases, methods) -> list[list[str]]:
+def _case_rows(means: pd.Series, cases, methods, daily, protocol, days) -> list[list[str]]:
     rows = []
     for case, (axis, value) in cases.items():
-        for metric, (label, best) in SUMMARY_METRICS.items():
+        for metric, (label, _) in SUMMARY_METRICS.items():
             key = (axis, float(value), metric)
             if key not in means.index.droplevel("method"):
                 continue
-            cells, winner = _format_row(means.loc[key], methods, best)
-            rows.append([case, f"{axis} {float(value):g}", label, *cells, winner or "–"])
+            best = winner(means.loc[key], daily, protocol, axis, float(value), metric, days)
+            cells = _format_row(means.loc[key], methods, best)
+            rows.append([case, f"{axis} {float(value):g}", label, *cells, best or "–"])
+    return rows
+
+
+def significance_rows(significance: pd.DataFrame, cases, protocol: str, days: str) -> list[list]:
+    """Rows of the named cases' level-mean differences against the references, with their
+    95 % intervals (``significance.csv``)."""
+    table = significance[(significance["protocol"] == protocol) & (significance["days"] == days)
+                         & (significance["level"].astype(str) == "mean")]  # fmt: skip
+    rows = []
+    for case, (axis, value) in cases.items():
+        cell = table[(table["axis"] == axis) & np.isclose(table["value"], float(value))]
+        for r in cell.itertuples():
+            mark = " *" if r.significant else ""
+            interval = f"[{r.low:+.3f}, {r.high:+.3f}]{mark}"
+            comparison = f"{r.method} − {r.reference}"
+            rows.append([case, f"{axis} {float(value):g}", r.metric, comparison,
+                         f"{r.difference:+.3f}", interval])  # fmt: skip
     return rows
 
 
@@ -197,6 +233,8 @@ def summary_markdown(
     cases: Mapping[str, tuple[str, str | float]],
     name: str = "",
     days: str = "observed",
+    daily: pd.DataFrame | None = None,
+    significance: pd.DataFrame | None = None,
 ) -> str:
     """The headline numbers as markdown: per protocol the named cases, then every setting;
     then the latent methods under both protocols.
@@ -206,9 +244,12 @@ def summary_markdown(
         cases: case name -> (axis, value), e.g. ``{"ideal": ("coarsen", "4")}``.
         name: experiment name for the title.
         days: ``observed`` or ``all``.
+        daily: ``daily-scores.csv``, to test the best method of a row (see :func:`winner`).
+        significance: ``significance.csv``, whose named-case rows are listed per protocol.
 
     Every number is a mean over the pressure levels of the per-level score; the best method
-    of a row is in bold (lowest, or for spread/skill the closest to 1).
+    of an RMSE or CRPS row is in bold only where it is significantly better than the
+    runner-up.
     """
     protocols = [p for p in ("physical", "paper") if p in set(scores["protocol"])]
     title = f"# Summary{f' of experiment {name}' if name else ''}"
@@ -217,8 +258,11 @@ def summary_markdown(
         "",
         f"Scores on {days} days, averaged over the {scores['level'].nunique()} pressure levels "
         "(kelvin, except the spread/skill ratio, which is 1 for a calibrated ensemble). "
-        "Bold: the best method of a row (lowest; spread/skill: closest to 1). "
-        "– : not defined (spread/skill of the one-member climatology) or not run.",
+        "Bold: the best method of an RMSE or CRPS row, where the 95 % interval of its "
+        "difference from the runner-up (a paired moving-block bootstrap over days) excludes "
+        "zero; where it does not, the last column says `best ≈ runner-up`. Wasserstein and "
+        "spread/skill are not tested. – : not defined (spread/skill of the one-member "
+        "climatology) or not run.",
         "",
         "Observation protocols:",
         "",
@@ -231,11 +275,19 @@ def summary_markdown(
             raise ValueError(f"no scores for days={days!r}: did the evaluation run?")
         methods = ordered_methods(list(means.index.get_level_values("method").unique()))
         lines += ["", f"## {protocol.capitalize()} protocol", "", "### The paper's cases", ""]
-        rows = _case_rows(means, cases, methods)
+        rows = _case_rows(means, cases, methods, daily, protocol, days)
         if rows:
             lines.extend(_table(["case", "setting", "metric", *methods, "best"], rows, 3))
         else:
             lines.append("No scores for the named cases.")
+        if significance is not None:
+            rows = significance_rows(significance, cases, protocol, days)
+            if rows:
+                lines += ["", "### Differences on the named cases, with 95 % intervals", "",
+                          "Level mean; negative: the method has the lower error; * : the "
+                          "interval excludes zero.", ""]  # fmt: skip
+                header = ["case", "setting", "metric", "comparison", "difference", "interval"]
+                lines.extend(_table(header, rows, 4))
         lines += ["", "### Every setting", ""]
         metrics = [m for m in SUMMARY_METRICS if m in set(table["metric"])]
         lines.append(summary_table(table, metrics=metrics, days=days).rstrip("\n"))

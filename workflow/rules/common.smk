@@ -68,6 +68,10 @@ OI_BACKGROUND = f"{RESULTS}/models/oi-background.pt"
 SCORE_LOSSES = f"{RESULTS}/models/score-{{space}}-losses.csv"
 ANALYSIS = f"{RESULTS}/analysis/{{protocol}}/{{method}}/{{axis}}-{{value}}.nc"
 SCORES = f"{RESULTS}/scores.csv"
+RANK_HISTOGRAMS = f"{RESULTS}/rank-histograms.csv"
+DAILY_SCORES = f"{RESULTS}/daily-scores.csv"
+SIGNIFICANCE = f"{RESULTS}/significance.csv"
+INTERVALS = f"{RESULTS}/intervals.csv"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 
@@ -179,6 +183,8 @@ def assimilation_params(wildcards):
         }
         if spec.modalities is not None:
             params["decoder_error"] = section["decoder_error"]
+    if spec.modalities is not None:
+        params["decoder_residuals"] = section["decoder_residuals"]
     return params
 
 
@@ -203,7 +209,10 @@ def analysis_inputs(wildcards):
         if wildcards.protocol == "paper":
             # the paper protocol observes the encoded truth of the test days
             inputs["latents"] = LATENTS.format(modalities=spec.modalities, split="test")
-        elif config["assimilation"]["decoder_error"]:
+        section = config["assimilation"]
+        if section["decoder_residuals"] or (
+            wildcards.protocol == "physical" and section["decoder_error"]
+        ):
             # the decoder's own error, measured on validation days
             inputs["validation"] = DATASET.format(split="validation")
     return inputs

@@ -1,10 +1,10 @@
-# The tidy tables every figure reads: scores and rank histograms.
-
-RANK_HISTOGRAMS = f"{RESULTS}/rank-histograms.csv"
+# The tidy tables every figure reads: scores, rank histograms, daily scores, and the bootstrap
+# intervals of scores and of differences between methods.
 
 
 rule evaluate:
-    """Scores and rank histograms of every analysis, per level, on observed and on all days."""
+    """Scores and rank histograms of every analysis, per level, on observed and on all days, and
+    every day's MSE and CRPS."""
     input:
         analysis_files(),
     output:
@@ -20,6 +20,7 @@ rule evaluate:
             category="5. Tables",
             labels={"table": "rank histograms"},
         ),
+        daily=DAILY_SCORES,
     log:
         f"{LOGS}/evaluate.log",
     benchmark:
@@ -32,3 +33,34 @@ rule evaluate:
         runtime=60,
     script:
         "../scripts/evaluate.py"
+
+
+rule significance:
+    """95 % intervals of every score and of the differences between methods: a paired
+    moving-block bootstrap over days."""
+    input:
+        daily=DAILY_SCORES,
+    output:
+        significance=report(
+            SIGNIFICANCE,
+            caption="../report/significance.rst",
+            category="5. Tables",
+            labels={"table": "significance"},
+        ),
+        intervals=INTERVALS,
+    log:
+        f"{LOGS}/significance.log",
+    benchmark:
+        f"{BENCHMARKS}/significance.tsv"
+    conda:
+        "../../envs/data.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        samples=config["evaluation"]["bootstrap_samples"],
+        block=config["evaluation"]["block_days"],
+        seed=config["seed"],
+    script:
+        "../scripts/significance.py"

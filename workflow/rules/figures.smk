@@ -112,6 +112,7 @@ rule protocol_figures:
     input:
         scores=SCORES,
         rank_histograms=RANK_HISTOGRAMS,
+        intervals=INTERVALS,
     output:
         fig7=report(
             protocol_figure("fig7"),
@@ -200,6 +201,8 @@ rule figures:
     """The protocols compared, training curves and the summary."""
     input:
         scores=SCORES,
+        daily=DAILY_SCORES,
+        significance=SIGNIFICANCE,
         losses=expand(AUTOENCODER_LOSSES, modalities=LATENT_SETS)
         + expand(SCORE_LOSSES, space=SPACES),
     output:

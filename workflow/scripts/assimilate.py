@@ -16,7 +16,11 @@ ds = run_cell(
     snakemake.wildcards.axis,
     snakemake.wildcards.value,
     snakemake.params.measurement,
-    snakemake.params.assimilation,
+    # chunk_windows changes memory, not results: read here, it reruns nothing
+    {
+        **snakemake.params.assimilation,
+        "chunk_windows": snakemake.config["assimilation"]["chunk_windows"],
+    },
     snakemake.params.window,
     dict(snakemake.input.items()),
     device=snakemake.params.device,

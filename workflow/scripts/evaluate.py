@@ -8,6 +8,7 @@ from slams.evaluate import evaluate_files
 from slams.workflow import setup_logging
 
 setup_logging(snakemake.log[0])
-scores, rank_histograms = evaluate_files(list(snakemake.input))
+scores, rank_histograms, daily = evaluate_files(list(snakemake.input))
 scores.to_csv(snakemake.output.scores, index=False)
 rank_histograms.to_csv(snakemake.output.rank_histograms, index=False)
+daily.to_csv(snakemake.output.daily, index=False)

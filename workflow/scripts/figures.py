@@ -18,4 +18,6 @@ overview_figures(
     cases=snakemake.params.cases,
     name=snakemake.params.name,
     days=snakemake.params.days,
+    daily_csv=snakemake.input.daily,
+    significance_csv=snakemake.input.significance,
 )

@@ -16,4 +16,5 @@ protocol_figures(
     cases=snakemake.params.cases,
     protocol=snakemake.wildcards.protocol,
     days=snakemake.params.days,
+    intervals_csv=snakemake.input.intervals,
 )

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from slams.diffusion.blanket import autograd_linearise
 from slams.diffusion.sde import VPSDE
 
 
@@ -112,17 +113,20 @@ class GaussianGuidance(_Likelihood):
     ) -> Tensor:
         """``eps_phi(x, t) - sigma(t) grad_x log p(y | x(t))``, detached, shaped like ``x``.
 
-        ``t`` is a scalar or ``(B,)``. Works whether or not ``x`` requires grad: the gradient
-        is taken with respect to a detached copy, inside ``torch.enable_grad()`` so that it
-        also works within the sampler's ``torch.no_grad()``.
+        ``t`` is a scalar or ``(B,)``. With ``g = d log p / d x0_hat`` (through ``observe``
+        only) the chain rule through ``x0_hat = (x - sigma eps) / mu`` gives
+        ``grad_x log p = (g - sigma J^T g) / mu``, ``J = d eps / d x`` applied by the
+        denoiser's vector-Jacobian product (:func:`linearise`; in chunks for a long
+        trajectory). Works whether or not ``x`` requires grad, also within the sampler's
+        ``torch.no_grad()``.
         """
         t, mu, sigma = self._per_member(x, t, sde)
+        eps, vjp = linearise(denoiser, x, t)
         with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            eps = denoiser(x, t)
-            x0_hat = (x - sigma * eps) / mu
-            (score,) = torch.autograd.grad(self.log_likelihood(x0_hat, t, sde), x)
-        return (eps - sigma * score).detach()
+            x0_hat = ((x.detach() - sigma * eps) / mu).requires_grad_(True)
+            (g,) = torch.autograd.grad(self.log_likelihood(x0_hat, t, sde), x0_hat)
+        score = (g - sigma * vjp(g)) / mu
+        return eps - sigma * score
 
 
 class MomentMatchingGuidance(_Likelihood):
@@ -170,31 +174,46 @@ class MomentMatchingGuidance(_Likelihood):
         t: Tensor,
         sde: VPSDE,
     ) -> Tensor:
-        """Guided noise prediction shaped like ``x``, detached (see the class docstring)."""
+        """Guided noise prediction shaped like ``x``, detached (see the class docstring).
+
+        ``J^T`` is ``J_x0^T = (I - sigma J_eps^T) / mu`` with ``J_eps^T`` the denoiser's
+        vector-Jacobian product (:func:`linearise`), and ``A^T`` a vector-Jacobian product
+        of ``observe`` at ``x0_hat``.
+        """
         t, mu, sigma = self._per_member(x, t, sde)
+        eps, vjp = linearise(denoiser, x, t)
+        anchor = (x.detach() - sigma * eps) / mu
         with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            eps = denoiser(x, t)
-            x0_hat = (x - sigma * eps) / mu
-            predicted = self.observe(x0_hat)
-            y, variance, mask = self._on(predicted)
-            zero = torch.zeros((), dtype=predicted.dtype, device=predicted.device)
-            residual = torch.where(mask, y - predicted, zero).detach()
-            scale = (sigma**2 / mu).reshape((-1,) + (1,) * (predicted.ndim - 1))
-            anchor = x0_hat.detach()
+            leaf = anchor.clone().requires_grad_(True)
+            predicted = self.observe(leaf)
+        y, variance, mask = self._on(predicted)
+        zero = torch.zeros((), dtype=predicted.dtype, device=predicted.device)
+        residual = torch.where(mask, y - predicted.detach(), zero)
+        scale = (sigma**2 / mu).reshape((-1,) + (1,) * (predicted.ndim - 1))
 
-            def pullback(v: Tensor) -> Tensor:
-                """``(A J)^T v = J^T A^T v``, shaped like ``x``."""
-                (grad,) = torch.autograd.grad(predicted, x, v, retain_graph=True)
-                return grad
+        def pullback(v: Tensor) -> Tensor:
+            """``J_x0^T A^T v``, shaped like ``x``."""
+            with torch.enable_grad():
+                (w,) = torch.autograd.grad(predicted, leaf, v, retain_graph=True)
+            return (w - sigma * vjp(w)) / mu
 
-            def matvec(v: Tensor) -> Tensor:
-                _, forward = torch.func.jvp(self.observe, (anchor,), (pullback(v),))
-                return variance * v + torch.where(mask, scale * forward, zero)
+        def matvec(v: Tensor) -> Tensor:
+            _, forward = torch.func.jvp(self.observe, (anchor,), (pullback(v),))
+            return variance * v + torch.where(mask, scale * forward, zero)
 
-            u = _conjugate_gradient(matvec, residual, self.cg_iterations)
-            (score,) = torch.autograd.grad(predicted, x, u)
-        return (eps - sigma * score).detach()
+        u = _conjugate_gradient(matvec, residual, self.cg_iterations)
+        return eps - sigma * pullback(u)
+
+
+def linearise(
+    denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor
+) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    """``eps = denoiser(x, t)`` (detached) and ``v -> (d eps / d x)^T v``: the denoiser's own
+    :meth:`~slams.diffusion.MarkovBlanketDenoiser.linearise` if it has one (chunked for long
+    trajectories), else autograd through one forward pass."""
+    if hasattr(denoiser, "linearise"):
+        return denoiser.linearise(x, t)
+    return autograd_linearise(denoiser, x, t)
 
 
 def _conjugate_gradient(matvec: Callable[[Tensor], Tensor], b: Tensor, iterations: int) -> Tensor:

@@ -10,7 +10,11 @@ autoencoder whose encoder read temperature plus 0, 1 or 2 observation modalities
 - ``paper`` protocol (the paper's): the latent code itself is observed, ``y = A(E(true stack))
   + noise``, with the noise in standardised latent units; forming ``y`` needs the truth.
 
-The sampled codes are decoded to temperature in both.
+The sampled codes are decoded to temperature in both and, by default
+(``assimilation.decoder_residuals``), each decoded member gets a residual ``x - D(E(x))`` of
+a validation day, centred over the members (:func:`add_decoder_residuals`): the spread of the
+codes reaches the temperature field but the decoder's own error does not, and without it the
+ensembles are under-dispersive.
 """
 
 from __future__ import annotations
@@ -65,20 +69,10 @@ def decoder_outputs(meta: dict, levels: int) -> list[tuple[str, int]]:
 
 
 @torch.no_grad()
-def decoder_error_variance(
-    autoencoder, meta: dict, outputs, observations, validation_path, days: int = 64
-) -> dict[str, torch.Tensor]:
-    """The decoder's error variance for each observed quantity, as the setting observes it.
-
-    On ``days`` validation days spread over the split (never the assimilated period), the
-    autoencoder's reconstruction ``D(E(x))`` and the true fields go through each field's
-    operator (the coarsening and gap of temperature; the validity mask of precipitation and
-    OLR); the variance of the difference per channel (temperature: per level, ``(L, 1, 1)``;
-    the others: a scalar) is the error of the decoder as an observation operator. Adding it to
-    the observation error variance keeps a likelihood through an imperfect decoder from
-    trusting it more than its reconstructions deserve.
-    """
-    from slams.models import autoencoder_inputs, states_of
+def validation_reconstruction(autoencoder, meta: dict, outputs, validation_path, days: int = 64):
+    """The autoencoder's reconstruction ``D(E(x))`` of ``days`` validation days spread over the
+    split (never the assimilated period): ``(split, {name: decoded (N, C, H, W)})``."""
+    from slams.models import autoencoder_inputs
 
     device = next(autoencoder.parameters()).device
     with xr.open_dataset(validation_path) as ds:
@@ -89,6 +83,22 @@ def decoder_error_variance(
     decoded = autoencoder(inputs).cpu()
     parts = dict(zip([n for n, _ in outputs], torch.split(decoded, [c for _, c in outputs], 1),
                      strict=True))  # fmt: skip
+    return split, parts
+
+
+def decoder_error_variance(
+    autoencoder, meta: dict, outputs, observations, validation_path, days: int = 64
+) -> dict[str, torch.Tensor]:
+    """The decoder's error variance for each observed quantity, as the setting observes it.
+
+    On ``days`` validation days (see :func:`validation_reconstruction`) the reconstruction and
+    the true fields go through each field's operator (the coarsening and gap of temperature;
+    the validity mask of precipitation and OLR); the variance of the difference per channel
+    (temperature: per level, ``(L, 1, 1)``; the others: a scalar) is the error of the decoder
+    as an observation operator. Adding it to the observation error variance keeps a likelihood
+    through an imperfect decoder from trusting it more than its reconstructions deserve.
+    """
+    split, parts = validation_reconstruction(autoencoder, meta, outputs, validation_path, days)
     variances = {}
     for name, field in observations.fields.items():
         truth = states_of(split, [name])
@@ -99,6 +109,32 @@ def decoder_error_variance(
             valid = states_of(split, [f"{name}_mask"]) > 0.5
             variances[name] = error[valid].square().mean()
     return variances
+
+
+def decoder_residuals(autoencoder, meta: dict, outputs, validation_path, days: int = 64):
+    """The decoder's temperature residuals ``x - D(E(x))`` on validation days ``(N, L, H, W)``,
+    in the state's (standardised anomaly) units."""
+    split, parts = validation_reconstruction(autoencoder, meta, outputs, validation_path, days)
+    return states_of(split, ["t"]) - parts["t"]
+
+
+def add_decoder_residuals(members: torch.Tensor, residuals: torch.Tensor, seed: int):
+    """Each member ``(M, T, L, H, W)`` plus a residual field of a randomly drawn validation day
+    (independently per member and day), centred over the members, so that the ensemble mean
+    is unchanged and the members' sample variance (``M - 1`` in the denominator, as the
+    spread is scored) gains the decoder's error variance in expectation; a single member gets
+    the residual as drawn.
+
+    A decoded member ``D(z)`` lacks what the decoder cannot reconstruct: the spread of the
+    codes reaches the temperature field, but the reconstruction error (the larger part of the
+    error when the observations are good) does not, and the ensemble is under-dispersive."""
+    generator = torch.Generator().manual_seed(seed)
+    count, days = members.shape[:2]
+    picked = torch.randint(len(residuals), (count, days), generator=generator)
+    noise = residuals[picked]
+    if count > 1:
+        noise = noise - noise.mean(0, keepdim=True)
+    return members + noise.to(members)
 
 
 def analyse(method, observations, context):
@@ -140,7 +176,7 @@ def analyse(method, observations, context):
     )
     shape = (int(z_mean.shape[0]), *grid)
     ensemble = assimilate_states(
-        MarkovBlanketDenoiser(net, window=context.window),
+        MarkovBlanketDenoiser(net, window=context.window, chunk=context.chunk),
         observations,
         state_fields,
         shape,
@@ -153,12 +189,20 @@ def analyse(method, observations, context):
                 for member in ensemble
             ]
         )
+    if context.decoder_residuals:
+        residuals = decoder_residuals(autoencoder, meta, outputs, context.paths["validation"])
+        decoded_t = add_decoder_residuals(decoded_t, residuals, context.seed + 2)
     analysis_k = from_anomaly(decoded_t.numpy(), context.climatology_k, context.stats)
     attrs = {
         **sampler_attrs(context),
         "latent_channels": shape[0],
         "latent_grid": "x".join(str(n) for n in grid),
         "decoder_outputs": ",".join(name for name, _ in outputs),
+        "decoder_residuals": (
+            "validation residuals x - D(E(x)) added to the members, centred"
+            if context.decoder_residuals
+            else "none"
+        ),
     }
     if observations.protocol == "physical":
         attrs["decoder_error"] = (

@@ -38,7 +38,7 @@ def analyse(method, observations, context):
             f"{context.paths['score']} models {channels} channels, {method} needs {expected}"
         )
     ensemble = assimilate_states(
-        MarkovBlanketDenoiser(net, window=context.window),
+        MarkovBlanketDenoiser(net, window=context.window, chunk=context.chunk),
         observations,
         state_fields(method, levels),
         (channels, *context.climatology_k.shape[-2:]),
