@@ -1,6 +1,7 @@
 # make demo   - create .venv, install, run the whole workflow on the embedded synthetic world
 # make test   - create .venv if needed, run the test suite (unit tests + the smoke-preset DAG)
 # make lint   - ruff, snakefmt and snakemake --lint
+# make gpu-benchmark - on a CUDA machine: sampler, projected analysis and training times (one table)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,10 +13,10 @@ PIP_EXTRA ?=
 CORES ?= all
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint dry-run clean-demo help report
+.PHONY: demo test lint dry-run clean-demo help report gpu-benchmark
 
 help:
-	@sed -n '1,4p' Makefile
+	@sed -n '1,5p' Makefile
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,11 @@ lint: $(STAMP)
 # Self-contained HTML report of a finished demo run: figures, captions, tables, config.
 report: $(STAMP)
 	$(BIN)/snakemake --report results/demo/report.html --configfile presets/demo.yaml
+
+# Paper-size timings on a CUDA GPU in a few minutes (benchmarks/gpu.py; on a CPU-only machine:
+#   .venv/bin/python benchmarks/gpu.py --device cpu --quick).
+gpu-benchmark: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py --device cuda --out results/gpu-benchmark.md
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile presets/demo.yaml

@@ -25,10 +25,11 @@ import torch
 import xarray as xr
 
 import slams.methods.latent as latent_family
-from slams.assimilate import run_cell, select_period
-from slams.config import load_config, setting_parameters
+from slams.assimilate import select_period
+from slams.config import load_config
 from slams.metrics import score_analysis
 from slams.models import autoencoder_inputs, load_model
+from slams.runs import ROOT, assimilate_case
 
 CAPTURED: list[torch.Tensor] = []
 _sample = latent_family.assimilate_states
@@ -54,28 +55,6 @@ def encoded_truth(run: Path, method: str, period) -> torch.Tensor:
     with torch.no_grad():
         z = model.encode(torch.from_numpy(autoencoder_inputs(split, modalities)))
     return (z - z_mean) / z_std
-
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cell_paths(run: Path, method: str, protocol: str) -> dict[str, str]:
-    paths = {
-        "test": run / "dataset/test.nc",
-        "stats": run / "dataset/stats.json",
-        "climatology": run / "dataset/climatology.nc",
-        "validation": run / "dataset/validation.nc",
-    }
-    if method.startswith(("pixel", "latent-")):
-        paths["score"] = run / f"models/score-{method}.pt"
-    if method.startswith("latent-"):
-        modalities = method.removeprefix("latent-")
-        paths["autoencoder"] = run / f"models/autoencoder-{modalities}.pt"
-        paths["latent_stats"] = run / f"latents/{modalities}/train.nc"
-        paths["latents"] = run / f"latents/{modalities}/test.nc"
-    if method == "oi":
-        paths["background"] = run / "models/oi-background.pt"
-    return {k: str(v) for k, v in paths.items()}
 
 
 def variants(assimilation: dict, protocol: str, method: str) -> dict[str, tuple[str, dict]]:
@@ -127,14 +106,9 @@ def main() -> None:
             if args.variants and name not in args.variants:
                 continue
             for case in args.cases:
-                axis, value = section["cases"][case].split("-", 1)
                 start = time.perf_counter()
                 CAPTURED.clear()
-                ds = run_cell(
-                    protocol, method, axis, value, setting_parameters(config, axis, float(value)),
-                    assimilation, config["score"]["window"],
-                    cell_paths(args.run, method, protocol), seed=config["seed"], progress=False,
-                )  # fmt: skip
+                ds = assimilate_case(args.run, config, protocol, method, case, assimilation)
                 seconds = time.perf_counter() - start
                 scores = score_analysis(ds, observed_only=True).groupby("metric")["score"].mean()
                 latent = "–"

@@ -55,6 +55,22 @@ def sizes(preset: str) -> dict[str, tuple[int, tuple[int, int], dict]]:
     }
 
 
+def problem(channels, height, width, network, window, batch, device):
+    """A score U-Net of random weights behind the Markov blanket, the shape of ``batch``
+    windows, and SDA and MMPS guidances of 4 x 4 block means of every day (variance 0.1)."""
+    torch.manual_seed(0)
+    net = ScoreUNet(window * channels, network["hidden"], network["blocks"])
+    net = net.to(device).eval().requires_grad_(False)
+    denoiser = MarkovBlanketDenoiser(net, window=window)
+    operator = MeasurementOperator(coarsen=4)
+    y = torch.randn(1, window, channels, height // 4, width // 4, device=device)
+    guidances = {
+        "sda": GaussianGuidance(operator, y, 0.1),
+        "mmps": MomentMatchingGuidance(operator, y, 0.1, cg_iterations=3),
+    }
+    return denoiser, (batch, window, channels, height, width), guidances
+
+
 def time_step(eps_fn, shape, device, dtype, repeats: int) -> list[float]:
     """Seconds per sampler step (predictor + 1 correction), measured over 1-step samplings."""
     sde = VPSDE()
@@ -92,13 +108,9 @@ def main() -> None:
         for space, (channels, (height, width), network) in sizes(preset).items():
             if space not in args.space:
                 continue
-            torch.manual_seed(0)
-            net = ScoreUNet(args.window * channels, network["hidden"], network["blocks"])
-            net = net.to(device).eval().requires_grad_(False)
-            denoiser = MarkovBlanketDenoiser(net, window=args.window)
-            shape = (args.batch, args.window, channels, height, width)
-            operator = MeasurementOperator(coarsen=4)
-            y = torch.randn(1, args.window, channels, height // 4, width // 4, device=device)
+            denoiser, shape, problems = problem(
+                channels, height, width, network, args.window, args.batch, device
+            )
 
             def run(x, t, guidance=None, denoiser=denoiser):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -106,11 +118,7 @@ def main() -> None:
                         return denoiser(x, t).float()
                     return guidance.guided_eps(lambda x, t: denoiser(x, t).float(), x, t, VPSDE())
 
-            guidances = {
-                "none": None,
-                "sda": GaussianGuidance(operator, y, 0.1),
-                "mmps": MomentMatchingGuidance(operator, y, 0.1, cg_iterations=3),
-            }
+            guidances = {"none": None, **problems}
             for name in args.guidance:
                 seconds = time_step(
                     lambda x, t, g=guidances[name]: run(x, t, g),

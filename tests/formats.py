@@ -91,9 +91,15 @@ def olr_grid(resolution: float = 2.5) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_olr(
-    path: Path, days: pd.DatetimeIndex, packed: bool = True, resolution: float = 2.5
+    path: Path,
+    days: pd.DatetimeIndex,
+    packed: bool = True,
+    resolution: float = 2.5,
+    file_format: str = "NETCDF4",
 ) -> np.ndarray:
-    """An OLR-format file (every day of ``days`` in one file); returns the values in W m-2."""
+    """An OLR-format file (every day of ``days`` in one file); returns the values in W m-2.
+    ``file_format="NETCDF3_CLASSIC"`` writes it as NOAA PSL serves the packed file: netCDF-3
+    classic, time the record (unlimited) dimension."""
     lat, lon = olr_grid(resolution)
     values = (200.0 + 60.0 * smooth(lat, lon, len(days), seed=1)).astype(np.float32)
     ds = xr.Dataset(
@@ -122,10 +128,13 @@ def write_olr(
     else:
         encoding = {"dtype": "float32", "zlib": True, "missing_value": np.float32(32766)}
     path.parent.mkdir(parents=True, exist_ok=True)
+    if file_format != "NETCDF4":
+        encoding = {k: v for k, v in encoding.items() if k != "zlib"}
     ds.to_netcdf(
         path,
         engine="netcdf4",
-        format="NETCDF4",
+        format=file_format,
+        unlimited_dims=["time"] if file_format != "NETCDF4" else None,
         encoding={
             "olr": encoding,
             "time": {"units": "hours since 1800-01-01 00:00:0.0", "dtype": "float64"},

@@ -11,6 +11,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from slams.methods import METHODS
@@ -112,6 +113,7 @@ def check_consistency(config: dict) -> None:
             "config error at assimilation.window_days: "
             f"{config['assimilation']['window_days']} is shorter than score.window {window}"
         )
+    _check_period(config, window)
     factor = config["autoencoder"]["downsample"]
     if n_lat % factor or n_lon % factor:
         raise ConfigError(
@@ -179,6 +181,34 @@ def check_consistency(config: dict) -> None:
                 f"config error at assimilation.cases.{name}: {cell} is not a cell of the "
                 f"ablation grid ({', '.join(sorted(grid))})"
             )
+
+
+def _check_period(config: dict, window: int) -> None:
+    """``assimilation.period``: two real dates, in order, inside the test split, at least one
+    Markov-blanket window long."""
+    period = config["assimilation"].get("period")
+    if not period:
+        return
+    where = "config error at assimilation.period"
+    if len(period) != 2:
+        raise ConfigError(f"{where}: give [first, last], got {len(period)} dates")
+    try:
+        first, last = (pd.Timestamp(day) for day in period)
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    if first > last:
+        raise ConfigError(f"{where}: {period[0]} is after {period[1]}")
+    a, b = config["split"]["test"]
+    if first.year < a or last.year > b:
+        split = f"{a}" if a == b else f"{a}-{b}"
+        raise ConfigError(
+            f"{where}: {period[0]}..{period[1]} is not inside the test split ({split}); "
+            "analyses are scored against the test years only"
+        )
+    if (last - first).days + 1 < window:
+        raise ConfigError(
+            f"{where}: {(last - first).days + 1} days are fewer than score.window {window}"
+        )
 
 
 def cases(config: dict) -> dict[str, tuple[str, str]]:

@@ -474,8 +474,9 @@ def plot_protocols(
             _lines(panel, cell.sort_values("value"), methods, style="protocol")
             _axis_ticks(panel, axis, np.sort(cell["value"].unique()), labelsize=8)
             panel.set_xlabel(AXIS_LABELS[axis], fontsize=9)
-            if col == 0:
-                panel.set_ylabel(f"{METRIC_LABELS.get(metric, metric)}, level mean", fontsize=9)
+            # seaborn labels every panel "score": only the first column says what it is
+            label = f"{METRIC_LABELS.get(metric, metric)}, level mean" if col == 0 else ""
+            panel.set_ylabel(label, fontsize=9)
     handles = [
         plt.Line2D([], [], lw=1.3, ms=4, marker="o", color=_style(m)["color"], label=m)
         for m in methods

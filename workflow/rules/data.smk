@@ -29,6 +29,9 @@ else:
     # Downloads are local rules: cluster compute nodes often have no way out to the internet,
     # and the work is waiting on servers, not computing. extract_olr is local too (seconds per
     # year, cheaper than 23 queued Slurm jobs); merge_era5 moves ~15 GB a year: a Slurm job.
+    # No Snakemake `retries`: the scripts retry transient failures themselves (HTTP with
+    # backoff, the cdsapi client) and fail at once on permanent ones (404, an invalid file,
+    # credentials), which another attempt would only repeat.
     # Timeouts, retries and the CDS request limit are read from config["download"] by the
     # scripts, not passed as params: changing them must not make Snakemake fetch finished
     # files again (params are a rerun trigger).
@@ -37,46 +40,71 @@ else:
     wildcard_constraints:
         month=r"0[1-9]|1[0-2]",
 
-    rule download_era5:
-        """One month of ERA5 daily-mean temperature on the pressure levels, from the CDS."""
-        output:
-            temp(ERA5_MONTH),
-        log:
-            f"{RESOURCES}/logs/download/era5-{{year}}-{{month}}.log",
-        benchmark:
-            f"{RESOURCES}/benchmarks/download/era5-{{year}}-{{month}}.tsv"
-        retries: 2
-        localrule: True
-        conda:
-            "../../envs/download.yaml"
-        threads: 1
-        resources:
-            mem_mb=2000,
-            runtime=24 * 60,
-        params:
-            levels=DATA["levels"],
-            slots_dir=lambda wildcards, output: str(Path(output[0]).parent / ".slots"),
-        script:
-            "../scripts/download_era5.py"
+    if DATA["era5_source"] == "weatherbench2":
 
-    rule merge_era5:
-        """The twelve months of ERA5 of one year in one file, streamed day by day."""
-        input:
-            expand(ERA5_MONTH, month=MONTHS, allow_missing=True),
-        output:
-            RAW.format(source="era5", year="{year}"),
-        log:
-            f"{RESOURCES}/logs/download/era5-{{year}}.log",
-        benchmark:
-            f"{RESOURCES}/benchmarks/download/era5-{{year}}.tsv"
-        conda:
-            "../../envs/download.yaml"
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=120,
-        script:
-            "../scripts/merge_era5.py"
+        rule download_era5_weatherbench2:
+            """One year of ERA5 daily-mean temperature from WeatherBench 2's public zarr store."""
+            output:
+                RAW.format(source="era5", year="{year}"),
+            log:
+                f"{RESOURCES}/logs/download/era5-{{year}}.log",
+            benchmark:
+                f"{RESOURCES}/benchmarks/download/era5-{{year}}.tsv"
+            localrule: True
+            conda:
+                "../../envs/download.yaml"
+            threads: 1
+            resources:
+                mem_mb=4000,
+                runtime=120,
+            params:
+                levels=DATA["levels"],
+            script:
+                "../scripts/download_era5_weatherbench2.py"
+
+    else:
+
+        rule download_era5:
+            """One month of ERA5 daily-mean temperature on the pressure levels, from the CDS."""
+            output:
+                temp(ERA5_MONTH),
+            log:
+                f"{RESOURCES}/logs/download/era5-{{year}}-{{month}}.log",
+            benchmark:
+                f"{RESOURCES}/benchmarks/download/era5-{{year}}-{{month}}.tsv"
+            localrule: True
+            conda:
+                "../../envs/download.yaml"
+            threads: 1
+            resources:
+                mem_mb=2000,
+                runtime=24 * 60,
+            params:
+                levels=DATA["levels"],
+                slots_dir=lambda wildcards, output: str(
+                    Path(output[0]).parent / ".slots"
+                ),
+            script:
+                "../scripts/download_era5.py"
+
+        rule merge_era5:
+            """The twelve months of ERA5 of one year in one file, streamed day by day."""
+            input:
+                expand(ERA5_MONTH, month=MONTHS, allow_missing=True),
+            output:
+                RAW.format(source="era5", year="{year}"),
+            log:
+                f"{RESOURCES}/logs/download/era5-{{year}}.log",
+            benchmark:
+                f"{RESOURCES}/benchmarks/download/era5-{{year}}.tsv"
+            conda:
+                "../../envs/download.yaml"
+            threads: 1
+            resources:
+                mem_mb=4000,
+                runtime=120,
+            script:
+                "../scripts/merge_era5.py"
 
     rule download_cpc:
         """One year of CPC global daily gauge precipitation (0.5 degrees) from NOAA PSL."""
@@ -86,7 +114,6 @@ else:
             f"{RESOURCES}/logs/download/cpc-{{year}}.log",
         benchmark:
             f"{RESOURCES}/benchmarks/download/cpc-{{year}}.tsv"
-        retries: 1
         localrule: True
         conda:
             "../../envs/download.yaml"
@@ -109,7 +136,6 @@ else:
             f"{RESOURCES}/logs/download/olr.log",
         benchmark:
             f"{RESOURCES}/benchmarks/download/olr.tsv"
-        retries: 1
         localrule: True
         conda:
             "../../envs/download.yaml"

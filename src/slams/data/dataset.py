@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,21 +36,37 @@ TRANSFORMS = ("log1p", "none")
 HARMONICS = 3
 
 
+def _empty_days(da: xr.DataArray, block: int = 32) -> np.ndarray:
+    """``(time,)`` True where a day holds no finite value, read ``block`` days at a time."""
+    blank = np.zeros(da.sizes["time"], bool)
+    for start in range(0, da.sizes["time"], block):
+        values = da.isel(time=slice(start, start + block)).values
+        blank[start : start + len(values)] = ~np.isfinite(values).reshape(len(values), -1).any(1)
+    return blank
+
+
 @dataclass
 class _Files:
     """The per-year files of one variable and the dates each holds."""
 
     name: str
     dates: dict[Path, pd.DatetimeIndex]
+    # days a file holds whose values are all missing: treated as absent (left out of the splits)
+    empty: pd.DatetimeIndex = field(default_factory=lambda: pd.DatetimeIndex([]))
 
     @staticmethod
     def index(paths: list, name: str) -> _Files:
         dates: dict[Path, pd.DatetimeIndex] = {}
+        empty = []
         for path in sorted(Path(p) for p in paths):
             with xr.open_dataset(path, engine="netcdf4") as ds:
                 if name not in ds:
                     raise ValueError(f"{path}: no variable '{name}' (has {list(ds)})")
-                dates[path] = ds.indexes["time"]
+                held = ds.indexes["time"]
+                blank = _empty_days(ds[name])
+                if blank.any():
+                    empty.append(held[blank])
+                dates[path] = held[~blank]
         if not dates:
             raise ValueError(f"no input files for '{name}'")
         every = pd.DatetimeIndex(np.concatenate([d.values for d in dates.values()]))
@@ -58,6 +74,16 @@ class _Files:
             raise ValueError(
                 f"'{name}' files hold some dates twice: {every[every.duplicated()][:3]}"
             )
+        gone = pd.DatetimeIndex(np.concatenate([d.values for d in empty])) if empty else None
+        if gone is not None:
+            logger.warning(
+                "'%s': %d days are present but entirely missing (%s): treated as absent days "
+                "(left out of the splits, not filled)",
+                name,
+                len(gone),
+                describe_dates(gone),
+            )
+            return _Files(name, dates, gone)
         return _Files(name, dates)
 
     def all_dates(self) -> pd.DatetimeIndex:

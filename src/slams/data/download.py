@@ -9,17 +9,24 @@ is never fetched again.
 
 Validation (:func:`validate_source_file`) opens the file with :func:`slams.data.regrid.open_source`
 (the variable, its units and dims, daily time steps), checks the grid spacing, the global
-coverage, the dates (year, month) and the pressure levels, and reads every value once, so that a
-file whose header is intact but whose data were cut off is rejected too.
+coverage, the dates (year, month, strictly increasing) and the pressure levels, and reads every
+value once, so that a file whose header is intact but whose data were cut off is rejected too;
+a classic-format file (netCDF-3) is first checked against the size its header implies
+(:mod:`slams.data.classic`), since netCDF-C reads a missing tail as zeros.
 
 - ERA5 (:func:`download_era5_month`): one CDS request per month of the daily-mean product
   ``derived-era5-pressure-levels-daily-statistics`` (:func:`era5_request`), at most
   ``max_in_flight`` requests at once over all processes that share ``slots_dir``
   (:class:`RequestSlots`); :func:`merge_era5_year` streams the twelve months into one file.
 - CPC and OLR (:func:`fetch_http`): HTTP GET with connect/read timeouts, retries with
-  exponential backoff on connection errors, timeouts, HTTP 429/5xx, truncated bodies and
-  invalid files; a 4xx answer (e.g. 404) fails at once. NOAA serves all OLR years in one file:
-  :func:`extract_olr_year` cuts one year out of it, keeping its packed 16-bit encoding.
+  exponential backoff on transient failures only (connection errors, timeouts, HTTP 429/5xx,
+  bodies shorter than announced); a 4xx answer (e.g. 404) and an invalid file fail at once,
+  and the workflow's download rules have no Snakemake ``retries`` on top. NOAA serves all OLR
+  years in one file: :func:`extract_olr_year` cuts one year out of it, keeping its packed
+  16-bit encoding.
+- ERA5 without a CDS account (:func:`download_era5_weatherbench2`): one year at a time from
+  WeatherBench 2's public zarr store, the daily means of its 6-hourly steps, in the layout of
+  :func:`merge_era5_year`.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from slams.data.classic import check_classic_size
 from slams.data.dataset import describe_dates
 from slams.data.regrid import open_source
 
@@ -153,9 +161,21 @@ def validate_source_file(
     name = _name(path)
     resolution = RESOLUTION[source] if resolution is None else resolution
     try:
+        short = check_classic_size(path)
+    except ValueError as error:
+        raise ValidationError(f"{name}: unreadable netCDF header ({error})") from None
+    if short is not None:
+        # netCDF-C would read the missing tail as zeros (for packed data: add_offset)
+        actual, expected = short
+        raise ValidationError(
+            f"{name} is cut short: {actual} of the {expected} bytes its header implies "
+            f"({expected - actual} missing)"
+        )
+    try:
         da = open_source(path, source)
-    except Exception as error:  # not netCDF, truncated HDF5, wrong variable or units
-        raise ValidationError(f"{name} is not a valid {source} file: {_one_line(error)}") from None
+    except Exception as error:  # not netCDF, truncated HDF5, wrong variable or units, times
+        text = _one_line(error).replace(str(path), name)
+        raise ValidationError(f"{name} is not a valid {source} file: {text}") from None
     try:
         _check_spacing(da["lat"].values, resolution, "latitude", name)
         _check_spacing(da["lon"].values, resolution, "longitude", name)
@@ -194,14 +214,15 @@ def validate_source_file(
         # Read every value once, a block of days at a time (memory ~ 64 MiB of float32).
         step = max(1, (1 << 24) // max(1, int(np.prod(da.shape[1:]))))
         n_valid = 0
+        empty = []
         for start in range(0, da.sizes["time"], step):
             try:
                 block = da.isel(time=slice(start, start + step)).values
             except Exception as error:  # data cut off behind an intact header
-                raise ValidationError(
-                    f"{name}: data unreadable from day {start}: {_one_line(error)}"
-                ) from None
+                text = _one_line(error).replace(str(path), name)
+                raise ValidationError(f"{name}: data unreadable from day {start}: {text}") from None
             finite = np.isfinite(block)
+            empty.extend(start + np.flatnonzero(~finite.reshape(len(block), -1).any(axis=1)))
             if source == "era5" and not finite.all():
                 raise ValidationError(f"{name}: temperature has missing values")
             n_valid += int(finite.sum())
@@ -214,6 +235,15 @@ def validate_source_file(
                     )
         if n_valid == 0:
             raise ValidationError(f"{name}: every value is missing")
+        if empty:
+            logger.warning(
+                "%s: %d of %d days are present but entirely missing (%s): the dataset stage "
+                "treats them as absent days",
+                name,
+                len(empty),
+                len(days),
+                describe_dates(days[np.asarray(empty)]),
+            )
         return days
     finally:
         da.close()
@@ -243,8 +273,9 @@ class _Transient(Exception):
     """A failure worth another attempt (server error, timeout, truncated body)."""
 
 
-def _get(session, url: str, part: Path, options: HttpOptions) -> None:
-    """One GET of ``url`` into ``part``; raises _Transient, DownloadError (final) or OSError."""
+def _get(session, url: str, part: Path, options: HttpOptions) -> bool:
+    """One GET of ``url`` into ``part``; raises _Transient, DownloadError (final) or OSError.
+    Returns whether the body's length could be checked (the server sent a Content-Length)."""
     import requests
     from tqdm import tqdm
 
@@ -280,6 +311,7 @@ def _get(session, url: str, part: Path, options: HttpOptions) -> None:
                     bar.update(len(chunk))
             if expected is not None and received != expected:
                 raise _Transient(f"body cut off: {received} of {expected} bytes")
+            return expected is not None
     except requests.exceptions.ChunkedEncodingError as error:
         raise _Transient(f"body cut off ({_one_line(error)})") from error
     except requests.exceptions.RequestException as error:
@@ -298,9 +330,14 @@ def fetch_http(
 
     ``validate(path)`` raises (e.g. :class:`ValidationError`) when the file is not acceptable;
     an invalid file is treated like a truncated one and fetched again, up to
-    ``options.retries`` more times. HTTP 4xx other than 429 fails at once. Raises
-    :class:`DownloadError` with one line naming the URL and the last failure; no file is left
-    under ``dest`` or its temporary name after a failure.
+    ``options.retries`` more times. Only transient failures are retried (connection errors,
+    timeouts and stalls, HTTP 429 and 5xx, a body shorter than its Content-Length); HTTP 4xx
+    other than 429 (e.g. 404) and a file that fails ``validate`` although it arrived whole
+    (as long as its Content-Length said) fail at once: the server would send the same again;
+    an invalid file sent without a Content-Length may have been cut off and is retried.
+    Raises :class:`DownloadError` (a :class:`ValidationError` for an invalid file) with one
+    line naming the URL or file and the failure; no file is left under ``dest`` or its
+    temporary name after a failure.
     """
     import requests
 
@@ -317,14 +354,22 @@ def fetch_http(
             with _staged(dest) as part:
                 logger.info("fetching %s (attempt %d of %d)", url, attempt + 1, attempts)
                 started = time.monotonic()
-                _get(session, url, part, options)
-                validate(part)
+                complete = _get(session, url, part, options)
+                try:
+                    validate(part)
+                except ValidationError as error:
+                    if not complete:  # no Content-Length: the transfer may have been cut off
+                        raise _Transient(f"invalid file ({_one_line(error)})") from None
+                    raise ValidationError(
+                        f"{url} sent an invalid file ({_one_line(error)}); not retried: it "
+                        "arrived whole, so the server would send the same again"
+                    ) from None
                 size = part.stat().st_size
             logger.info(
                 "%s: %.1f MiB in %.0f s, valid", dest, size / 2**20, time.monotonic() - started
             )
             return dest
-        except (_Transient, ValidationError) as error:
+        except _Transient as error:
             last = _one_line(error)
         if attempt + 1 < attempts:
             pause = min(options.backoff_s * 2**attempt, options.max_backoff_s)
@@ -586,6 +631,42 @@ def download_era5_month(
     return dest
 
 
+def _era5_file(nc, source: str, days, levels, lat, lon, quantize: bool = False):
+    """Dimensions, coordinates and the empty ``t`` variable of a yearly ERA5 file in the CDS
+    layout (``valid_time, pressure_level, latitude, longitude``; ``lat`` as given, i.e.
+    descending), zlib-compressed one day and level per chunk; returns ``t``."""
+    nc.Conventions = "CF-1.7"
+    nc.source = source
+    coords = (
+        ("pressure_level", np.asarray(levels), {"units": "hPa"}),
+        ("latitude", np.asarray(lat), {"units": "degrees_north"}),
+        ("longitude", np.asarray(lon), {"units": "degrees_east"}),
+    )
+    nc.createDimension("valid_time", len(days))
+    for name, values, _ in coords:
+        nc.createDimension(name, len(values))
+    time_var = nc.createVariable("valid_time", "i8", ("valid_time",))
+    time_var.units = "seconds since 1970-01-01"
+    time_var.calendar = "proleptic_gregorian"
+    time_var[:] = np.asarray((days - pd.Timestamp("1970-01-01")) // pd.Timedelta("1s"))
+    for name, values, attrs in coords:
+        var = nc.createVariable(name, "f8", (name,))
+        var.setncatts(attrs)
+        var[:] = values
+    options = {"quantize_mode": "BitRound", "significant_digits": 16} if quantize else {}
+    t = nc.createVariable(
+        "t",
+        "f4",
+        ("valid_time", "pressure_level", "latitude", "longitude"),
+        zlib=True,
+        complevel=1,
+        chunksizes=(1, 1, len(lat), len(lon)),
+        **options,
+    )
+    t.setncatts({"units": "K", "long_name": "Temperature", "standard_name": "air_temperature"})
+    return t
+
+
 def merge_era5_year(
     month_paths: list[str | Path],
     dest: str | Path,
@@ -601,6 +682,7 @@ def merge_era5_year(
     import netCDF4
 
     dest = Path(dest)
+    started = time.monotonic()
     months = [open_source(path, "era5") for path in month_paths]
     try:
         months.sort(key=lambda da: da.indexes["time"][0])
@@ -612,44 +694,17 @@ def merge_era5_year(
         days = pd.DatetimeIndex(np.concatenate([m.indexes["time"].values for m in months]))
         with _staged(dest) as part:
             with netCDF4.Dataset(part, "w", format="NETCDF4") as nc:
-                nc.Conventions = "CF-1.7"
-                nc.source = f"ERA5 {ERA5_DATASET} (daily_mean, utc+00:00, 1_hourly)"
-                nc.createDimension("valid_time", len(days))
-                for dim, name in (
-                    ("level", "pressure_level"),
-                    ("lat", "latitude"),
-                    ("lon", "longitude"),
-                ):
-                    nc.createDimension(name, first.sizes[dim])
-                time_var = nc.createVariable("valid_time", "i8", ("valid_time",))
-                time_var.units = "seconds since 1970-01-01"
-                time_var.calendar = "proleptic_gregorian"
-                time_var[:] = np.asarray((days - pd.Timestamp("1970-01-01")) // pd.Timedelta("1s"))
-                coords = (
-                    ("pressure_level", first["level"].values, {"units": "hPa"}),
-                    ("latitude", first["lat"].values[::-1], {"units": "degrees_north"}),
-                    ("longitude", first["lon"].values, {"units": "degrees_east"}),
-                )
-                for name, values, attrs in coords:
-                    var = nc.createVariable(name, "f8", (name,))
-                    var.setncatts(attrs)
-                    var[:] = values
-                shape = (first.sizes["lat"], first.sizes["lon"])
-                t = nc.createVariable(
-                    "t",
-                    "f4",
-                    ("valid_time", "pressure_level", "latitude", "longitude"),
-                    zlib=True,
-                    complevel=1,
-                    chunksizes=(1, 1, *shape),
+                t = _era5_file(
+                    nc,
+                    f"ERA5 {ERA5_DATASET} (daily_mean, utc+00:00, 1_hourly)",
+                    days,
+                    first["level"].values,
+                    first["lat"].values[::-1],
+                    first["lon"].values,
                     # 16 significant bits keep 300 K to 0.004 K, no coarser than ERA5's own
                     # 16-bit GRIB packing; the zeroed low bits make zlib effective on the
                     # ~15 GB (uncompressed) a year takes at 0.25 degrees.
-                    quantize_mode="BitRound",
-                    significant_digits=16,
-                )
-                t.setncatts(
-                    {"units": "K", "long_name": "Temperature", "standard_name": "air_temperature"}
+                    quantize=True,
                 )
                 index = 0
                 for month in months:
@@ -661,7 +716,156 @@ def merge_era5_year(
             validate_source_file(
                 part, "era5", year=year, complete=True, resolution=resolution, read_values=False
             )
+            size = part.stat().st_size
+        logger.info(
+            "merged %d monthly files (%s) into %s: %d days %s..%s, %d levels, %d x %d grid, "
+            "%.1f MiB, %.0f s",
+            len(month_paths),
+            ", ".join(Path(p).name for p in month_paths),
+            dest,
+            len(days),
+            days[0].date(),
+            days[-1].date(),
+            first.sizes["level"],
+            first.sizes["lat"],
+            first.sizes["lon"],
+            size / 2**20,
+            time.monotonic() - started,
+        )
     finally:
         for month in months:
             month.close()
+    return dest
+
+
+# ------------------------------------------------------------------- ERA5 via WeatherBench 2
+
+WB2_URL = (
+    "https://storage.googleapis.com/weatherbench2/datasets/era5/"
+    "1959-2022-6h-240x121_equiangular_with_poles_conservative.zarr"
+)
+WB2_RESOLUTION = 1.5  # the real store's grid spacing (degrees)
+WB2_STEPS_PER_DAY = 4  # 00, 06, 12, 18 UTC
+
+
+def open_weatherbench2(url: str = WB2_URL) -> xr.Dataset:
+    """WeatherBench 2's ARCO ERA5 store, lazily (consolidated zarr metadata, nothing else read).
+
+    ``url`` is an ``https://`` (anonymous, over fsspec's HTTP file system), ``gs://`` (needs
+    gcsfs) or local path. The store holds ``temperature (time, level, longitude, latitude)``
+    in K, 6-hourly, on a 1.5 degree grid of 240 longitudes (0..358.5) and 121 latitudes from
+    -90 to 90 (poles included), conservatively regridded from ERA5's 0.25 degrees.
+    """
+    try:
+        return xr.open_zarr(url, consolidated=True, chunks=None, decode_timedelta=False)
+    except Exception as error:
+        raise DownloadError(
+            f"cannot open the WeatherBench 2 store {url}: {_one_line(error)} (check "
+            "download.era5.weatherbench2_url and the connection; needs zarr, fsspec, aiohttp)"
+        ) from None
+
+
+def download_era5_weatherbench2(
+    dest: str | Path,
+    year: int,
+    levels: list[float],
+    url: str = WB2_URL,
+    resolution: float | None = None,
+) -> Path:
+    """One year of ERA5 daily-mean temperature at ``levels`` from WeatherBench 2 to ``dest``.
+
+    Reads only the 10 (or configured) levels and the 6-hourly steps of ``year`` from the store
+    (:func:`open_weatherbench2`), a month at a time; every day must have its four steps (00,
+    06, 12, 18 UTC), whose mean is the day's value (the CDS product averages the 24 hourly
+    analyses instead; the two differ by the diurnal sampling, typically < 0.1 K in the free
+    troposphere). Writes the CDS layout :func:`merge_era5_year` writes (``t`` in K, dims
+    ``valid_time, pressure_level, latitude, longitude``, latitude descending), validated at
+    ``resolution`` degrees (default: the store's own latitude spacing, 1.5 for the real
+    store), under a temporary name first. Raises :class:`DownloadError` or
+    :class:`ValidationError` with one line.
+    """
+    import netCDF4
+
+    dest = Path(dest)
+    if dest.exists():
+        logger.info("%s exists: not fetched again", dest)
+        return dest
+    started = time.monotonic()
+    store = open_weatherbench2(url)
+    if "temperature" not in store:
+        raise ValidationError(f"{url}: no variable 'temperature' (has {sorted(store.data_vars)})")
+    t = store["temperature"]
+    expected_dims = {"time", "level", "latitude", "longitude"}
+    if set(t.dims) != expected_dims:
+        raise ValidationError(f"{url}: temperature has dims {t.dims}, expected {expected_dims}")
+    available = [float(v) for v in t["level"].values]
+    absent = [level for level in levels if not np.isclose(available, float(level)).any()]
+    if absent:
+        raise ValidationError(f"{url}: no pressure levels {absent} (has {available})")
+    times = t.indexes["time"]
+    in_year = np.flatnonzero(times.year == year)
+    days = _expected_days(year, None)
+    if in_year.size == 0:
+        raise ValidationError(
+            f"{url} holds no step of {year} (it covers {times[0].date()}..{times[-1].date()}): "
+            "choose data.years inside that range"
+        )
+    steps = times[in_year[0] : in_year[-1] + 1]
+    per_day = pd.Series(1, index=steps.floor("D")).groupby(level=0).size()
+    short = per_day[per_day != WB2_STEPS_PER_DAY]
+    missing = days.difference(per_day.index)
+    if len(missing) or len(short):
+        raise ValidationError(
+            f"{url}: {year} is incomplete: {len(missing)} days without steps"
+            f"{' (' + describe_dates(missing) + ')' if len(missing) else ''}, {len(short)} days "
+            f"without {WB2_STEPS_PER_DAY} 6-hourly steps"
+        )
+    level_index = [int(np.flatnonzero(np.isclose(available, float(v)))[0]) for v in levels]
+    order = np.argsort([available[i] for i in level_index])
+    level_index = [level_index[i] for i in order]
+    lat = t["latitude"].values.astype(np.float64)
+    lon = t["longitude"].values.astype(np.float64)
+    if resolution is None:
+        resolution = float(np.abs(np.diff(lat)).mean()) if lat.size > 1 else WB2_RESOLUTION
+    lat_order = np.argsort(lat)[::-1]  # the CDS layout: latitude descending
+    with _staged(dest) as part:
+        with netCDF4.Dataset(part, "w", format="NETCDF4") as nc:
+            out = _era5_file(
+                nc,
+                f"ERA5 from WeatherBench 2 ({url}), daily mean of 4 six-hourly steps",
+                days,
+                [available[i] for i in level_index],
+                lat[lat_order],
+                lon,
+            )
+            index = 0
+            for month in range(1, 13):
+                wanted = in_year[0] + np.flatnonzero(steps.month == month)
+                block = t.isel(time=wanted, level=level_index).transpose(
+                    "time", "level", "latitude", "longitude"
+                )
+                try:
+                    values = np.asarray(block.values, dtype=np.float64)
+                except Exception as error:
+                    raise DownloadError(
+                        f"reading {year}-{month:02d} from {url} failed: {_one_line(error)}"
+                    ) from None
+                daily = values.reshape(-1, WB2_STEPS_PER_DAY, *values.shape[1:]).mean(axis=1)
+                out[index : index + len(daily)] = daily[:, :, lat_order, :].astype(np.float32)
+                index += len(daily)
+                logger.info("%s-%02d: %d days read", year, month, len(daily))
+        validate_source_file(
+            part, "era5", year=year, levels=levels, complete=True, resolution=resolution
+        )
+        size = part.stat().st_size
+    logger.info(
+        "%s: %d days, %d levels, %d x %d grid from WeatherBench 2, %.1f MiB, %.0f s",
+        dest,
+        len(days),
+        len(level_index),
+        lat.size,
+        lon.size,
+        size / 2**20,
+        time.monotonic() - started,
+    )
     return dest

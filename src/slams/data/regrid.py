@@ -17,12 +17,17 @@ areas are split among the target cells without loss).
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
 from slams.grid import cell_edges, target_grid
+
+logger = logging.getLogger(__name__)
 
 # source -> (variable name, standard units, units accepted in raw files, long name)
 SOURCES: dict[str, tuple[str, str, frozenset[str], str]] = {
@@ -50,6 +55,28 @@ _RENAME = {
 }
 # Values handled at once by conservative_regrid (bounds memory for large sources).
 _CHUNK_VALUES = 2**25
+
+
+def check_times(times: pd.DatetimeIndex, units: str = "") -> None:
+    """Raise a one-line ValueError unless ``times`` increase strictly; a record dated at the
+    time origin (a time value of 0, what a zero-filled or corrupt record holds) is named as
+    such."""
+    if len(times) < 2:
+        return
+    steps = np.diff(times.values)
+    bad = np.flatnonzero(steps <= np.timedelta64(0, "ns"))
+    if not bad.size:
+        return
+    i = int(bad[0]) + 1
+    origin = units.partition(" since ")[2].strip()
+    at_origin = bool(origin) and times[i] == pd.Timestamp(origin.split()[0])
+    cause = (
+        f"dated at the time origin ({times[i].date()}, time value 0: a zero-filled or corrupt "
+        "record)"
+        if at_origin
+        else f"dated {times[i]}, not after record {i - 1} ({times[i - 1]})"
+    )
+    raise ValueError(f"time not increasing: record {i} of {len(times)} is {cause}")
 
 
 def open_source(path: str | Path, source: str) -> xr.DataArray:
@@ -84,9 +111,14 @@ def open_source(path: str | Path, source: str) -> xr.DataArray:
     if "level" in da.dims and (da["level"].attrs.get("units") == "Pa" or da["level"].max() > 1100):
         da = da.assign_coords(level=da["level"] / 100.0)  # Pa -> hPa
     da = da.assign_coords(lon=np.mod(da["lon"].values.astype(np.float64), 360.0))
+    check_times(da.indexes["time"], da["time"].encoding.get("units", ""))
     days = da.indexes["time"].floor("D")
     if days.has_duplicates:
-        raise ValueError(f"{path}: several time steps per day; daily data expected")
+        first = days[days.duplicated()][0]
+        raise ValueError(
+            f"several time steps on {first.date()} ({days.duplicated().sum()} in all): daily "
+            "data expected"
+        )
     da = da.assign_coords(time=days)
     da = da.sortby([d for d in dims if d != "time"])
     _, first = np.unique(da["lon"].values, return_index=True)
@@ -293,11 +325,29 @@ def regrid_file(
     check_backend(backend)
     regrid = conservative_regrid if backend == "builtin" else xesmf_regrid
     lat, lon = target_grid(resolution)
+    started = time.monotonic()
     da = open_source(src_path, source)
+    days = da.indexes["time"]
+    logger.info(
+        "%s (%s): %d days %s..%s%s, %d x %d grid (%.4g..%.4g N, %.4g..%.4g E)",
+        src_path,
+        source,
+        len(days),
+        days[0].date(),
+        days[-1].date(),
+        f", {da.sizes['level']} levels" if "level" in da.dims else "",
+        da.sizes["lat"],
+        da.sizes["lon"],
+        float(da["lat"].min()),
+        float(da["lat"].max()),
+        float(da["lon"].min()),
+        float(da["lon"].max()),
+    )
     try:
         regridded = regrid(da, lat, lon)
     finally:
         da.close()
+    missing = float(np.isnan(regridded.values).mean())
     ds = regridded.to_dataset()
     ds.attrs = {
         "Conventions": "CF-1.8",
@@ -309,3 +359,13 @@ def regrid_file(
         regridded.name: {"dtype": "float32", "zlib": True, "complevel": 1, "_FillValue": np.nan}
     }
     ds.to_netcdf(dst_path, engine="netcdf4", format="NETCDF4", encoding=encoding)
+    logger.info(
+        "wrote %s: %d x %d grid of %g degree cells (%s backend), %.1f %% missing, %.1f s",
+        dst_path,
+        lat.size,
+        lon.size,
+        resolution,
+        backend,
+        100 * missing,
+        time.monotonic() - started,
+    )

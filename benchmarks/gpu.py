@@ -1,0 +1,176 @@
+"""The GPU benchmark: sampler step times, projected analysis times and training throughput, in
+one table, in a few minutes (``make gpu-benchmark`` on a CUDA machine).
+
+1. Sampler: seconds per step (predictor + one Langevin correction) of the guided sampler at
+   the paper's size (1.5 degrees: pixel = 10 levels x 120 x 240 with the pixel U-Net; latent
+   = 8 channels x 120 x 240 with the latent U-Net), fp32 and bf16 autocast, SDA and MMPS
+   guidance, on a batch of ``--batch`` Markov-blanket windows (random weights: the time does
+   not depend on them).
+2. Projection: one analysis of ``--members`` members x ``--days`` days passes
+   ``members x (days - K + 1)`` windows through the network per evaluation; its time is the
+   step time x (those windows / batch) x steps, at 512 steps (the paper) and at
+   ``--chosen-steps``.
+3. Training: samples per second and peak memory of the autoencoder and both score networks,
+   fp32 and bf16 (``train_throughput.py``, each case in its own process).
+
+``--device cpu --quick`` runs the same at the demo's size with fewer repeats (a check that the
+script works where no GPU is). Usage::
+
+    python benchmarks/gpu.py [--device cuda] [--quick] [--out results/gpu-benchmark.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from sampler_step import problem, sizes, time_step
+
+from slams.diffusion import VPSDE
+
+HERE = Path(__file__).resolve().parent
+
+
+def sampler_rows(args, device: torch.device) -> list[dict]:
+    preset = "demo" if args.quick else "paper"
+    rows = []
+    for space, (channels, (height, width), network) in sizes(preset).items():
+        denoiser, shape, guidances = problem(
+            channels, height, width, network, args.window, args.batch, device
+        )
+        for dtype in ("fp32", "bf16"):
+            for name, guidance in guidances.items():
+
+                def run(x, t, guidance=guidance, bf16=dtype == "bf16", denoiser=denoiser):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        return guidance.guided_eps(
+                            lambda x, t: denoiser(x, t).float(), x, t, VPSDE()
+                        )
+
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                try:
+                    seconds = statistics.median(
+                        time_step(run, shape, device, torch.float32, args.repeats)
+                    )
+                except torch.cuda.OutOfMemoryError:
+                    rows.append({"space": space, "dtype": dtype, "guidance": name, "oom": True})
+                    continue
+                windows = args.members * (args.days - args.window + 1)
+                per_step = seconds * windows / args.batch
+                rows.append({
+                    "space": space, "state": f"{channels} x {height} x {width}", "dtype": dtype,
+                    "guidance": name, "ms_per_step": 1000 * seconds,
+                    "analysis_512_s": 512 * per_step,
+                    "analysis_chosen_s": args.chosen_steps * per_step,
+                    "peak_gb": torch.cuda.max_memory_allocated() / 2**30
+                    if device.type == "cuda" else float("nan"),
+                })  # fmt: skip
+                print(f"  sampler {space} {dtype} {name}: {1000 * seconds:.1f} ms/step",
+                      file=sys.stderr, flush=True)  # fmt: skip
+    return rows
+
+
+def training_rows(args) -> list[dict]:
+    preset = "demo" if args.quick else "paper"
+    rows = []
+    for model in ("autoencoder", "pixel", "latent"):
+        for precision in ("fp32", "bf16"):
+            command = [sys.executable, str(HERE / "train_throughput.py"), "--model", model,
+                       "--preset", preset, "--downsample", "1", "--batch", str(args.train_batch),
+                       "--steps", str(args.repeats), "--device", args.device,
+                       "--precision", precision]  # fmt: skip
+            out = subprocess.run(command, capture_output=True, text=True)
+            if out.returncode:
+                error = (out.stderr.strip().splitlines() or ["?"])[-1]
+                rows.append({"model": model, "precision": precision, "error": error})
+                continue
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            memory = result.get("peak_gpu_mb", result["peak_rss_mb"]) / 1024
+            rows.append({"model": model, "precision": precision, "input": result["input"],
+                         "samples_per_s": result["samples_per_s"], "peak_gb": memory})  # fmt: skip
+            print(f"  training {model} {precision}: {result['samples_per_s']:.1f} samples/s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return rows
+
+
+def table(args, device, sampler, training, seconds: float) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    size = "demo size (--quick)" if args.quick else "paper size (1.5 degrees)"
+    lines = [
+        f"GPU benchmark on {device} ({name or 'cpu'}, torch {torch.__version__}), {size}, "
+        f"{time.strftime('%Y-%m-%d')}, {seconds:.0f} s",
+        "",
+        f"Sampler: batch {args.batch} windows of {args.window} days; analysis = {args.members} "
+        f"members x {args.days} days ({args.members * (args.days - args.window + 1)} windows), "
+        "one correction per step.",
+        "",
+        "| space | state | precision | guidance | ms/step | analysis, 512 steps (s) "
+        f"| analysis, {args.chosen_steps} steps (s) | peak memory (GB) |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in sampler:
+        if r.get("oom"):
+            lines.append(
+                f"| {r['space']} | | {r['dtype']} | {r['guidance']} | out of memory | | | |"
+            )
+            continue
+        lines.append(
+            f"| {r['space']} | {r['state']} | {r['dtype']} | {r['guidance']} "
+            f"| {r['ms_per_step']:.1f} | {r['analysis_512_s']:.0f} "
+            f"| {r['analysis_chosen_s']:.0f} "
+            f"| {'–' if r['peak_gb'] != r['peak_gb'] else format(r['peak_gb'], '.1f')} |"
+        )
+    lines += [
+        "",
+        f"Training: batch {args.train_batch}, forward + backward + AdamW.",
+        "",
+        "| model | precision | input | samples/s | peak memory (GB) |",
+        "|---|---|---|---:|---:|",
+    ]
+    for r in training:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['precision']} | failed: {r['error']} | | |")
+            continue
+        lines.append(f"| {r['model']} | {r['precision']} | {r['input']} "
+                     f"| {r['samples_per_s']:.1f} | {r['peak_gb']:.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true", help="demo size, fewer repeats")
+    parser.add_argument("--batch", type=int, default=None, help="windows per network call")
+    parser.add_argument("--train-batch", type=int, default=8)
+    parser.add_argument("--window", type=int, default=5)
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--days", type=int, default=29)
+    parser.add_argument("--chosen-steps", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu.py: no CUDA device here; use --device cpu --quick to check the script")
+    args.batch = args.batch or (8 if args.quick else 40)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    start = time.perf_counter()
+    sampler = sampler_rows(args, device)
+    training = training_rows(args)
+    text = table(args, device, sampler, training, time.perf_counter() - start)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Where a finished run keeps the inputs of an analysis: for the benchmark scripts that
+assimilate again on a run's networks (the workflow itself gets these paths from its rules,
+``workflow/rules/common.smk``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cell_paths(run: str | Path, method: str, protocol: str) -> dict[str, str]:
+    """The files ``slams.assimilate.run_cell`` reads for ``method`` under ``protocol`` in the
+    run directory ``run`` (e.g. ``results/demo``)."""
+    run = Path(run)
+    paths = {
+        "test": run / "dataset/test.nc",
+        "stats": run / "dataset/stats.json",
+        "climatology": run / "dataset/climatology.nc",
+        "validation": run / "dataset/validation.nc",
+    }
+    if method.startswith(("pixel", "latent-")):
+        paths["score"] = run / f"models/score-{method}.pt"
+    if method.startswith("latent-"):
+        modalities = method.removeprefix("latent-")
+        paths["autoencoder"] = run / f"models/autoencoder-{modalities}.pt"
+        paths["latent_stats"] = run / f"latents/{modalities}/train.nc"
+        if protocol == "paper":
+            paths["latents"] = run / f"latents/{modalities}/test.nc"
+    if method == "oi":
+        paths["background"] = run / "models/oi-background.pt"
+    return {k: str(v) for k, v in paths.items()}
+
+
+def assimilate_case(run, config: dict, protocol: str, method: str, case: str, assimilation: dict):
+    """Assimilate the named ``case`` of ``config`` (``assimilation.cases``) again with
+    ``method`` under ``protocol``, on the networks of the finished run ``run``, with the
+    ``assimilation`` section given (a variant of the config's); returns the analysis dataset."""
+    from slams.assimilate import run_cell
+    from slams.config import setting_parameters
+
+    axis, value = config["assimilation"]["cases"][case].split("-", 1)
+    return run_cell(
+        protocol, method, axis, value, setting_parameters(config, axis, float(value)),
+        assimilation, config["score"]["window"], cell_paths(run, method, protocol),
+        seed=config["seed"], progress=False,
+    )  # fmt: skip
