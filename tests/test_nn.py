@@ -194,4 +194,39 @@ def test_wrap_longitude_is_circular_padding_with_its_gradient():
     for p in (1, 2):
         torch.testing.assert_close(wrap_longitude(x, p), F.pad(x, (p, p, 0, 0), mode="circular"))
         assert torch.autograd.gradcheck(lambda v, p=p: wrap_longitude(v, p), (x,))
+        # forward mode and vmap too: MMPS pushes tangents through the decoder (torch.func.jvp)
+        assert torch.autograd.gradcheck(lambda v, p=p: wrap_longitude(v, p), (x,),
+                                        check_forward_ad=True)  # fmt: skip
+        v = torch.randn_like(x)
+        ours = torch.func.jvp(lambda u, p=p: wrap_longitude(u, p).square(), (x.detach(),), (v,))
+        reference = torch.func.jvp(
+            lambda u, p=p: F.pad(u, (p, p, 0, 0), mode="circular").square(), (x.detach(),), (v,)
+        )
+        torch.testing.assert_close(ours, reference)
+        torch.testing.assert_close(
+            torch.func.vmap(lambda u, p=p: wrap_longitude(u, p))(x.detach()),
+            F.pad(x.detach(), (p, p, 0, 0), mode="circular"),
+        )
     assert wrap_longitude(x, 0) is x
+
+
+def test_mmps_guidance_runs_through_a_real_decoder():
+    """MMPS guidance through an autoencoder's decoder (periodic convolutions), as the latent
+    methods use it under the physical protocol: a finite guided noise that differs from the
+    unguided one. (Broken until the padding had a forward-mode rule.)"""
+    from slams.diffusion import VPSDE, MomentMatchingGuidance
+
+    torch.manual_seed(0)
+    model = AutoEncoder(3, 3, latent_channels=2, hidden=8, layers=2).eval()
+    decoder = model.decode
+    y = torch.randn(1, 3, 8, 16)
+    guidance = MomentMatchingGuidance(lambda z: decoder(z), y, 0.1, cg_iterations=2)
+    z = torch.randn(2, 2, 8, 16)
+    t = torch.tensor([0.3, 0.6])
+
+    def eps_net(x, t):
+        return 0.5 * x
+
+    guided = guidance.guided_eps(eps_net, z, t, VPSDE())
+    assert torch.isfinite(guided).all()
+    assert not torch.allclose(guided, eps_net(z, t))
