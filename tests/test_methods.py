@@ -218,7 +218,7 @@ def test_decoder_error_variance_is_measured_through_each_fields_operator(tmp_pat
     by 2 everywhere (its error counts on gauges only), OLR exactly right."""
     from methods_world import LEVELS
 
-    from slams.methods.latent import decoder_error_variance
+    from slams.methods.latent import decoder_error_variance, validation_reconstruction
 
     class Offset(torch.nn.Module):
         def __init__(self):
@@ -238,8 +238,9 @@ def test_decoder_error_variance_is_measured_through_each_fields_operator(tmp_pat
     observations = build_observations("physical", split, measurement, stats, 0,
                                       {"precip": 0.1, "olr": 0.1})  # fmt: skip
     outputs = [("t", LEVELS), ("precip", 1), ("olr", 1)]
-    extra = decoder_error_variance(Offset(), {"modalities": "both"}, outputs, observations,
-                                   tmp_path / "validation.nc")  # fmt: skip
+    reconstruction = validation_reconstruction(Offset(), {"modalities": "both"}, outputs,
+                                               tmp_path / "validation.nc")  # fmt: skip
+    extra = decoder_error_variance(reconstruction, observations)
     torch.testing.assert_close(extra["t"].flatten(), torch.tensor([0.0, 0.25]))
     assert float(extra["precip"]) == pytest.approx(4.0)
     assert float(extra["olr"]) == 0.0

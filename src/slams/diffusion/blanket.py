@@ -94,10 +94,7 @@ class MarkovBlanketDenoiser(nn.Module):
         t = self._times(x, t)
         if self.chunked(x):
             return torch.cat(
-                [
-                    torch.cat([e for _, _, e in self._chunks(x[b : b + 1], t[b : b + 1])], 1)
-                    for b in range(batch)
-                ]
+                [torch.cat(list(self._chunks(x[b : b + 1], t[b : b + 1])), 1) for b in range(batch)]
             )
         eps = self.net(windows(x, window), t.repeat_interleave(count))
         eps = eps.reshape(batch, count, window, channels, height, width)
@@ -111,15 +108,17 @@ class MarkovBlanketDenoiser(nn.Module):
         )
 
     def _chunks(self, x: Tensor, t: Tensor):
-        """For one trajectory ``x (1, L, C, H, W)``: per chunk of consecutive windows, the
-        days it reads ``(first, stop)``, the days it owns ``(first, stop)`` and their noise
-        ``(1, owned, C, H, W)``, computed from the days read (in order, covering the days)."""
-        length, window, half = x.shape[1], self.window, self.window // 2
-        count = length - window + 1
+        """For one trajectory ``x (1, L, C, H, W)``: the noise ``(1, owned, C, H, W)`` of the
+        days each chunk of consecutive windows owns, in order (together: every day)."""
+        window, half = self.window, self.window // 2
+        count = x.shape[1] - window + 1
+        for first, last in self._spans(count):
+            yield self._owned(x[:, first : last + window], t, first, last, count, half)[1]
+
+    def _spans(self, count: int):
+        """``(first, last)`` of each chunk of ``count`` consecutive windows."""
         for first in range(0, count, self.chunk):
-            last = min(first + self.chunk, count) - 1  # windows first .. last
-            part = x[:, first : last + window]
-            yield (first, last + window), *self._owned(part, t, first, last, count, half)
+            yield first, min(first + self.chunk, count) - 1
 
     def _owned(self, part: Tensor, t: Tensor, first: int, last: int, count: int, half: int):
         """The noise of the days windows ``first .. last`` own, from the days they read."""
@@ -157,11 +156,9 @@ class MarkovBlanketDenoiser(nn.Module):
 
         def vjp(v: Tensor) -> Tensor:
             grad = torch.zeros_like(x)
-            length, half = x.shape[1], self.window // 2
-            count = length - self.window + 1
+            half, count = self.window // 2, x.shape[1] - self.window + 1
             for b in range(x.shape[0]):
-                for first in range(0, count, self.chunk):
-                    last = min(first + self.chunk, count) - 1
+                for first, last in self._spans(count):
                     with torch.enable_grad():
                         part = x[b : b + 1, first : last + self.window].requires_grad_(True)
                         (start, stop), owned = self._owned(

@@ -19,6 +19,7 @@ ensembles are under-dispersive.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import netCDF4
@@ -86,19 +87,18 @@ def validation_reconstruction(autoencoder, meta: dict, outputs, validation_path,
     return split, parts
 
 
-def decoder_error_variance(
-    autoencoder, meta: dict, outputs, observations, validation_path, days: int = 64
-) -> dict[str, torch.Tensor]:
+def decoder_error_variance(reconstruction, observations) -> dict[str, torch.Tensor]:
     """The decoder's error variance for each observed quantity, as the setting observes it.
 
-    On ``days`` validation days (see :func:`validation_reconstruction`) the reconstruction and
-    the true fields go through each field's operator (the coarsening and gap of temperature;
-    the validity mask of precipitation and OLR); the variance of the difference per channel
-    (temperature: per level, ``(L, 1, 1)``; the others: a scalar) is the error of the decoder
-    as an observation operator. Adding it to the observation error variance keeps a likelihood
-    through an imperfect decoder from trusting it more than its reconstructions deserve.
+    On the validation days of ``reconstruction`` (:func:`validation_reconstruction`) the
+    reconstruction and the true fields go through each field's operator (the coarsening and
+    gap of temperature; the validity mask of precipitation and OLR); the variance of the
+    difference per channel (temperature: per level, ``(L, 1, 1)``; the others: a scalar) is
+    the error of the decoder as an observation operator. Adding it to the observation error
+    variance keeps a likelihood through an imperfect decoder from trusting it more than its
+    reconstructions deserve.
     """
-    split, parts = validation_reconstruction(autoencoder, meta, outputs, validation_path, days)
+    split, parts = reconstruction
     variances = {}
     for name, field in observations.fields.items():
         truth = states_of(split, [name])
@@ -109,13 +109,6 @@ def decoder_error_variance(
             valid = states_of(split, [f"{name}_mask"]) > 0.5
             variances[name] = error[valid].square().mean()
     return variances
-
-
-def decoder_residuals(autoencoder, meta: dict, outputs, validation_path, days: int = 64):
-    """The decoder's temperature residuals ``x - D(E(x))`` on validation days ``(N, L, H, W)``,
-    in the state's (standardised anomaly) units."""
-    split, parts = validation_reconstruction(autoencoder, meta, outputs, validation_path, days)
-    return states_of(split, ["t"]) - parts["t"]
 
 
 def add_decoder_residuals(members: torch.Tensor, residuals: torch.Tensor, seed: int):
@@ -144,6 +137,13 @@ def analyse(method, observations, context):
     levels = context.climatology_k.shape[1]
     z_mean, z_std = (v.to(device) for v in latent_statistics(context.paths["latent_stats"]))
     outputs = decoder_outputs(meta, levels)
+
+    @functools.cache
+    def reconstruction():
+        """The validation days and their reconstruction, read once for the decoder's error
+        variance and its residuals."""
+        return validation_reconstruction(autoencoder, meta, outputs, context.paths["validation"])
+
     if observations.protocol == "paper":
 
         def state_fields(x):
@@ -159,9 +159,7 @@ def analyse(method, observations, context):
             )
         state_fields = decoded_fields(autoencoder.decode, outputs, z_mean, z_std)
         if context.decoder_error:
-            extra = decoder_error_variance(
-                autoencoder, meta, outputs, observations, context.paths["validation"]
-            )
+            extra = decoder_error_variance(reconstruction(), observations)
             observations = replace(
                 observations,
                 fields={
@@ -190,7 +188,8 @@ def analyse(method, observations, context):
             ]
         )
     if context.decoder_residuals:
-        residuals = decoder_residuals(autoencoder, meta, outputs, context.paths["validation"])
+        split, parts = reconstruction()
+        residuals = states_of(split, ["t"]) - parts["t"]  # x - D(E(x)), standardised anomaly
         decoded_t = add_decoder_residuals(decoded_t, residuals, context.seed + 2)
     analysis_k = from_anomaly(decoded_t.numpy(), context.climatology_k, context.stats)
     attrs = {
