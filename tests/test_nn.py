@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from slams.nn import AutoEncoder, ChannelLayerNorm, PeriodicConv2d, ScoreUNet
@@ -58,6 +59,14 @@ def test_channel_layer_norm():
     y = ChannelLayerNorm()(x)
     torch.testing.assert_close(y.mean(dim=1), torch.zeros(4, 5, 7), atol=1e-5, rtol=0)
     torch.testing.assert_close(y.var(dim=1, unbiased=False), torch.ones(4, 5, 7), atol=1e-3, rtol=0)
+    # the same numbers and gradients as PyTorch's own layer norm over a channels-last copy
+    x.requires_grad_(True)
+    reference = F.layer_norm(x.movedim(1, -1), (6,), eps=1e-5).movedim(-1, 1)
+    torch.testing.assert_close(ChannelLayerNorm()(x), reference, atol=1e-5, rtol=1e-5)
+    weights = torch.randn_like(x)
+    (ours,) = torch.autograd.grad((ChannelLayerNorm()(x) * weights).sum(), x)
+    (theirs,) = torch.autograd.grad((reference * weights).sum(), x)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize(

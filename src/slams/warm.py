@@ -52,6 +52,9 @@ PRELOAD = (
     "xarray",
     "netCDF4",
     "torch",
+    # imported by torch.autograd.grad on its first call with grad_outputs (and with it sympy):
+    # ~0.5 s of every guided assimilation job otherwise
+    "torch.fx.experimental.symbolic_shapes",
     "snakemake.script",
     "slams.assimilate",
     "slams.methods.latent",
