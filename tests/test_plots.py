@@ -21,6 +21,7 @@ from slams.figures import (
     protocol_figures,
     spread_error_figure,
 )
+from slams.grid import area_weights
 from slams.plots import (
     DPI,
     plot_ablation,
@@ -269,6 +270,15 @@ def test_case_map_figure_sparse_observation_as_dots(figures, tmp_path):
     assert isinstance(observation.collections[0], PathCollection)  # dots, not cells
     assert len(drawn_values(observation)) == (16 // 4) * (32 // 4)
     assert "t @ 1000 hPa" in fig.get_suptitle()
+    # the observation's error is titled with its RMSE over the observed points, not NaN
+    day = ds.sel(time=pd.Timestamp(fig.get_suptitle().split(", ")[-1]), level=1000.0)
+    error = (day["observation"] - day["truth"]).transpose("lat", "lon").values
+    weights = np.broadcast_to(np.asarray(area_weights(day["lat"].values))[:, None], error.shape)
+    valid = np.isfinite(error)
+    expected = np.sqrt((weights[valid] * error[valid] ** 2).sum() / weights[valid].sum())
+    title = map_panels(fig)[2 + 1].get_title()
+    assert title.startswith("Observation − truth\nRMSE "), title
+    assert float(title.split("RMSE ")[1].split(" K")[0]) == pytest.approx(expected, abs=0.006)
 
 
 def test_spread_error_figure_skips_single_members(figures, tmp_path):

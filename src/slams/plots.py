@@ -27,7 +27,7 @@ from matplotlib.colors import Normalize
 from matplotlib.ticker import MaxNLocator
 
 from slams import metrics
-from slams.grid import cell_edges
+from slams.grid import area_weights, cell_edges
 from slams.methods import METHODS
 from slams.report import METHOD_ORDER, ordered_methods, summary_table
 
@@ -579,8 +579,19 @@ def setting_label(axis: str, value: float) -> str:
 
 
 def _area_rmse(error: xr.DataArray) -> float:
-    """Area-weighted root mean square of a (lat, lon) error map over its valid points."""
-    return float(metrics.rmse(xr.zeros_like(error), error, dims=("lat", "lon")))
+    """Area-weighted root mean square of a (lat, lon) error map over its finite points (an
+    observation's map is NaN where nothing was observed); NaN if none is finite. A panel
+    title, not a score: the scores never skip a NaN."""
+    weights = np.broadcast_to(
+        np.asarray(area_weights(error["lat"].values), dtype=np.float64)[:, None],
+        error.shape,
+    )
+    values = np.asarray(error.transpose("lat", "lon").values, dtype=np.float64)
+    valid = np.isfinite(values)
+    if not valid.any():
+        return float("nan")
+    return float(np.sqrt((weights * np.square(values, where=valid, out=np.zeros_like(values)))
+                         .sum() / weights[valid].sum()))  # fmt: skip
 
 
 def plot_case_maps(
