@@ -276,7 +276,7 @@ def test_case_map_figure_sparse_observation_as_dots(figures, tmp_path):
     weights = np.broadcast_to(np.asarray(area_weights(day["lat"].values))[:, None], error.shape)
     valid = np.isfinite(error)
     expected = np.sqrt((weights[valid] * error[valid] ** 2).sum() / weights[valid].sum())
-    title = map_panels(fig)[2 + 1].get_title()
+    title = map_panels(fig)[3].get_title()
     assert title.startswith("Observation − truth\nRMSE "), title
     assert float(title.split("RMSE ")[1].split(" K")[0]) == pytest.approx(expected, abs=0.006)
 

@@ -582,16 +582,9 @@ def _area_rmse(error: xr.DataArray) -> float:
     """Area-weighted root mean square of a (lat, lon) error map over its finite points (an
     observation's map is NaN where nothing was observed); NaN if none is finite. A panel
     title, not a score: the scores never skip a NaN."""
-    weights = np.broadcast_to(
-        np.asarray(area_weights(error["lat"].values), dtype=np.float64)[:, None],
-        error.shape,
-    )
-    values = np.asarray(error.transpose("lat", "lon").values, dtype=np.float64)
-    valid = np.isfinite(values)
-    if not valid.any():
-        return float("nan")
-    return float(np.sqrt((weights * np.square(values, where=valid, out=np.zeros_like(values)))
-                         .sum() / weights[valid].sum()))  # fmt: skip
+    lat = error["lat"].values
+    weights = xr.DataArray(np.asarray(area_weights(lat)), dims="lat", coords={"lat": lat})
+    return float(np.sqrt(np.square(error).weighted(weights).mean(("lat", "lon"), skipna=True)))
 
 
 def plot_case_maps(
