@@ -171,6 +171,27 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     )
 
 
+def test_a_rerun_after_the_last_epoch_writes_the_losses_again(tmp_path):
+    """Snakemake deletes a job's outputs before it reruns it (e.g. --forcerun): a run that
+    finds a finished checkpoint trains nothing but must still write its losses file."""
+    settings = TrainSettings(epochs=2, batch_size=4, learning_rate=1e-2, weight_decay=1e-3)
+    x, model, loss = _tiny_problem()
+    first = fit(model, loss, x, x[:8], settings, tmp_path / "losses.csv", tmp_path / "ckpt")
+    written = (tmp_path / "losses.csv").read_text()
+    (tmp_path / "losses.csv").unlink()
+
+    def no_training(m, batch, generator):
+        raise AssertionError("a finished run must not train again")
+
+    x, again, _ = _tiny_problem(seed=1)
+    history = fit(again, no_training, x, x[:8], settings, tmp_path / "losses.csv",
+                  tmp_path / "ckpt")  # fmt: skip
+    assert history == first
+    assert (tmp_path / "losses.csv").read_text() == written
+    for name, value in again.state_dict().items():
+        assert torch.equal(value, model.state_dict()[name]), name
+
+
 def test_nan_loss_stops_training_with_a_message(tmp_path):
     model = AutoEncoder(3, 3, latent_channels=2, hidden=4, layers=2, kernel_size=3)
     x = torch.randn(4, 3, 8, 16)

@@ -10,6 +10,7 @@ import torch
 from slams.assimilate import Context, SamplerSettings, assimilate_states
 from slams.diffusion import VPSDE, GaussianGuidance, MarkovBlanketDenoiser, MomentMatchingGuidance
 from slams.diffusion.analytic import GaussianTrajectory, posterior_agreement
+from slams.nn import ScoreUNet
 from slams.observations import Observations, ObservedField
 from slams.observe import Measurement
 
@@ -62,9 +63,9 @@ def test_trajectory_posterior_through_the_blanket(guidance, steps):
     assert 0.85 < agreement["spread_ratio"] < 1.15
 
 
-def test_chunked_blanket_gives_the_same_guided_noise():
-    """A trajectory in chunks of 2 windows: the same noise prediction and the same guided noise
-    (SDA and MMPS) as all windows at once."""
+def guidance_problem():
+    """The case's observations as one guidance's arguments ``(observe, y, variance, mask)``,
+    the observed days, and a noised state of 3 members at 3 noise levels."""
     prior, observations, _, _ = trajectory_case()
     local, fields = observations.window(0, prior.length)
     field = fields["t"]
@@ -72,11 +73,17 @@ def test_chunked_blanket_gives_the_same_guided_noise():
     def observe(x):
         return field.operator(x[:, local]).flatten(1)
 
-    y = field.values.flatten()
-    variance, mask = field.variance.flatten(), field.mask.flatten()
+    likelihood = (observe, field.values.flatten(), field.variance.flatten(), field.mask.flatten())
     x = torch.randn(3, prior.length, *prior.state, generator=torch.Generator().manual_seed(4),
                     dtype=F64)  # fmt: skip
     t = torch.tensor([0.2, 0.5, 0.8], dtype=F64)
+    return prior, likelihood, local.tolist(), x, t
+
+
+def test_chunked_blanket_gives_the_same_guided_noise():
+    """A trajectory in chunks of 2 windows: the same noise prediction and the same guided noise
+    (SDA and MMPS) as all windows at once."""
+    prior, (observe, y, variance, mask), _, x, t = guidance_problem()
     whole = MarkovBlanketDenoiser(prior.window_net(3), window=3)
     parts = MarkovBlanketDenoiser(prior.window_net(3), window=3, chunk=2)
     assert parts.chunked(x) and not whole.chunked(x)
@@ -86,6 +93,77 @@ def test_chunked_blanket_gives_the_same_guided_noise():
         torch.testing.assert_close(
             guidance.guided_eps(parts, x, t, VPSDE()), guidance.guided_eps(whole, x, t, VPSDE())
         )
+
+
+class _Recording(torch.nn.Module):
+    """A window network that records, per call, how many windows it saw and whether autograd
+    was recording."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, []
+
+    def forward(self, x, t):
+        self.calls.append((len(x), torch.is_grad_enabled()))
+        return self.net(x, t)
+
+
+def _conv_window_net(window, channels, seed=0):
+    """A nonlinear window network in float64 (the exactness below is not special to the linear
+    analytic one)."""
+    torch.manual_seed(seed)
+    net = ScoreUNet(window * channels, hidden=(4, 8), blocks=(1, 1), time_features=8,
+                    time_hidden=16).double()  # fmt: skip
+    return net
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+@pytest.mark.parametrize("network", ["exact", "unet"])
+def test_graph_only_through_the_windows_of_observed_days(chunk, network):
+    """Given the days the observation reads, only the windows that own one keep a graph (or,
+    in chunks, are recomputed, ``chunk`` of them at a time), and the noise and the guided
+    noise (SDA and MMPS) are those of the whole graph, to float64 rounding."""
+    prior, (observe, y, variance, mask), days, x, t = guidance_problem()
+    window = 3
+    if network == "exact":
+        net = prior.window_net(window)
+    else:
+        net = _conv_window_net(window, prior.state[0])
+    recording = _Recording(net)
+    whole = MarkovBlanketDenoiser(net, window=window, chunk=chunk)
+    sparse = MarkovBlanketDenoiser(recording, window=window, chunk=chunk)
+    # DAYS = (2, 5, 6, 9) of 12 days, window 3: windows 1, 4, 5 and 8 of 10 own them
+    assert sorted({sparse.owner(d, prior.length) for d in days}) == [1, 4, 5, 8]
+    for kind in (GaussianGuidance, MomentMatchingGuidance):
+        reference = kind(observe, y, variance, mask).guided_eps(whole, x, t, VPSDE())
+        recording.calls.clear()
+        guided = kind(observe, y, variance, mask, days=days).guided_eps(sparse, x, t, VPSDE())
+        torch.testing.assert_close(guided, reference, rtol=1e-9, atol=1e-10)
+        with_graph = [n for n, grad in recording.calls if grad]
+        if chunk is None:  # one graph, through 4 windows of each of the 3 members
+            assert with_graph == [3 * 4]
+        else:  # every vjp recomputes windows {1, 4} and {5, 8} of each member
+            vjps = 1 if kind is GaussianGuidance else 4
+            assert with_graph == [2] * (2 * 3 * vjps)
+    eps, vjp = sparse.linearise(x, t, days)
+    torch.testing.assert_close(eps, whole(x, t), rtol=1e-12, atol=1e-12)
+    v = torch.zeros_like(x)
+    v[:, days] = 1.0
+    torch.testing.assert_close(vjp(v), whole.linearise(x, t)[1](v), rtol=1e-9, atol=1e-10)
+    v[:, 3] = 1.0  # day 3 belongs to window 2, which keeps no graph
+    with pytest.raises(ValueError, match="outside the days"):
+        vjp(v)
+
+
+def test_no_observed_day_needs_no_graph():
+    prior = GaussianTrajectory(length=8, height=4, width=8)
+    recording = _Recording(prior.window_net(3))
+    denoiser = MarkovBlanketDenoiser(recording, window=3)
+    x = torch.randn(2, 8, *prior.state, dtype=F64)
+    eps, vjp = denoiser.linearise(x, 0.5, days=[])
+    assert torch.equal(vjp(torch.zeros_like(x)), torch.zeros_like(x))
+    assert recording.calls == [(2 * 6, False)]
+    torch.testing.assert_close(eps, denoiser(x, 0.5))
 
 
 def test_one_pass_carries_an_observation_across_a_former_window_boundary():

@@ -57,12 +57,12 @@ class SamplerSettings:
         if self.guidance not in ("sda", "mmps"):
             raise ValueError(f"guidance must be 'sda' or 'mmps', got {self.guidance!r}")
 
-    def make_guidance(self, observe, y: Tensor, variance: Tensor | float, mask=None):
+    def make_guidance(self, observe, y: Tensor, variance: Tensor | float, mask=None, days=None):
         if self.guidance == "mmps":
             return MomentMatchingGuidance(
-                observe, y, variance, mask, cg_iterations=self.cg_iterations
+                observe, y, variance, mask, cg_iterations=self.cg_iterations, days=days
             )
-        return GaussianGuidance(observe, y, variance, mask, gamma=self.gamma)
+        return GaussianGuidance(observe, y, variance, mask, gamma=self.gamma, days=days)
 
 
 @dataclass
@@ -117,8 +117,9 @@ def window_slices(n_days: int, window_days: int, min_days: int) -> list[slice]:
 
 
 def window_likelihood(observations, start: int, stop: int, state_fields: Callable):
-    """``(observe, y, variance, mask)`` of the observed days of days ``start .. stop - 1``,
-    or ``None`` if none is observed there.
+    """``(observe, y, variance, mask, days)`` of the observed days of days ``start .. stop -
+    1``, or ``None`` if none is observed there; ``days`` lists them (counted from ``start``),
+    the only days ``observe`` reads.
 
     ``state_fields(x)`` maps a state of the observed days ``(B, n, C, H, W)`` to the full
     field of every observed quantity (``{"t": ..., "precip": ...}``, each ``(B, n, C_f, H,
@@ -146,7 +147,7 @@ def window_likelihood(observations, start: int, stop: int, state_fields: Callabl
         full = state_fields(x[:, local])
         return torch.cat([operators[n](full[n]).flatten(1) for n in names], dim=1)
 
-    return observe, y, variance, mask
+    return observe, y, variance, mask, local.tolist()
 
 
 def assimilate_states(
@@ -181,9 +182,9 @@ def assimilate_states(
         if likelihood is None:
             eps_fn = denoiser
         else:
-            observe, y, variance, mask = likelihood
+            observe, y, variance, mask, days = likelihood
             guidance = settings.make_guidance(
-                observe, y.to(device), variance.to(device), mask.to(device)
+                observe, y.to(device), variance.to(device), mask.to(device), days
             )
 
             def eps_fn(x: Tensor, t: Tensor, guidance=guidance) -> Tensor:

@@ -286,8 +286,9 @@ def fit(
             if improved:
                 save_atomic(state, checkpoint_dir / "best.pt")
             save_atomic(state, checkpoint_dir / "last.pt")
-    if not history:
-        _write_losses(losses_csv, history)
+    # Always (again): a rerun that finds a finished checkpoint trains nothing, and Snakemake
+    # has deleted the job's old losses file before running it.
+    _write_losses(losses_csv, history)
     return history
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -88,16 +88,23 @@ class MarkovBlanketDenoiser(nn.Module):
         return self.chunk is not None and x.shape[0] * count > self.chunk
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
-        batch, length, channels, height, width = x.shape
-        window, half = self.window, self.window // 2
-        count = length - window + 1
         t = self._times(x, t)
         if self.chunked(x):
             return torch.cat(
-                [torch.cat(list(self._chunks(x[b : b + 1], t[b : b + 1])), 1) for b in range(batch)]
+                [
+                    torch.cat(list(self._chunks(x[b : b + 1], t[b : b + 1])), 1)
+                    for b in range(len(x))
+                ]
             )
-        eps = self.net(windows(x, window), t.repeat_interleave(count))
-        eps = eps.reshape(batch, count, window, channels, height, width)
+        count = x.shape[1] - self.window + 1
+        eps = self.net(windows(x, self.window), t.repeat_interleave(count))
+        return self._assemble(eps.reshape(len(x), count, self.window, *x.shape[2:]))
+
+    def _assemble(self, eps: Tensor) -> Tensor:
+        """The trajectory's noise ``(B, L, C, H, W)`` from every window's ``(B, count, K, C, H,
+        W)``: each day from the one window that owns it (see the class docstring)."""
+        window, half = self.window, self.window // 2
+        length = eps.shape[1] + window - 1
         return torch.cat(
             [
                 eps[:, 0, :half],
@@ -106,6 +113,22 @@ class MarkovBlanketDenoiser(nn.Module):
             ],
             dim=1,
         )
+
+    def owner(self, day: int, length: int) -> int:
+        """The window (its first day) whose noise prediction gives day ``day`` of a trajectory of
+        ``length`` days."""
+        return min(max(day - self.window // 2, 0), length - self.window)
+
+    def _net_windows(self, x: Tensor, t: Tensor, starts: list[int]) -> Tensor:
+        """The network on the windows that begin on days ``starts``: ``(B, len(starts), K, C, H,
+        W)``."""
+        batch, _, *state = x.shape
+        stacked = torch.stack([x[:, j : j + self.window] for j in starts], 1)
+        eps = self.net(
+            stacked.reshape(batch * len(starts), self.window * state[0], *state[1:]),
+            t.repeat_interleave(len(starts)),
+        )
+        return eps.reshape(batch, len(starts), self.window, *state)
 
     def _chunks(self, x: Tensor, t: Tensor):
         """For one trajectory ``x (1, L, C, H, W)``: the noise ``(1, owned, C, H, W)`` of the
@@ -120,52 +143,145 @@ class MarkovBlanketDenoiser(nn.Module):
         for first in range(0, count, self.chunk):
             yield first, min(first + self.chunk, count) - 1
 
+    def _span(self, first: int, last: int, count: int) -> tuple[int, int]:
+        """``(start, stop)``: the days windows ``first .. last`` (of ``count``) own."""
+        half = self.window // 2
+        start = 0 if first == 0 else first + half
+        stop = last + self.window if last == count - 1 else last + half + 1
+        return start, stop
+
     def _owned(self, part: Tensor, t: Tensor, first: int, last: int, count: int, half: int):
         """The noise of the days windows ``first .. last`` own, from the days they read."""
         window = self.window
         n = last - first + 1
         eps = self.net(windows(part, window), t.repeat_interleave(n))
         eps = eps.reshape(1, n, window, *part.shape[2:])
-        pieces, start = [], first + half
-        if first == 0:
-            pieces.append(eps[:, 0, :half])
-            start = 0
+        pieces = [eps[:, 0, :half]] if first == 0 else []
         pieces.append(eps[:, :, half])
-        stop = last + half + 1
         if last == count - 1:
             pieces.append(eps[:, -1, window - half :])
-            stop = last + window
-        return (start, stop), torch.cat(pieces, dim=1)
+        return self._span(first, last, count), torch.cat(pieces, dim=1)
 
-    def linearise(self, x: Tensor, t: Tensor | float) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
+    def linearise(
+        self, x: Tensor, t: Tensor | float, days: Sequence[int] | None = None
+    ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
         """The noise prediction at ``x`` and its vector-Jacobian product.
 
         Returns ``eps`` (detached) and ``vjp(v) = (d eps / d x)^T v`` for ``v`` shaped like
-        ``x``. Unchunked, ``vjp`` backpropagates through the one graph of the forward pass
-        (it may be called many times). Chunked, the forward pass keeps no graph and each
-        ``vjp`` recomputes every chunk with its gradient, one chunk at a time: exact, since
-        every day's noise comes from one window, at the price of one more forward pass.
+        ``x``. Unchunked, ``vjp`` backpropagates through one graph of the forward pass (it
+        may be called many times). Chunked, the forward pass keeps no graph and each ``vjp``
+        recomputes the chunks with their gradient, one chunk at a time: exact, since every
+        day's noise comes from one window, at the price of one more forward pass.
+
+        ``days``: the days on which ``v`` can be nonzero (an observation operator's days;
+        ``None``: any day). Only the windows that own one of them then keep a graph (or, in
+        chunks, are recomputed): ``(d eps / d x)^T v`` takes nothing from the others, as
+        their days' cotangent is zero. The same numbers up to float rounding, for the price of
+        a backward pass through those windows alone: with an observation every 4 days about a
+        quarter of them. ``vjp`` raises if ``v`` is nonzero on a day those windows do not
+        own.
         """
         t = self._times(x, t)
-        if not self.chunked(x):
+        length = x.shape[1]
+        count = length - self.window + 1
+        wanted = None if days is None else sorted({self.owner(int(d), length) for d in days})
+        if wanted is not None and len(wanted) == count:
+            wanted = None  # every window: the plain graph
+        if self.chunked(x):
+            return self._chunked_linearise(x, t, wanted)
+        if wanted is None:
             return autograd_linearise(self, x, t)
 
+        rest = [j for j in range(count) if j not in wanted]
+        x = x.detach()
+        with torch.no_grad():
+            eps = x.new_empty(len(x), count, self.window, *x.shape[2:])
+            if rest:
+                eps[:, rest] = self._net_windows(x, t, rest)
+        if wanted:
+            with torch.enable_grad():
+                leaf = x.clone().requires_grad_(True)
+                owned = self._net_windows(leaf, t, wanted)
+            eps[:, wanted] = owned.detach()
+        positions = self._owned_positions(wanted, length)
+        unowned = [d for d in range(length) if self.owner(d, length) not in wanted]
+
+        def vjp(v: Tensor) -> Tensor:
+            self._check_support(v, unowned)
+            if not wanted:
+                return torch.zeros_like(x)
+            cotangent = torch.zeros_like(owned)
+            for s, p, day in positions:
+                cotangent[:, s, p] = v[:, day]
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(owned, leaf, cotangent, retain_graph=True)
+            return grad
+
+        return self._assemble(eps), vjp
+
+    def _owned_positions(self, starts: list[int], length: int) -> list[tuple[int, int, int]]:
+        """``(s, p, day)`` for every day that window ``starts[s]`` owns, at its position ``p``."""
+        return [
+            (s, p, j + p)
+            for s, j in enumerate(starts)
+            for p in range(self.window)
+            if self.owner(j + p, length) == j
+        ]
+
+    def _chunked_linearise(self, x: Tensor, t: Tensor, wanted: list[int] | None):
         with torch.no_grad():
             eps = self(x, t)
         x = x.detach()
+        half, length = self.window // 2, x.shape[1]
+        count = length - self.window + 1
+        if wanted is None:
+            spans = list(self._spans(count))
+
+            def vjp(v: Tensor) -> Tensor:
+                grad = torch.zeros_like(x)
+                for b in range(x.shape[0]):
+                    for first, last in spans:
+                        with torch.enable_grad():
+                            part = x[b : b + 1, first : last + self.window].requires_grad_(True)
+                            (start, stop), owned = self._owned(
+                                part, t[b : b + 1], first, last, count, half
+                            )
+                            (piece,) = torch.autograd.grad(owned, part, v[b : b + 1, start:stop])
+                        grad[b : b + 1, first : last + self.window] += piece
+                return grad
+
+            return eps, vjp
+
+        # Only the owning windows, ``chunk`` of them at a time, each stacked into a leaf of
+        # its own (the memory of ``chunk`` windows however far apart they lie).
+        groups = [wanted[i : i + self.chunk] for i in range(0, len(wanted), self.chunk)]
+        positions = [self._owned_positions(group, length) for group in groups]
+        unowned = [d for d in range(length) if self.owner(d, length) not in wanted]
 
         def vjp(v: Tensor) -> Tensor:
+            self._check_support(v, unowned)
             grad = torch.zeros_like(x)
-            half, count = self.window // 2, x.shape[1] - self.window + 1
             for b in range(x.shape[0]):
-                for first, last in self._spans(count):
+                for group, where in zip(groups, positions, strict=True):
+                    leaf = torch.stack([x[b, j : j + self.window] for j in group])
                     with torch.enable_grad():
-                        part = x[b : b + 1, first : last + self.window].requires_grad_(True)
-                        (start, stop), owned = self._owned(
-                            part, t[b : b + 1], first, last, count, half
-                        )
-                        (piece,) = torch.autograd.grad(owned, part, v[b : b + 1, start:stop])
-                    grad[b : b + 1, first : last + self.window] += piece
+                        leaf.requires_grad_(True)
+                        owned = self.net(leaf.flatten(1, 2), t[b].expand(len(group)))
+                        owned = owned.reshape(leaf.shape)
+                    cotangent = torch.zeros_like(owned)
+                    for s, p, day in where:
+                        cotangent[s, p] = v[b, day]
+                    with torch.enable_grad():
+                        (piece,) = torch.autograd.grad(owned, leaf, cotangent)
+                    for s, j in enumerate(group):
+                        grad[b, j : j + self.window] += piece[s]
             return grad
 
         return eps, vjp
+
+    @staticmethod
+    def _check_support(v: Tensor, unowned: list[int]) -> None:
+        if unowned and v[:, unowned].any():
+            raise ValueError(
+                "the cotangent is nonzero on a day outside the days given to linearise"
+            )

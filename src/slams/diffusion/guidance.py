@@ -13,7 +13,7 @@ For a Gaussian prior and a linear ``A`` the second is exact at every ``t``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -31,8 +31,10 @@ class _Likelihood:
         y: Tensor,
         variance: Tensor | float,
         mask: Tensor | None = None,
+        days: Sequence[int] | None = None,
     ):
         self.observe = observe
+        self.days = days
         y = torch.as_tensor(y)
         variance = torch.as_tensor(variance, dtype=y.dtype, device=y.device)
         if mask is None:
@@ -77,7 +79,10 @@ class GaussianGuidance(_Likelihood):
     tensor broadcastable to ``y``, always a VARIANCE (not a standard deviation). ``mask``
     (broadcastable to ``y``; 1 observed, 0 not) removes points from the likelihood: masked
     points contribute nothing, even if ``y`` holds NaN there. ``gamma`` is the paper's
-    stability constant.
+    stability constant. ``days``: the days (axis 1 of a trajectory ``x (B, L, C, H, W)``)
+    that ``observe`` reads, if it reads only some; the denoiser's backward pass then skips
+    the rest (:meth:`~slams.diffusion.MarkovBlanketDenoiser.linearise`), with the same
+    result.
     """
 
     def __init__(
@@ -87,8 +92,9 @@ class GaussianGuidance(_Likelihood):
         variance: Tensor | float,
         mask: Tensor | None = None,
         gamma: float = 1e-2,
+        days: Sequence[int] | None = None,
     ):
-        super().__init__(observe, y, variance, mask)
+        super().__init__(observe, y, variance, mask, days)
         self.gamma = gamma
         if gamma <= 0 and (self.variance == 0).any():
             raise ValueError("zero observation variance needs gamma > 0 to keep it finite")
@@ -121,7 +127,7 @@ class GaussianGuidance(_Likelihood):
         ``torch.no_grad()``.
         """
         t, mu, sigma = self._per_member(x, t, sde)
-        eps, vjp = linearise(denoiser, x, t)
+        eps, vjp = linearise(denoiser, x, t, self.days)
         with torch.enable_grad():
             x0_hat = ((x.detach() - sigma * eps) / mu).requires_grad_(True)
             (g,) = torch.autograd.grad(self.log_likelihood(x0_hat, t, sde), x0_hat)
@@ -149,7 +155,8 @@ class MomentMatchingGuidance(_Likelihood):
     of observed points; a few iterations capture the leading directions. Costs
     ``cg_iterations + 1`` backward passes per call against 1 for :class:`GaussianGuidance`.
     ``variance`` must be positive at observed points (the system is singular otherwise as
-    ``t -> 0``); masked points take no part, as in :class:`GaussianGuidance`.
+    ``t -> 0``); masked points take no part, and ``days`` works, as in
+    :class:`GaussianGuidance`.
     """
 
     def __init__(
@@ -159,8 +166,9 @@ class MomentMatchingGuidance(_Likelihood):
         variance: Tensor | float,
         mask: Tensor | None = None,
         cg_iterations: int = 3,
+        days: Sequence[int] | None = None,
     ):
-        super().__init__(observe, y, variance, mask)
+        super().__init__(observe, y, variance, mask, days)
         if cg_iterations < 1:
             raise ValueError(f"cg_iterations must be >= 1, got {cg_iterations}")
         if (self.variance == 0).any():
@@ -181,7 +189,7 @@ class MomentMatchingGuidance(_Likelihood):
         of ``observe`` at ``x0_hat``.
         """
         t, mu, sigma = self._per_member(x, t, sde)
-        eps, vjp = linearise(denoiser, x, t)
+        eps, vjp = linearise(denoiser, x, t, self.days)
         anchor = (x.detach() - sigma * eps) / mu
         with torch.enable_grad():
             leaf = anchor.clone().requires_grad_(True)
@@ -206,13 +214,17 @@ class MomentMatchingGuidance(_Likelihood):
 
 
 def linearise(
-    denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor, t: Tensor
+    denoiser: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    t: Tensor,
+    days: Sequence[int] | None = None,
 ) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
     """``eps = denoiser(x, t)`` (detached) and ``v -> (d eps / d x)^T v``: the denoiser's own
     :meth:`~slams.diffusion.MarkovBlanketDenoiser.linearise` if it has one (chunked for long
-    trajectories), else autograd through one forward pass."""
+    trajectories; a graph only through the windows that own ``days``), else autograd through
+    one forward pass."""
     if hasattr(denoiser, "linearise"):
-        return denoiser.linearise(x, t)
+        return denoiser.linearise(x, t, days)
     return autograd_linearise(denoiser, x, t)
 
 
