@@ -10,7 +10,9 @@ one table, in a few minutes (``make gpu-benchmark`` on a CUDA machine).
    ``members x (days - K + 1)`` windows through the network per evaluation; its time is the
    step time x (those windows / batch) x steps, at 512 steps + 1 correction (the paper) and
    at ``--chosen-steps`` + ``--chosen-corrections`` (default 16 + 0, the demo's setting chosen
-   in issue 15; a step's time scales with its network calls, 1 + corrections).
+   in issue 15; a step's time scales with its network calls, 1 + corrections). Every window
+   of the timed batch is observed, so where observations skip days (only the windows that
+   own an observed day need the backward pass) the projection is an upper bound.
 3. Training: samples per second and peak memory of the autoencoder and both score networks,
    fp32 and bf16 (``train_throughput.py``, each case in its own process).
 

@@ -164,6 +164,8 @@ def test_no_observed_day_needs_no_graph():
     assert torch.equal(vjp(torch.zeros_like(x)), torch.zeros_like(x))
     assert recording.calls == [(2 * 6, False)]
     torch.testing.assert_close(eps, denoiser(x, 0.5))
+    with pytest.raises(ValueError, match=r"must lie in the trajectory's 0 \.\. 7"):
+        denoiser.linearise(x, 0.5, days=[3, 8])
 
 
 def test_one_pass_carries_an_observation_across_a_former_window_boundary():

@@ -18,8 +18,8 @@ block`` the number of whole blocks (at least 2): the bootstrap's own percentiles
 narrow for few correlated days. Two methods with identically distributed AR(1) (0.6) daily
 errors are called different in 0 % of cases at 10 days, 4 % at 40, 8.5 % at 120 and 7 % at 365
 (nominal 5 %; percentiles with ``n^(1/3)`` blocks: 37 %, 20 %, 15 %, 8 %;
-``tests/test_significance.py``). With 10 days, as in the demo, almost nothing is significant:
-that is the honest answer.
+``tests/test_significance.py``). With the demo's 16 days (4 blocks; 4 observed days in 2
+blocks where every fourth day is observed) little is significant: that is the honest answer.
 """
 
 from __future__ import annotations

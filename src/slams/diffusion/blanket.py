@@ -184,6 +184,8 @@ class MarkovBlanketDenoiser(nn.Module):
         t = self._times(x, t)
         length = x.shape[1]
         count = length - self.window + 1
+        if days is not None and any(not 0 <= int(d) < length for d in days):
+            raise ValueError(f"days {list(days)} must lie in the trajectory's 0 .. {length - 1}")
         wanted = None if days is None else sorted({self.owner(int(d), length) for d in days})
         if wanted is not None and len(wanted) == count:
             wanted = None  # every window: the plain graph
