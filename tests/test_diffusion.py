@@ -375,6 +375,9 @@ def test_blanket_composition_reads_the_right_windows(window):
         expected.append(1000 * w + p)
     expected = torch.tensor(expected, dtype=F64).reshape(1, length, 1, 1, 1)
     torch.testing.assert_close(eps, expected.expand_as(eps))
+    for chunk in (1, 2, 4):  # in chunks: the same windows for the same days
+        chunked = MarkovBlanketDenoiser(_MarkerNet(window, channels), window=window, chunk=chunk)
+        torch.testing.assert_close(chunked(x, torch.tensor(0.5)), expected.expand_as(eps))
 
 
 def _ar_covariance(coefficients: tuple[float, ...], length: int) -> Tensor:

@@ -133,10 +133,10 @@ class MarkovBlanketDenoiser(nn.Module):
     def _chunks(self, x: Tensor, t: Tensor):
         """For one trajectory ``x (1, L, C, H, W)``: the noise ``(1, owned, C, H, W)`` of the
         days each chunk of consecutive windows owns, in order (together: every day)."""
-        window, half = self.window, self.window // 2
+        window = self.window
         count = x.shape[1] - window + 1
         for first, last in self._spans(count):
-            yield self._owned(x[:, first : last + window], t, first, last, count, half)[1]
+            yield self._owned(x[:, first : last + window], t, first, last, count)[1]
 
     def _spans(self, count: int):
         """``(first, last)`` of each chunk of ``count`` consecutive windows."""
@@ -150,17 +150,15 @@ class MarkovBlanketDenoiser(nn.Module):
         stop = last + self.window if last == count - 1 else last + half + 1
         return start, stop
 
-    def _owned(self, part: Tensor, t: Tensor, first: int, last: int, count: int, half: int):
+    def _owned(self, part: Tensor, t: Tensor, first: int, last: int, count: int):
         """The noise of the days windows ``first .. last`` own, from the days they read."""
         window = self.window
         n = last - first + 1
         eps = self.net(windows(part, window), t.repeat_interleave(n))
         eps = eps.reshape(1, n, window, *part.shape[2:])
-        pieces = [eps[:, 0, :half]] if first == 0 else []
-        pieces.append(eps[:, :, half])
-        if last == count - 1:
-            pieces.append(eps[:, -1, window - half :])
-        return self._span(first, last, count), torch.cat(pieces, dim=1)
+        length = count + window - 1
+        owned = self._owned_positions(list(range(first, last + 1)), length)
+        return self._span(first, last, count), torch.stack([eps[:, s, p] for s, p, _ in owned], 1)
 
     def linearise(
         self, x: Tensor, t: Tensor | float, days: Sequence[int] | None = None
@@ -234,7 +232,7 @@ class MarkovBlanketDenoiser(nn.Module):
         with torch.no_grad():
             eps = self(x, t)
         x = x.detach()
-        half, length = self.window // 2, x.shape[1]
+        length = x.shape[1]
         count = length - self.window + 1
         if wanted is None:
             spans = list(self._spans(count))
@@ -246,7 +244,7 @@ class MarkovBlanketDenoiser(nn.Module):
                         with torch.enable_grad():
                             part = x[b : b + 1, first : last + self.window].requires_grad_(True)
                             (start, stop), owned = self._owned(
-                                part, t[b : b + 1], first, last, count, half
+                                part, t[b : b + 1], first, last, count
                             )
                             (piece,) = torch.autograd.grad(owned, part, v[b : b + 1, start:stop])
                         grad[b : b + 1, first : last + self.window] += piece
