@@ -286,9 +286,9 @@ def fit(
             if improved:
                 save_atomic(state, checkpoint_dir / "best.pt")
             save_atomic(state, checkpoint_dir / "last.pt")
-    # Always (again): a rerun that finds a finished checkpoint trains nothing, and Snakemake
-    # has deleted the job's old losses file before running it.
-    _write_losses(losses_csv, history)
+    if first_epoch > settings.epochs:  # no epoch ran (a rerun that finds a finished
+        # checkpoint, whose old losses file Snakemake deleted): write it from the history
+        _write_losses(losses_csv, history)
     return history
 
 

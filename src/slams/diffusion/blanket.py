@@ -157,8 +157,8 @@ class MarkovBlanketDenoiser(nn.Module):
         eps = self.net(windows(part, window), t.repeat_interleave(n))
         eps = eps.reshape(1, n, window, *part.shape[2:])
         length = count + window - 1
-        owned = self._owned_positions(list(range(first, last + 1)), length)
-        return self._span(first, last, count), torch.stack([eps[:, s, p] for s, p, _ in owned], 1)
+        s, p, _ = self._owned_positions(list(range(first, last + 1)), length, eps.device)
+        return self._span(first, last, count), eps[:, s, p]
 
     def linearise(
         self, x: Tensor, t: Tensor | float, days: Sequence[int] | None = None
@@ -187,8 +187,13 @@ class MarkovBlanketDenoiser(nn.Module):
         wanted = None if days is None else sorted({self.owner(int(d), length) for d in days})
         if wanted is not None and len(wanted) == count:
             wanted = None  # every window: the plain graph
+        unowned = (
+            []
+            if wanted is None
+            else [d for d in range(length) if self.owner(d, length) not in wanted]
+        )
         if self.chunked(x):
-            return self._chunked_linearise(x, t, wanted)
+            return self._chunked_linearise(x, t, wanted, unowned)
         if wanted is None:
             return autograd_linearise(self, x, t)
 
@@ -200,35 +205,37 @@ class MarkovBlanketDenoiser(nn.Module):
                 eps[:, rest] = self._net_windows(x, t, rest)
         if wanted:
             with torch.enable_grad():
-                leaf = x.clone().requires_grad_(True)
+                leaf = x.detach().requires_grad_(True)
                 owned = self._net_windows(leaf, t, wanted)
             eps[:, wanted] = owned.detach()
-        positions = self._owned_positions(wanted, length)
-        unowned = [d for d in range(length) if self.owner(d, length) not in wanted]
+        s, p, day = self._owned_positions(wanted, length, x.device)
 
         def vjp(v: Tensor) -> Tensor:
             self._check_support(v, unowned)
             if not wanted:
                 return torch.zeros_like(x)
             cotangent = torch.zeros_like(owned)
-            for s, p, day in positions:
-                cotangent[:, s, p] = v[:, day]
+            cotangent[:, s, p] = v[:, day]
             with torch.enable_grad():
                 (grad,) = torch.autograd.grad(owned, leaf, cotangent, retain_graph=True)
             return grad
 
         return self._assemble(eps), vjp
 
-    def _owned_positions(self, starts: list[int], length: int) -> list[tuple[int, int, int]]:
-        """``(s, p, day)`` for every day that window ``starts[s]`` owns, at its position ``p``."""
-        return [
+    def _owned_positions(self, starts: list[int], length: int, device) -> tuple[Tensor, ...]:
+        """Index tensors ``(s, p, day)``: every day that window ``starts[s]`` owns, at its
+        position ``p``."""
+        owned = [
             (s, p, j + p)
             for s, j in enumerate(starts)
             for p in range(self.window)
             if self.owner(j + p, length) == j
         ]
+        return torch.tensor(owned, dtype=torch.long, device=device).reshape(-1, 3).unbind(1)
 
-    def _chunked_linearise(self, x: Tensor, t: Tensor, wanted: list[int] | None):
+    def _chunked_linearise(
+        self, x: Tensor, t: Tensor, wanted: list[int] | None, unowned: list[int]
+    ):
         with torch.no_grad():
             eps = self(x, t)
         x = x.detach()
@@ -255,8 +262,7 @@ class MarkovBlanketDenoiser(nn.Module):
         # Only the owning windows, ``chunk`` of them at a time, each stacked into a leaf of
         # its own (the memory of ``chunk`` windows however far apart they lie).
         groups = [wanted[i : i + self.chunk] for i in range(0, len(wanted), self.chunk)]
-        positions = [self._owned_positions(group, length) for group in groups]
-        unowned = [d for d in range(length) if self.owner(d, length) not in wanted]
+        positions = [self._owned_positions(group, length, x.device) for group in groups]
 
         def vjp(v: Tensor) -> Tensor:
             self._check_support(v, unowned)
@@ -268,9 +274,9 @@ class MarkovBlanketDenoiser(nn.Module):
                         leaf.requires_grad_(True)
                         owned = self.net(leaf.flatten(1, 2), t[b].expand(len(group)))
                         owned = owned.reshape(leaf.shape)
+                    s, p, day = where
                     cotangent = torch.zeros_like(owned)
-                    for s, p, day in where:
-                        cotangent[s, p] = v[b, day]
+                    cotangent[s, p] = v[b, day]
                     with torch.enable_grad():
                         (piece,) = torch.autograd.grad(owned, leaf, cotangent)
                     for s, j in enumerate(group):
@@ -281,7 +287,9 @@ class MarkovBlanketDenoiser(nn.Module):
 
     @staticmethod
     def _check_support(v: Tensor, unowned: list[int]) -> None:
-        if unowned and v[:, unowned].any():
+        """Raise if ``v`` is nonzero on an ``unowned`` day (nonzeros counted per day, without a
+        copy of those days)."""
+        if unowned and torch.count_nonzero(v, dim=[0, *range(2, v.ndim)])[unowned].any():
             raise ValueError(
                 "the cotangent is nonzero on a day outside the days given to linearise"
             )
