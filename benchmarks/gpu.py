@@ -66,6 +66,13 @@ def sampler_rows(args, device: torch.device) -> list[dict]:
                 except torch.cuda.OutOfMemoryError:
                     rows.append({"space": space, "dtype": dtype, "guidance": name, "oom": True})
                     continue
+                except Exception as error:  # a path never run on this device: keep the rest
+                    message = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+                    rows.append({"space": space, "dtype": dtype, "guidance": name,
+                                 "error": message})  # fmt: skip
+                    print(f"  sampler {space} {dtype} {name}: failed, {message}",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    continue
                 windows = args.members * (args.days - args.window + 1)
                 per_step = seconds * windows / args.batch
                 rows.append({
@@ -121,10 +128,9 @@ def table(args, device, sampler, training, seconds: float) -> str:
         "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in sampler:
-        if r.get("oom"):
-            lines.append(
-                f"| {r['space']} | | {r['dtype']} | {r['guidance']} | out of memory | | | |"
-            )
+        if r.get("oom") or "error" in r:
+            failure = "out of memory" if r.get("oom") else f"failed: {r['error']}"
+            lines.append(f"| {r['space']} | | {r['dtype']} | {r['guidance']} | {failure} | | | |")
             continue
         lines.append(
             f"| {r['space']} | {r['state']} | {r['dtype']} | {r['guidance']} "
