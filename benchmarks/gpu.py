@@ -63,15 +63,16 @@ def sampler_rows(args, device: torch.device) -> list[dict]:
                     seconds = statistics.median(
                         time_step(run, shape, device, torch.float32, args.repeats)
                     )
-                except torch.cuda.OutOfMemoryError:
-                    rows.append({"space": space, "dtype": dtype, "guidance": name, "oom": True})
-                    continue
-                except Exception as error:  # a path never run on this device: keep the rest
-                    message = f"{type(error).__name__}: {str(error).splitlines()[0][:160]}"
+                except Exception as error:  # out of memory, or a path never run on this device
+                    if isinstance(error, torch.cuda.OutOfMemoryError):
+                        failure = "out of memory"
+                    else:
+                        first = (str(error).splitlines() or [""])[0][:160]
+                        failure = f"failed: {type(error).__name__}: {first}"
                     rows.append({"space": space, "dtype": dtype, "guidance": name,
-                                 "error": message})  # fmt: skip
-                    print(f"  sampler {space} {dtype} {name}: failed, {message}",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                                 "failure": failure})  # fmt: skip
+                    print(f"  sampler {space} {dtype} {name}: {failure}", file=sys.stderr,
+                          flush=True)  # fmt: skip
                     continue
                 windows = args.members * (args.days - args.window + 1)
                 per_step = seconds * windows / args.batch
@@ -128,9 +129,10 @@ def table(args, device, sampler, training, seconds: float) -> str:
         "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in sampler:
-        if r.get("oom") or "error" in r:
-            failure = "out of memory" if r.get("oom") else f"failed: {r['error']}"
-            lines.append(f"| {r['space']} | | {r['dtype']} | {r['guidance']} | {failure} | | | |")
+        if "failure" in r:
+            lines.append(
+                f"| {r['space']} | | {r['dtype']} | {r['guidance']} | {r['failure']} | | | |"
+            )
             continue
         lines.append(
             f"| {r['space']} | {r['state']} | {r['dtype']} | {r['guidance']} "
