@@ -15,6 +15,7 @@ results): everything but the convolutions made free (``1 / conv share``), and, b
 the convolutions run at the matrix-product rate (or their own, if faster). Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/conv_share.py [--preset demo] [--batch 48]
+        [--layout trained]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from sampler_step import sizes
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from slams.models import for_sampling
 from slams.nn import ScoreUNet
 
 CONV_OPS = ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d",
@@ -74,9 +76,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=48)
     parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--layout",
+        choices=["sampling", "trained"],
+        default="sampling",
+        help="the networks as the workflow samples with them (slams.models.for_sampling: "
+        "channels-last on the CPU) or as trained (the default memory layout)",
+    )
     args = parser.parse_args()
     rate = matmul_rate()
-    print(f"{torch.get_num_threads()} thread(s); 1024 x 1024 matrix product: "
+    print(f"{torch.get_num_threads()} thread(s), {args.layout} layout; 1024 x 1024 matrix product: "
           f"{rate / 1e9:.1f} GFLOP/s")  # fmt: skip
     print("| preset | space | batch | ms per guided evaluation | convolution share "
           "| convolution GFLOP/s | of the matrix-product rate | ceiling: the rest free "
@@ -87,6 +96,8 @@ def main() -> None:
             torch.manual_seed(0)
             net = ScoreUNet(args.window * channels, network["hidden"], network["blocks"])
             net = net.eval().requires_grad_(False)
+            if args.layout == "sampling":
+                for_sampling(net)
             x = torch.randn(args.batch, args.window * channels, height, width)
             t = torch.full((args.batch,), 0.5)
             flops = 2 * conv_flops(net, x, t)  # forward + input gradient

@@ -33,6 +33,7 @@ from slams.diffusion import (
     MomentMatchingGuidance,
     sample,
 )
+from slams.models import for_sampling
 from slams.nn import ScoreUNet
 from slams.observe import MeasurementOperator
 
@@ -63,7 +64,7 @@ def problem(channels, height, width, network, window, batch, device, compile_net
     windows, and SDA and MMPS guidances of 4 x 4 block means of every day (variance 0.1)."""
     torch.manual_seed(0)
     net = ScoreUNet(window * channels, network["hidden"], network["blocks"])
-    net = net.to(device).eval().requires_grad_(False)
+    net = for_sampling(net.to(device).eval().requires_grad_(False))  # as the workflow samples
     if compile_net:
         # The guidance's vector-Jacobian product keeps the graph (retain_graph=True), which
         # compiled backward graphs refuse with donated buffers.

@@ -239,3 +239,66 @@ def test_mmps_guidance_runs_through_a_real_decoder():
     guided = guidance.guided_eps(eps_net, z, t, VPSDE())
     assert torch.isfinite(guided).all()
     assert not torch.allclose(guided, eps_net(z, t))
+
+
+def test_sampling_layout_gives_the_same_networks_to_rounding():
+    """for_sampling (BatchNorms folded into the convolutions, channels-last weights on the CPU)
+    changes the memory layout, the channel LayerNorm's kernel and the modulation's fused
+    multiply-add, not what the networks compute:
+    the U-Net's and the decoder's outputs and input gradients agree with the trained layout's to
+    float32 rounding, and the activations really run channels-last."""
+    from slams.models import for_sampling
+    from slams.nn.layers import is_channels_last
+
+    torch.manual_seed(0)
+    unet = ScoreUNet(6, hidden=(8, 16), blocks=(1, 1)).eval().requires_grad_(False)
+    ae = AutoEncoder(5, 3, latent_channels=2, hidden=8, layers=3, downsample=2)
+    ae = ae.eval().requires_grad_(False)
+    with torch.no_grad():  # non-trivial skip and BatchNorm statistics
+        unet.skip.bias.normal_()
+        for module in ae.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(3, 6, 8, 16)
+    z = torch.randn(3, 2, 4, 8)
+    t = torch.tensor([0.1, 0.5, 0.9])
+
+    def value_and_input_grad(f, inp):
+        leaf = inp.clone().requires_grad_(True)
+        out = f(leaf)
+        (grad,) = torch.autograd.grad(out, leaf, torch.cos(torch.arange(out.numel())).view_as(out))
+        return out.detach(), grad
+
+    references = [value_and_input_grad(lambda v: unet(v, t), x), value_and_input_grad(ae.decode, z)]
+    seen = []
+    hook = unet.encoder[0][0].conv1.register_forward_pre_hook(
+        lambda _m, args: seen.append(is_channels_last(args[0]))
+    )
+    for_sampling(unet), for_sampling(ae)
+    assert is_channels_last(unet.head.weight) and is_channels_last(ae.decoder[0].weight)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in ae.modules())  # folded
+    results = [value_and_input_grad(lambda v: unet(v, t), x), value_and_input_grad(ae.decode, z)]
+    hook.remove()
+    assert seen == [True]
+    for (out, grad), (ref_out, ref_grad) in zip(results, references, strict=True):
+        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+    # and forward mode through the decoder, as MMPS pushes tangents (torch.func.jvp)
+    tangent = torch.randn_like(z)
+    _, ours = torch.func.jvp(ae.decode, (z,), (tangent,))
+    assert torch.isfinite(ours).all() and ours.abs().sum() > 0
+
+
+def test_channel_layer_norm_channels_last_path():
+    from slams.nn.layers import is_channels_last
+
+    x = 3 + 2 * torch.randn(4, 6, 5, 7, dtype=torch.float64)
+    last = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    y = ChannelLayerNorm()(last)
+    assert is_channels_last(y)
+    torch.testing.assert_close(y, ChannelLayerNorm()(x))
+    assert torch.autograd.gradcheck(ChannelLayerNorm(), (last,))
+    assert not is_channels_last(
+        torch.randn(2, 1, 4, 4).contiguous(memory_format=torch.channels_last)
+    )

@@ -30,7 +30,7 @@ import xarray as xr
 from slams.assimilate import assimilate_states, sampler_attrs, select_period
 from slams.data.dataset import from_anomaly
 from slams.diffusion import MarkovBlanketDenoiser
-from slams.models import load_model, states_of
+from slams.models import for_sampling, load_model, states_of
 
 
 def latent_statistics(path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,8 +132,9 @@ def add_decoder_residuals(members: torch.Tensor, residuals: torch.Tensor, seed: 
 
 def analyse(method, observations, context):
     device = context.device
-    net, _ = load_model(context.paths["score"], device)
+    net = for_sampling(load_model(context.paths["score"], device)[0])
     autoencoder, meta = load_model(context.paths["autoencoder"], device)
+    for_sampling(autoencoder)
     levels = context.climatology_k.shape[1]
     z_mean, z_std = (v.to(device) for v in latent_statistics(context.paths["latent_stats"]))
     outputs = decoder_outputs(meta, levels)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from slams.assimilate import assimilate_states, sampler_attrs
 from slams.data.dataset import from_anomaly
 from slams.diffusion import MarkovBlanketDenoiser
-from slams.models import load_model
+from slams.models import for_sampling, load_model
 
 # Channels of the pixel-both state after the temperature levels, in order.
 JOINT_FIELDS = ("precip", "olr")
@@ -30,6 +30,7 @@ def state_fields(method: str, levels: int):
 
 def analyse(method, observations, context):
     net, meta = load_model(context.paths["score"], context.device)
+    for_sampling(net)
     levels = context.climatology_k.shape[1]
     channels = int(meta["state_channels"])
     expected = levels + len(JOINT_FIELDS) * (method == "pixel-both")

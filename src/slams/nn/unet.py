@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from slams.diffusion.sde import VPSDE
-from slams.nn.layers import PeriodicConv2d, ResidualBlock, SinusoidalEmbedding
+from slams.nn.layers import PeriodicConv2d, ResidualBlock, SinusoidalEmbedding, is_channels_last
 
 
 class ScoreUNet(nn.Module):
@@ -99,6 +99,8 @@ class ScoreUNet(nn.Module):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t.reshape(x.shape[0])
         embedding = self.time_embedding(t)
+        if is_channels_last(self.head.weight):  # slams.models.for_sampling: all of it so
+            x = x.contiguous(memory_format=torch.channels_last)
 
         h = self.head(x)
         skips = []
