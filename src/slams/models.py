@@ -75,7 +75,7 @@ def for_sampling(model: nn.Module) -> nn.Module:
 
     The same numbers to float32 rounding (sums in another order). Training and encoding keep
     the default layout and the BatchNorms, so the trained networks and codes do not depend on
-    it. On a GPU only the folding applies.
+    it. On a GPU the folding applies, and the frozen modulation's multiply-add, not the layout.
     """
     _fold_batch_norms(model)
     parameter = next(model.parameters(), None)

@@ -49,10 +49,12 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
     mapping every large block afresh and handing it back when freed.
 
     A PyTorch process on the CPU allocates and frees tensors of a few MB hundreds of times a
-    second; by default each one is new memory from the kernel, zeroed page by page on first
-    touch: ~400,000 page faults and ~1 s of system time in a 12 s latent assimilation job of
-    the demo, ~150,000 with this (``benchmarks/README.md``). The process keeps its peak memory
-    until it exits, which a workflow job does soon. Nothing changes but the time. Returns
+    second. By default glibc maps many of them afresh and hands them back when freed (its
+    thresholds adapt only to the largest block freed so far), and the kernel zeroes every new
+    page on first touch: 220,000-810,000 page faults and 0.6-1.6 s of system time in an 11 s
+    latent assimilation job of the demo, ~157,000 and 0.5 s with this (``benchmarks/README.md``,
+    "The sampling layout"). The process keeps its peak memory until it exits, which a workflow
+    job does soon. Nothing else changes: the same numbers, faster. Returns
     whether it applied (not on other C libraries or systems).
     """
     import ctypes
