@@ -199,7 +199,7 @@ def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
 def test_keep_freed_memory_reuses_large_blocks():
     """After keep_freed_memory, blocks of a few MB of mixed sizes allocated and freed over and
     over come from memory the process already has, not mapped afresh and zeroed by the kernel
-    page by page each time (by default ~17 MB of new pages over these 20 rounds)."""
+    page by page each time (by default tens of thousands of new pages over these 20 rounds)."""
     import resource
 
     import numpy as np

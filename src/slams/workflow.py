@@ -54,8 +54,8 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
     page on first touch: 220,000-810,000 page faults and 0.6-1.6 s of system time in an 11 s
     latent assimilation job of the demo, ~157,000 and 0.5 s with this (``benchmarks/README.md``,
     "The sampling layout"). The process keeps its peak memory until it exits, which a workflow
-    job does soon. Nothing else changes: the same numbers, faster. Returns
-    whether it applied (not on other C libraries or systems).
+    job does soon. Nothing else changes: the same numbers, faster. Returns whether it
+    applied (not on other C libraries or systems).
     """
     import ctypes
 

@@ -132,9 +132,9 @@ def add_decoder_residuals(members: torch.Tensor, residuals: torch.Tensor, seed: 
 
 def analyse(method, observations, context):
     device = context.device
-    net = for_sampling(load_model(context.paths["score"], device)[0])
+    net, _ = load_model(context.paths["score"], device)
     autoencoder, meta = load_model(context.paths["autoencoder"], device)
-    for_sampling(autoencoder)
+    for_sampling(net), for_sampling(autoencoder)
     levels = context.climatology_k.shape[1]
     z_mean, z_std = (v.to(device) for v in latent_statistics(context.paths["latent_stats"]))
     outputs = decoder_outputs(meta, levels)
