@@ -1,45 +1,13 @@
 """The Snakemake workflow: DAG shape, config errors, single targets, and one full smoke run."""
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
 import yaml
-
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def snakemake(root: Path, workdir: Path, *args: str, check: bool = True):
-    cmd = [*SNAKEMAKE, "-s", str(root / "Snakefile"), "--directory", str(workdir), *args]
-    # the jobs' warm-start server (slams.warm) ends soon after the test's last job
-    env = {**os.environ, "SLAMS_WARM_IDLE": "10"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=workdir,
-                            env=env)  # fmt: skip
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-        )
-    return result
-
-
-def job_counts(output: str) -> dict[str, int]:
-    counts, inside = {}, False
-    for line in output.splitlines():
-        if line.startswith("job ") and "count" in line:
-            inside = True
-            continue
-        if inside:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
-                counts[parts[0]] = int(parts[1])
-            elif counts:
-                break
-    return counts
+from runs import job_counts, snakemake
 
 
 def test_demo_dry_run_lists_every_job(root, tmp_path):
@@ -92,9 +60,9 @@ def test_config_error_names_the_key(root, tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_preset_runs_the_whole_dag(root, tmp_path):
+def test_smoke_preset_runs_the_whole_dag(root, smoke_run):
     """The whole workflow on the smoke preset: every stage runs and the outputs are sane."""
-    snakemake(root, tmp_path, "--cores", "2", "--configfile", str(root / "presets/smoke.yaml"))
+    tmp_path = smoke_run
     out = tmp_path / "results" / "smoke"
 
     scores = pd.read_csv(out / "scores.csv")
