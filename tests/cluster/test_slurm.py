@@ -169,6 +169,15 @@ def test_group_jobs_run_their_analyses_one_after_another(lean_run):
         assert sequence == ["start", "step", "end", "end"] * n, (path, sequence)
 
 
+def test_the_order_check_tells_parallel_analyses_from_sequential_ones():
+    one = "rule assimilate:\n    jobid: {0}\nlocalrule assimilate:\nFinished jobid: 0\n"
+    sequential = one.format(1) + "Finished jobid: 1\n" + one.format(2) + "Finished jobid: 2\n"
+    starts = "rule assimilate:\n" * 2 + "localrule assimilate:\n" * 2
+    parallel = starts + "Finished jobid: 0\n" * 2 + "Finished jobid: 1\nFinished jobid: 2\n"
+    assert group_sequence(sequential) == ["start", "step", "end", "end"] * 2
+    assert group_sequence(parallel) != ["start", "step", "end", "end"] * 2
+
+
 def test_scores_equal_the_local_runs(lean_run, smoke_run):
     workdir, *_ = lean_run
     keys = ["protocol", "method", "axis", "value", "level", "days", "metric"]
