@@ -117,6 +117,25 @@ def test_plot_training_curves(tmp_path):
     assert out.with_suffix(".pdf").exists()
 
 
+def test_training_curves_mark_the_exported_epoch_and_an_early_stop(tmp_path, monkeypatch):
+    import slams.plots as plots
+
+    csvs = {}
+    for name, epochs in (("stopped", 6), ("full", 8)):
+        csvs[name] = tmp_path / f"{name}.csv"
+        val = [1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1][:epochs]
+        pd.DataFrame({"epoch": np.arange(1, epochs + 1), "train_loss": 0.4,
+                      "val_loss": val}).to_csv(csvs[name], index=False)  # fmt: skip
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or [])
+    plot_training_curves(csvs, tmp_path / "curves.png", max_epochs={"stopped": 8, "full": 8})
+    stopped, full = figures[0].axes[:2]
+    assert stopped.get_title() == "stopped (stopped at 6 of 8)" and full.get_title() == "full"
+    labels = [line.get_label() for line in stopped.get_lines()]
+    assert "exported (epoch 2)" in labels and "stopped early" in labels
+    assert "stopped early" not in [line.get_label() for line in full.get_lines()]
+
+
 def test_summary_table_averages_over_levels():
     scores = synthetic_scores(axes={"coarsen": [4, 20]}, methods=["pixel", "latent-both"])
     markdown = summary_table(scores)

@@ -171,6 +171,82 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     )
 
 
+def _plateau_loss(loss, validation=(1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)):
+    """``loss`` in training; in evaluation a validation loss that is best at epoch 2 and then
+    only rises (one validation batch per epoch)."""
+    epochs = {"n": 0}
+
+    def scripted(m, batch, generator):
+        if m.training:
+            return loss(m, batch, generator)
+        epochs["n"] += 1
+        return torch.tensor(validation[epochs["n"] - 1])
+
+    return scripted
+
+
+def test_training_stops_once_the_validation_loss_stops_improving(tmp_path, caplog):
+    settings = TrainSettings(epochs=8, batch_size=8, learning_rate=1e-2, weight_decay=0.0,
+                             patience=2)  # fmt: skip
+    x, model, loss = _tiny_problem()
+    with caplog.at_level("INFO", logger="slams.train"):
+        history = fit(model, _plateau_loss(loss), x, x[:8], settings, tmp_path / "a.csv",
+                      tmp_path / "a", description="net")  # fmt: skip
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]  # epochs 3 and 4 did not improve
+    assert len((tmp_path / "a.csv").read_text().splitlines()) == 5
+    assert torch.load(tmp_path / "a" / "best.pt", weights_only=False)["epoch"] == 2
+    assert (
+        "net: stopped early after epoch 4 of at most 8: no validation improvement for 2 epochs "
+        "(patience 2; best epoch 2, 0.50000)" in caplog.text
+    )
+    # without a patience every epoch runs
+    x, model, loss = _tiny_problem()
+    settings.patience = None
+    with caplog.at_level("INFO", logger="slams.train"):
+        history = fit(model, _plateau_loss(loss), x, x[:8], settings, tmp_path / "b.csv",
+                      description="net")  # fmt: skip
+    assert len(history) == 8 and "net: reached the maximum of 8 epochs" in caplog.text
+
+
+def test_an_early_stop_resumes_exactly_and_a_longer_patience_continues_it(tmp_path, caplog):
+    settings = TrainSettings(epochs=8, batch_size=8, learning_rate=1e-2, weight_decay=1e-3,
+                             patience=2)  # fmt: skip
+    x, model, loss = _tiny_problem()
+    fit(model, _plateau_loss(loss), x, x[:8], settings, tmp_path / "a.csv", tmp_path / "a")
+    uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class Killed(Exception):
+        pass
+
+    plateau, calls = _plateau_loss(loss), {"n": 0}
+
+    def dying(m, batch, generator):
+        calls["n"] += 1
+        if calls["n"] == 2 * (2 + 1) + 2:  # epoch 3, 2nd batch (2 train + 1 val per epoch)
+            raise Killed
+        return plateau(m, batch, generator)
+
+    x, model, _ = _tiny_problem()
+    with pytest.raises(Killed):
+        fit(model, dying, x, x[:8], settings, tmp_path / "b.csv", tmp_path / "b")
+    _, fresh, _ = _tiny_problem(seed=1)
+    resumed_plateau = _plateau_loss(loss, validation=(0.6, 0.7, 0.8, 0.9, 1.0, 1.1))
+    history = fit(fresh, resumed_plateau, x, x[:8], settings, tmp_path / "b.csv", tmp_path / "b")
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, uninterrupted[name]), name
+
+    # a rerun after the early stop trains nothing more
+    _, again, _ = _tiny_problem(seed=2)
+    assert len(fit(again, loss, x, x[:8], settings, tmp_path / "b.csv", tmp_path / "b")) == 4
+    # a longer patience continues from the stopped run: the same epochs as a run with it
+    longer = TrainSettings(**{**settings.__dict__, "patience": 3})
+    with caplog.at_level("INFO", logger="slams.train"):
+        continued = fit(again, _plateau_loss(loss, validation=(0.9,)), x, x[:8], longer,
+                        tmp_path / "b.csv", tmp_path / "b")  # fmt: skip
+    assert "resuming after epoch 4" in caplog.text and len(continued) == 5
+
+
 def test_a_rerun_after_the_last_epoch_writes_the_losses_again(tmp_path):
     """Snakemake deletes a job's outputs before it reruns it (e.g. --forcerun): a run that
     finds a finished checkpoint trains nothing but must still write its losses file."""

@@ -284,10 +284,12 @@ def overview_figures(
     days: str = "observed",
     daily_csv: str | Path | None = None,
     significance_csv: str | Path | None = None,
+    max_epochs: Mapping[str, int] | None = None,
 ) -> None:
     """The figures across protocols, each to ``outputs[key]``: ``protocols`` (pixel and the
-    latent methods under each protocol), ``curves`` (training losses), ``summary`` (markdown,
-    its winners tested on ``daily_csv``, its intervals from ``significance_csv``)."""
+    latent methods under each protocol), ``curves`` (training losses; ``max_epochs`` per model
+    marks the runs that stopped early), ``summary`` (markdown, its winners tested on
+    ``daily_csv``, its intervals from ``significance_csv``)."""
     scores = pd.read_csv(scores_csv)
     protocols = list(dict.fromkeys(scores["protocol"]))
     _draw(
@@ -300,7 +302,7 @@ def overview_figures(
     _draw(
         outputs,
         "curves",
-        (lambda out: plots.plot_training_curves(loss_csvs, out)) if loss_csvs else None,
+        (lambda out: plots.plot_training_curves(loss_csvs, out, max_epochs)) if loss_csvs else None,
         "Training curves",
         "No network trained: the config runs neither pixel nor latent methods.",
     )

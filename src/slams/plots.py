@@ -277,13 +277,20 @@ def plot_ablation(
     return _save(fig, out_path)
 
 
-def plot_training_curves(loss_csvs: Mapping[str, str | Path], out_path: str | Path) -> list[Path]:
-    """Training and validation loss per epoch, one panel per model (5 a row), log y axis.
+def plot_training_curves(
+    loss_csvs: Mapping[str, str | Path],
+    out_path: str | Path,
+    max_epochs: Mapping[str, int] | None = None,
+) -> list[Path]:
+    """Training and validation loss per epoch, one panel per model (5 a row), log y axis. A
+    star marks the exported (best) epoch; a dashed line marks where training stopped early.
 
     Args:
         loss_csvs: model name -> CSV with columns epoch, train_loss, val_loss
             (val_loss may be empty on epochs without validation).
         out_path: PNG path; a PDF with the same stem is written next to it.
+        max_epochs: model name -> the most epochs it was allowed (its config's ``epochs``); a
+            run with fewer epochs stopped early (``patience``).
 
     Returns:
         the written [png, pdf] paths.
@@ -318,7 +325,18 @@ def plot_training_curves(loss_csvs: Mapping[str, str | Path], out_path: str | Pa
         )  # fmt: skip
         panel.set_yscale("log")
         panel.set_ylabel("")
-        panel.set_title(name, fontsize=10)
+        title = name
+        selection = log["val_loss"] if log["val_loss"].notna().any() else log["train_loss"]
+        if selection.notna().any():
+            best = log.loc[selection.idxmin()]
+            panel.plot(best["epoch"], selection.min(), marker="*", ms=9, color="black",
+                       ls="none", label=f"exported (epoch {int(best['epoch'])})")  # fmt: skip
+        limit = (max_epochs or {}).get(name)
+        last = int(log["epoch"].max())
+        if limit is not None and last < limit:
+            panel.axvline(last, color="grey", ls="--", lw=1, label="stopped early")
+            title = f"{name} (stopped at {last} of {limit})"
+        panel.set_title(title, fontsize=10)
         panel.set_xlabel("Epoch")
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
         panel.grid(alpha=0.3, lw=0.5, which="both")

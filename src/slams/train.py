@@ -29,6 +29,7 @@ import xarray as xr
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from slams.data.dataset import MODALITY_VARIABLES
 from slams.data.samples import NetCDFSamples, file_times
 from slams.diffusion import VPSDE, denoising_loss
 from slams.models import (
@@ -39,7 +40,6 @@ from slams.models import (
     save_atomic,
 )
 from slams.nn import AutoEncoder, ScoreUNet
-from slams.observations import MODALITY_VARIABLES
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class TrainSettings:
     ``precision``: ``fp32`` or ``bf16`` (autocast of the forward pass; weights, optimiser and
     loss stay float32). ``compile``: ``torch.compile`` the model for the forward pass.
     ``workers``: DataLoader worker processes (0 reads in the training process).
+    ``epochs`` is a maximum: with ``patience``, training stops once the validation loss has not
+    improved for that many epochs (``None``: never early).
     """
 
     epochs: int
@@ -72,6 +74,7 @@ class TrainSettings:
     precision: str = "fp32"
     compile: bool = False
     workers: int = 0
+    patience: int | None = None
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
@@ -79,9 +82,10 @@ class TrainSettings:
 
     def fingerprint(self, **extra) -> str:
         """What a resumable run must share with the checkpoint it resumes from (everything that
-        changes the result; not the device, workers or compilation)."""
+        changes the result; not the device, workers or compilation, nor the patience: epochs do
+        not depend on it, so a run stopped early continues exactly with a longer patience)."""
         keys = asdict(self)
-        for k in ("device", "workers", "compile"):
+        for k in ("device", "workers", "compile", "patience"):
             keys.pop(k)
         text = json.dumps({**keys, **extra}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -91,6 +95,32 @@ def loader_workers(threads: int, device: str) -> int:
     """DataLoader workers for a job with ``threads`` cores: on a GPU all but one core read data
     (the GPU computes); on the CPU the cores compute and the training process reads."""
     return max(0, int(threads) - 1) if resolve_device(device).type == "cuda" else 0
+
+
+def epochs_since_best(history: list[dict]) -> int:
+    """Epochs after the one with the lowest selection score (validation loss, else training)."""
+    scores = [_selection_score(row) for row in history]
+    return len(scores) - 1 - int(np.argmin(scores)) if scores else 0
+
+
+def _selection_score(row: dict) -> float:
+    # Validation loss selects the best model; without validation windows, the training loss.
+    return row["val_loss"] if math.isfinite(row["val_loss"]) else row["train_loss"]
+
+
+def stop_reason(history: list[dict], settings: TrainSettings) -> str | None:
+    """Why training is over after ``history``, or None while it goes on."""
+    if history and settings.patience is not None:
+        stale = epochs_since_best(history)
+        if stale >= settings.patience:
+            best = history[len(history) - 1 - stale]
+            return (f"stopped early after epoch {len(history)} of at most {settings.epochs}: "
+                    f"no validation improvement for {stale} epochs (patience "
+                    f"{settings.patience}; best epoch {best['epoch']}, "
+                    f"{_selection_score(best):.5f})")  # fmt: skip
+    if len(history) >= settings.epochs:
+        return f"reached the maximum of {settings.epochs} epochs"
+    return None
 
 
 def consecutive_starts(times: np.ndarray, window: int) -> np.ndarray:
@@ -232,6 +262,8 @@ def fit(
         }
 
     for epoch in range(first_epoch, settings.epochs + 1):
+        if stop_reason(history, settings):  # a resumed run that had already stopped early
+            break
         model.train()
         train_loader.generator.manual_seed(settings.seed + epoch)  # order fixed by the epoch
         start, seen, total = time.perf_counter(), 0, 0.0
@@ -277,8 +309,7 @@ def fit(
             val_loss,
             row["samples_per_s"],
         )
-        # Validation loss selects the best model; without validation windows, the training loss.
-        score = val_loss if math.isfinite(val_loss) else row["train_loss"]
+        score = _selection_score(row)
         improved = score < best
         best = min(best, score)
         if checkpoint_dir is not None:
@@ -286,9 +317,10 @@ def fit(
             if improved:
                 save_atomic(state, checkpoint_dir / "best.pt")
             save_atomic(state, checkpoint_dir / "last.pt")
-    if first_epoch > settings.epochs:  # no epoch ran (a rerun that finds a finished
+    if len(history) < first_epoch:  # no epoch ran (a rerun that finds a finished
         # checkpoint, whose old losses file Snakemake deleted): write it from the history
         _write_losses(losses_csv, history)
+    log.info("%s: %s", description, stop_reason(history, settings))
     return history
 
 

@@ -81,6 +81,7 @@ def train_settings(smk, optimisation: dict):
     device = smk.params.device
     return TrainSettings(
         epochs=optimisation["epochs"],
+        patience=optimisation["patience"],
         batch_size=optimisation["batch_size"],
         learning_rate=optimisation["learning_rate"],
         weight_decay=optimisation["weight_decay"],

@@ -241,6 +241,14 @@ rule figures:
         cases=CASES,
         protocols=PROTOCOLS,
         days="observed",
+        # the most epochs of each network: the curves mark those that stopped early
+        max_epochs={
+            **{
+                f"autoencoder-{m}": config["autoencoder"]["epochs"]
+                for m in LATENT_SETS
+            },
+            **{f"score-{s}": config["score"]["epochs"] for s in SPACES},
+        },
     script:
         "../scripts/figures.py"
 

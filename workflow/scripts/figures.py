@@ -20,4 +20,5 @@ overview_figures(
     days=snakemake.params.days,
     daily_csv=snakemake.input.daily,
     significance_csv=snakemake.input.significance,
+    max_epochs=snakemake.params.max_epochs,
 )
