@@ -25,11 +25,11 @@ import torch
 import xarray as xr
 
 import slams.methods.latent as latent_family
-from slams.assimilate import select_period
 from slams.config import load_config
 from slams.metrics import score_analysis
 from slams.models import autoencoder_inputs, load_model
 from slams.runs import ROOT, assimilate_case
+from slams.sampling import select_period
 
 CAPTURED: list[torch.Tensor] = []
 _sample = latent_family.assimilate_states

@@ -3,17 +3,11 @@ import pytest
 import torch
 import xarray as xr
 
-from slams.assimilate import (
-    Context,
-    SamplerSettings,
-    analysis_dataset,
-    assimilate_states,
-    relabel_copy,
-    window_slices,
-)
+from slams.assimilate import analysis_dataset, relabel_copy
 from slams.diffusion import VPSDE, MarkovBlanketDenoiser
 from slams.observations import build_observations
 from slams.observe import Measurement
+from slams.sampling import Context, SamplerSettings, assimilate_states, window_slices
 
 
 class StandardNormalEps(torch.nn.Module):

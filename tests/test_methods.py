@@ -6,13 +6,14 @@ import torch
 import xarray as xr
 from methods_world import ASSIMILATION, MEASUREMENT, WINDOW, make_split, method_paths, write_world
 
-from slams.assimilate import Context, SamplerSettings, assimilate_states, run_cell
+from slams.assimilate import run_cell
 from slams.diffusion import MarkovBlanketDenoiser
 from slams.diffusion.analytic import GaussianPrior, posterior_agreement
 from slams.methods import METHODS, observed_fields
 from slams.methods.latent import decoded_fields
 from slams.observations import Observations, ObservedField, build_observations
 from slams.observe import Measurement, MeasurementOperator
+from slams.sampling import Context, SamplerSettings, assimilate_states
 
 PHYSICAL = ["pixel", "pixel-both", "latent-both", "oi", "climatology"]
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from slams.assimilate import Context, SamplerSettings, assimilate_states
 from slams.diffusion import VPSDE, GaussianGuidance, MarkovBlanketDenoiser, MomentMatchingGuidance
 from slams.diffusion.analytic import GaussianTrajectory, posterior_agreement
 from slams.nn import ScoreUNet
 from slams.observations import Observations, ObservedField
 from slams.observe import Measurement
+from slams.sampling import Context, SamplerSettings, assimilate_states
 
 F64 = torch.float64
 DAYS = (2, 5, 6, 9)

@@ -3,206 +3,26 @@
 :func:`run_cell` builds the setting's :class:`~slams.observations.Observations` once, hands
 them to the method's family (:mod:`slams.methods`) and writes what comes back, an ensemble in
 kelvin, with the truth and every observation the method used. The diffusion methods share
-:func:`assimilate_states`: guided sampling of the whole window through the Markov-blanket
-score, with a Gaussian likelihood of whichever fields the method observes.
+:func:`slams.sampling.assimilate_states` (the machinery below every family, so that the
+dependency runs one way: assimilate -> methods -> sampling).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import shutil
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
-from torch import Tensor
 
 from slams.config import format_value
-from slams.diffusion import (
-    VPSDE,
-    GaussianGuidance,
-    MarkovBlanketDenoiser,
-    MomentMatchingGuidance,
-    sample,
-)
 from slams.observe import Measurement
+from slams.sampling import Context, SamplerSettings, select_period
 
 log = logging.getLogger(__name__)
-
-# A zero observation variance makes the likelihood singular at t -> 0 (the gamma term vanishes);
-# this floor keeps the guidance finite and is far below every variance of the ablation grid.
-MIN_OBSERVATION_VARIANCE = 1e-3
-
-
-@dataclass
-class SamplerSettings:
-    """Reverse-SDE sampler and likelihood guidance (config ``assimilation.sampler``).
-
-    ``guidance``: ``sda`` (the paper's, with the ``gamma`` stability term) or ``mmps``
-    (moment matching through ``cg_iterations`` conjugate-gradient iterations; ``gamma`` unused).
-    """
-
-    steps: int = 512
-    corrections: int = 1
-    tau: float = 0.5
-    gamma: float = 1e-2
-    guidance: str = "sda"
-    cg_iterations: int = 3
-
-    def __post_init__(self):
-        if self.guidance not in ("sda", "mmps"):
-            raise ValueError(f"guidance must be 'sda' or 'mmps', got {self.guidance!r}")
-
-    def make_guidance(self, observe, y: Tensor, variance: Tensor | float, mask=None, days=None):
-        if self.guidance == "mmps":
-            return MomentMatchingGuidance(
-                observe, y, variance, mask, cg_iterations=self.cg_iterations, days=days
-            )
-        return GaussianGuidance(observe, y, variance, mask, gamma=self.gamma, days=days)
-
-
-@dataclass
-class Context:
-    """What a method may use besides the observations: the trained models' files
-    (``paths``), the dataset's statistics and the climatology of the assimilated days
-    ``(T, L, H, W)`` in K, the sampler, ensemble and device; ``window_days`` (``None``: the
-    whole period in one pass) and ``chunk``, the most Markov-blanket windows per network
-    call."""
-
-    paths: Mapping[str, str]
-    stats: dict
-    climatology_k: np.ndarray
-    sampler: SamplerSettings
-    members: int = 1
-    window_days: int | None = None
-    window: int = 5
-    chunk: int | None = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    seed: int = 0
-    period: list[str] | None = None
-    progress: bool = True
-    decoder_error: bool = True
-    decoder_residuals: bool = True
-
-
-def sampler_attrs(context: Context) -> dict:
-    """The sampler settings an analysis file records (diffusion methods)."""
-    sampler = context.sampler
-    return {
-        "window_days": context.window_days,
-        "steps": sampler.steps,
-        "corrections": sampler.corrections,
-        "tau": sampler.tau,
-        "gamma": sampler.gamma if sampler.guidance == "sda" else 0.0,
-        "guidance": sampler.guidance,
-        "cg_iterations": sampler.cg_iterations if sampler.guidance == "mmps" else 0,
-    }
-
-
-def window_slices(n_days: int, window_days: int, min_days: int) -> list[slice]:
-    """Cut ``n_days`` into consecutive windows of about ``window_days``, none shorter than
-    ``min_days`` (a short remainder is merged into the previous window)."""
-    if n_days < min_days:
-        raise ValueError(
-            f"the assimilation period has {n_days} days, fewer than the score window {min_days}"
-        )
-    bounds = [*range(0, n_days, window_days), n_days]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] < min_days:
-        bounds.pop(-2)
-    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
-
-
-def window_likelihood(observations, start: int, stop: int, state_fields: Callable):
-    """``(observe, y, variance, mask, days)`` of the observed days of days ``start .. stop -
-    1``, or ``None`` if none is observed there; ``days`` lists them (counted from ``start``),
-    the only days ``observe`` reads.
-
-    ``state_fields(x)`` maps a state of the observed days ``(B, n, C, H, W)`` to the full
-    field of every observed quantity (``{"t": ..., "precip": ...}``, each ``(B, n, C_f, H,
-    W)``); ``observe(x)`` takes a window ``(B, L, C, H, W)`` to the flat vector of all
-    observations ``(B, N)``, in the order of ``y``, ``variance`` and ``mask`` ``(N,)``. One
-    Gaussian likelihood, every term with its own variance (floored at
-    :data:`MIN_OBSERVATION_VARIANCE`).
-    """
-    local, fields = observations.window(start, stop)
-    if len(local) == 0 or not fields:
-        return None
-    names = list(fields)
-    y = torch.cat([fields[n].values.flatten() for n in names])
-    mask = torch.cat([fields[n].mask.flatten() for n in names])
-    variance = torch.cat(
-        [
-            fields[n].variance.clamp(min=MIN_OBSERVATION_VARIANCE).expand_as(fields[n].values)
-            .flatten()
-            for n in names
-        ]
-    )  # fmt: skip
-    operators = {n: fields[n].operator for n in names}
-
-    def observe(x: Tensor) -> Tensor:
-        full = state_fields(x[:, local])
-        return torch.cat([operators[n](full[n]).flatten(1) for n in names], dim=1)
-
-    return observe, y, variance, mask, local.tolist()
-
-
-def assimilate_states(
-    denoiser: MarkovBlanketDenoiser,
-    observations,
-    state_fields: Callable,
-    state_shape: tuple[int, int, int],
-    context: Context,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Sample ``context.members`` analyses of the whole period.
-
-    ``observations`` holds the fields the method assimilates; ``state_fields`` maps states of
-    the observed days to them (see :func:`window_likelihood`). Returns ``(M, T, C, H, W)``
-    in the state's units. By default (``context.window_days`` 0 or ``None``) the whole period
-    is one guided sampling of ``(M, T, C, H, W)`` through the Markov blanket, so that every
-    observation reaches every day the prior links it to; with ``window_days`` (the paper: 29)
-    it is cut into windows sampled independently, each without the observations of the
-    others. A window without any observed day is sampled from the prior alone. ``generator``
-    defaults to one seeded with ``context.seed + 1``.
-    """
-    sde = VPSDE()
-    device = context.device
-    settings = context.sampler
-    if generator is None:
-        generator = torch.Generator(device=device).manual_seed(context.seed + 1)
-    n_days = observations.observed.shape[0]
-    pieces = []
-    for window in window_slices(n_days, context.window_days or n_days, denoiser.window):
-        shape = (context.members, window.stop - window.start, *state_shape)
-        likelihood = window_likelihood(observations, window.start, window.stop, state_fields)
-        if likelihood is None:
-            eps_fn = denoiser
-        else:
-            observe, y, variance, mask, days = likelihood
-            guidance = settings.make_guidance(
-                observe, y.to(device), variance.to(device), mask.to(device), days
-            )
-
-            def eps_fn(x: Tensor, t: Tensor, guidance=guidance) -> Tensor:
-                return guidance.guided_eps(denoiser, x, t, sde)
-
-        x = sample(
-            eps_fn,
-            shape,
-            sde,
-            steps=settings.steps,
-            corrections=settings.corrections,
-            tau=settings.tau,
-            generator=generator,
-            device=device,
-            progress=context.progress,
-        )
-        pieces.append(x.detach().cpu())
-    return torch.cat(pieces, dim=1)
 
 
 def analysis_dataset(
@@ -254,18 +74,6 @@ def check_finite(analysis: np.ndarray, times: np.ndarray, cell: str) -> None:
             f"{cell}: member {member}, day {date} is not finite ({int(bad.sum())} values in "
             "all); the sampler diverged: try more steps, or larger observation variances"
         )
-
-
-def select_period(ds: xr.Dataset, period: list[str] | None) -> xr.Dataset:
-    """The days of ``period`` (inclusive ``[first, last]``; ``None``: all) of a split file."""
-    if period is None:
-        return ds
-    selected = ds.sel(time=slice(period[0], period[1]))
-    if selected.sizes["time"] == 0:
-        raise ValueError(
-            f"assimilation.period {period[0]}..{period[1]} holds no day of the test split"
-        )
-    return selected
 
 
 NOISE_UNITS = {

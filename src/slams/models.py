@@ -17,8 +17,8 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from slams.data.dataset import MODALITY_VARIABLES
 from slams.nn import AutoEncoder, ScoreUNet
-from slams.observations import MODALITY_VARIABLES
 
 # kind -> class; a model file's ``kind`` names its class here.
 MODELS: dict[str, type[nn.Module]] = {"autoencoder": AutoEncoder, "score": ScoreUNet}

@@ -33,18 +33,12 @@ import torch
 import xarray as xr
 from torch import Tensor
 
+from slams.models import states_of
 from slams.observe import Measurement, observed_days
 
 PROTOCOLS = ("paper", "physical")
 # Observed quantities of the physical protocol, in the order they are drawn.
 PHYSICAL_FIELDS = ("t", "precip", "olr")
-# The encoder's observation modalities of each latent modality set.
-MODALITY_VARIABLES = {
-    "none": (),
-    "insitu": ("precip",),
-    "exsitu": ("olr",),
-    "both": ("precip", "olr"),
-}
 # Seed offsets of the observation noise (the sampler uses seed + 1): the temperature noise keeps
 # the seed itself, so the pixel-space observations are the same under both protocols.
 _SEED_OFFSETS = {"t": 0, "z": 2, "precip": 3, "olr": 4}
@@ -151,8 +145,6 @@ def build_observations(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    from slams.models import states_of
-
     truth = states_of(split, ["t"])
     observed = observed_days(truth.shape[0], measurement.every)
     operator = measurement.operator()

@@ -34,6 +34,13 @@ logger = logging.getLogger(__name__)
 
 TRANSFORMS = ("log1p", "none")
 HARMONICS = 3
+# The encoder's observation modalities of each latent modality set.
+MODALITY_VARIABLES = {
+    "none": (),
+    "insitu": ("precip",),
+    "exsitu": ("olr",),
+    "both": ("precip", "olr"),
+}
 
 
 def _empty_days(da: xr.DataArray, block: int = 32) -> np.ndarray:

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from slams.assimilate import assimilate_states, sampler_attrs, select_period
 from slams.data.dataset import from_anomaly
 from slams.diffusion import MarkovBlanketDenoiser
 from slams.models import for_sampling, load_model, states_of
+from slams.sampling import assimilate_states, sampler_attrs, select_period
 
 
 def latent_statistics(path) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from slams.assimilate import MIN_OBSERVATION_VARIANCE
 from slams.baselines import Background, OptimalInterpolation
 from slams.data.dataset import from_anomaly
+from slams.sampling import MIN_OBSERVATION_VARIANCE
 
 
 def analyse(method, observations, context):

@@ -6,10 +6,10 @@ multimodality needs the latent space.
 
 from __future__ import annotations
 
-from slams.assimilate import assimilate_states, sampler_attrs
 from slams.data.dataset import from_anomaly
 from slams.diffusion import MarkovBlanketDenoiser
 from slams.models import for_sampling, load_model
+from slams.sampling import assimilate_states, sampler_attrs
 
 # Channels of the pixel-both state after the temperature levels, in order.
 JOINT_FIELDS = ("precip", "olr")
