@@ -94,6 +94,14 @@ def write_world(root: Path, split: xr.Dataset | None = None) -> dict[str, str]:
         torch.tensor([4.0, 2.0, 1.0, 0.5]),
         torch.full((LEVELS, HEIGHT, WIDTH), 0.3),
     ).save(paths["background"])
+    # oi-both: a joint background over temperature, precipitation and OLR
+    paths["background-oi-both"] = str(root / "oi-both-background.pt")
+    joint = torch.linalg.qr(torch.randn((LEVELS + 2) * HEIGHT * WIDTH, 4))[0].T
+    Background(
+        joint.reshape(4, LEVELS + 2, HEIGHT, WIDTH).contiguous(),
+        torch.tensor([4.0, 2.0, 1.0, 0.5]),
+        torch.full((LEVELS + 2, HEIGHT, WIDTH), 0.3),
+    ).save(paths["background-oi-both"])
     for space, channels in (("pixel", LEVELS), ("pixel-both", LEVELS + 2),
                             ("latent-both", LATENT_CHANNELS)):  # fmt: skip
         kwargs = {"in_channels": WINDOW * channels, "hidden": [4, 8], "blocks": [1, 1]}
@@ -128,6 +136,8 @@ def method_paths(paths: dict[str, str], method: str, protocol: str) -> dict[str,
     base = {k: paths[k] for k in ("test", "stats", "climatology")}
     if method == "oi":
         base["background"] = paths["background"]
+    elif method == "oi-both":
+        base["background"] = paths["background-oi-both"]
     elif method in ("pixel", "pixel-both"):
         base["score"] = paths[f"score-{method}"]
     elif method == "latent-both":

@@ -76,12 +76,13 @@ def _smoke_requests(tmp_path: Path, profile: Path) -> dict[str, object]:
 
 
 def test_the_profiles_group_jobs_take_one_gpu_each(tmp_path):
-    """The smoke preset with GPU requests: 48 analyses in 8 group jobs of 6, each asking for
-    one GPU, one CPU and one analysis's memory; every GPU rule one GPU on the gpu partition."""
+    """The smoke preset with GPU requests: 52 analyses in 9 group jobs (8 of 6, 1 of 4), each
+    asking for one GPU, one CPU and one analysis's memory, and the sum of their runtimes;
+    every GPU rule one GPU on the gpu partition."""
     requests = _smoke_requests(tmp_path, ROOT / "slurm")
     groups = {r: n for r, n in requests.items() if r.name == "analyses"}
-    assert [(r.gpus, r.cpus, r.mem_mb, r.runtime_min, n) for r, n in groups.items()] == [
-        (1, 1, 2000, 6 * 30, 8)]  # fmt: skip
+    assert sorted((r.gpus, r.cpus, r.mem_mb, r.runtime_min, n) for r, n in groups.items()) == [
+        (1, 1, 2000, 4 * 30, 1), (1, 1, 2000, 6 * 30, 8)]  # fmt: skip
     for request in requests:
         if request.gpus:
             assert request.gpus == 1 and request.partition == "gpu", request
@@ -96,21 +97,23 @@ def test_without_the_gpu_scope_a_group_asks_for_eight_gpus(tmp_path):
     profile.mkdir()
     (profile / "config.yaml").write_text(yaml.safe_dump(settings))
     groups = [r for r in _smoke_requests(tmp_path, profile) if r.name == "analyses"]
-    assert {(r.gpus, r.cpus, r.mem_mb) for r in groups} == {(6, 6, 12000)}
+    assert {(r.gpus, r.cpus, r.mem_mb) for r in groups} == {(6, 6, 12000), (4, 4, 8000)}
 
 
 def test_the_papers_jobs_fit_one_gpu_node(tmp_path):
     requests = slurm_requests(parse_dry_run(dry_run([], workdir=tmp_path)), 8,
                               profile_limits(ROOT / "slurm"))  # fmt: skip
-    by_name = {r.name: (r, n) for r, n in requests.items()}
-    group, count = by_name["analyses"]
-    assert count == 26 and (group.gpus, group.cpus, group.mem_mb) == (1, 4, 32000)
-    assert group.runtime_min == 24 * 60
+    by_name = {r.name for r in requests}
+    # 169 analyses: 28 group jobs of 6 (24 h) and one of 1
+    groups = sorted((r.runtime_min, n) for r, n in requests.items() if r.name == "analyses")
+    assert groups == [(240, 1), (24 * 60, 28)]
+    sizes = {(r.gpus, r.cpus, r.mem_mb) for r in requests if r.name == "analyses"}
+    assert sizes == {(1, 4, 32000)}
     assert all(r.gpus <= 1 and r.cpus <= 8 and r.mem_mb <= 64000 for r in requests)
     assert {r.name for r in requests if r.gpus} == {
         "train_autoencoder", "train_score", "encode", "analyses"}  # fmt: skip
     assert not {"download_era5", "download_cpc", "download_olr", "extract_olr",
                 "same_analysis"} & set(by_name)  # fmt: skip
-    assert "| analyses (group of 6 assimilate) | 26 | gpu | 4 | 32000 | 1 | 1440 |" in table(
+    assert "| analyses (group of 6 assimilate) | 28 | gpu | 4 | 32000 | 1 | 1440 |" in table(
         requests
     )

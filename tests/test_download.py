@@ -488,16 +488,17 @@ def test_paper_dry_run_lists_the_download_jobs(root, tmp_path):
     assert counts["download_cpc"] == counts["extract_olr"] == years
     assert counts["download_olr"] == 1 and counts["regrid"] == 3 * years
     # the paper's grid, (5 coarsen + 5 noise + 4 gap) cells, under 2 protocols: 7 methods
-    # under paper, 8 (with pixel-both) under physical. noise-0.1 repeats coarsen-4's setting,
-    # and pixel, oi and climatology observe the same way under both protocols: 13 distinct
-    # settings x (3 + pixel-both + 4 latent x 2 protocols) computed, the rest are copies
-    assert counts["assimilate"] == 13 * (3 + 1 + 8)
-    assert counts["same_analysis"] == 14 * (7 + 8) - 13 * 12
-    assert counts["oi_background"] == 1
+    # under paper, 9 (with pixel-both and oi-both) under physical. noise-0.1 repeats
+    # coarsen-4's setting, and pixel, oi and climatology observe the same way under both
+    # protocols: 13 distinct settings x (3 + pixel-both + oi-both + 4 latent x 2 protocols)
+    # computed, the rest are copies
+    assert counts["assimilate"] == 13 * (3 + 2 + 8)
+    assert counts["same_analysis"] == 14 * (7 + 9) - 13 * 13
+    assert counts["oi_background"] == 2
     assert counts["train_autoencoder"] == counts["encode"] == 4 and counts["train_score"] == 6
     assert counts["case_figure"] == 8  # figures 3-6 under each protocol
     assert counts["protocol_figures"] == 2
-    assert counts["total"] == 657  # the README's table
+    assert counts["total"] == 672  # the README's table
 
 
 def test_real_source_rules_fetch_extract_and_regrid_from_a_local_server(root, server, tmp_path):

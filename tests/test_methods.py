@@ -15,7 +15,7 @@ from slams.observations import Observations, ObservedField, build_observations
 from slams.observe import Measurement, MeasurementOperator
 from slams.sampling import Context, SamplerSettings, assimilate_states
 
-PHYSICAL = ["pixel", "pixel-both", "latent-both", "oi", "climatology"]
+PHYSICAL = ["pixel", "pixel-both", "latent-both", "oi", "oi-both", "climatology"]
 
 
 def analyse(paths, protocol, method) -> xr.Dataset:
@@ -84,7 +84,7 @@ def test_every_method_of_a_setting_gets_the_same_observations(worlds):
             assert (f"observation_{name}" in ds) == (name in used)
             assert (f"observation_{name}_mask" in ds) == (name in used)
     reference = files["pixel"]["observation"]
-    for method in ("pixel-both", "latent-both", "oi"):
+    for method in ("pixel-both", "latent-both", "oi", "oi-both"):
         xr.testing.assert_identical(files[method]["observation"], reference)
     for name in ("observation_precip", "observation_precip_mask", "observation_olr"):
         xr.testing.assert_identical(files["pixel-both"][name], files["latent-both"][name])
@@ -264,3 +264,57 @@ def test_decoder_residuals_add_spread_and_keep_the_ensemble_mean():
     assert not torch.equal(add_decoder_residuals(members, residuals, seed=6), perturbed)
     single = add_decoder_residuals(members[:1], residuals, seed=5) - members[:1]
     assert any(torch.allclose(single[0, 0], r, atol=1e-6) for r in residuals)
+
+
+def test_oi_both_is_the_exact_joint_analysis_with_each_days_masks():
+    """oi-both on a joint state (2 temperature levels, precipitation, OLR) with a dense
+    background: the members' mean and variance are the exact Kalman analysis of each day, with
+    that day's gauge and OLR masks (two days share a pattern) and each field's variance."""
+    from slams.baselines import Background
+    from slams.methods.oi import _joint_days
+
+    f64, levels, h, w, days = torch.float64, 2, 4, 8, 3
+    shape = (levels + 2, h, w)
+    dim = int(np.prod(shape))
+    generator = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(dim, 8, generator=generator, dtype=f64))
+    residual = 0.05 + 0.1 * torch.rand(shape, generator=generator, dtype=f64)
+    variances = torch.linspace(6.0, 0.5, 8, dtype=f64)
+    background = Background(q.T.reshape(8, *shape), variances, residual)
+    measurement = Measurement(coarsen=2, gap=1, noise=0.1, every=1)
+    operator = measurement.operator()
+    truth = background.sample(days, generator)
+    t_var = torch.tensor([0.2, 0.4], dtype=f64)[:, None, None]
+    precip_mask = torch.rand(days, 1, h, w, generator=generator) > 0.5
+    precip_mask[2] = precip_mask[0]
+    olr_mask = torch.ones(days, 1, h, w, dtype=torch.bool)
+    olr_mask[1, :, :2] = False
+    sizes = {"t": (levels, h // 2, w // 2), "p": (1, h, w), "o": (1, h, w)}
+    noise = {n: torch.randn(days, *s, generator=generator, dtype=f64) for n, s in sizes.items()}
+    fields = {
+        "t": ObservedField("t", operator(truth[:, :levels]) + t_var.sqrt() * noise["t"],
+                           torch.ones(days, levels, h // 2, w // 2), t_var, operator, (h, w)),
+        "precip": ObservedField("precip", truth[:, 2:3] + 0.5**0.5 * noise["p"], precip_mask,
+                                torch.tensor(0.5, dtype=f64).reshape(1, 1, 1), grid=(h, w)),
+        "olr": ObservedField("olr", truth[:, 3:4] + 0.3**0.5 * noise["o"], olr_mask,
+                             torch.tensor(0.3, dtype=f64).reshape(1, 1, 1), grid=(h, w)),
+    }  # fmt: skip
+    observations = Observations("physical", measurement, torch.ones(days, dtype=torch.bool), fields)
+    members = _joint_days(background, observations, 4000, torch.Generator().manual_seed(1))
+    b = background.dense()
+    basis = torch.eye(dim, dtype=f64).reshape(dim, *shape)
+    for day in range(days):
+        rows = [operator(basis[:, :levels]).reshape(dim, -1).T]
+        values = [fields["t"].values[day].flatten()]
+        variances = [t_var.expand(levels, h // 2, w // 2).flatten()]
+        for k, name in enumerate(("precip", "olr")):
+            where = fields[name].mask[day, 0].flatten()
+            rows.append(basis[:, levels + k].reshape(dim, -1).T[where])
+            values.append(fields[name].values[day, 0].flatten()[where])
+            variances.append(fields[name].variance.flatten().expand(int(where.sum())))
+        hmat, y, r = torch.cat(rows), torch.cat(values), torch.cat(variances)
+        gain = b @ hmat.T @ torch.linalg.inv(hmat @ b @ hmat.T + torch.diag(r))
+        got = members[:, day].double().reshape(4000, -1)
+        torch.testing.assert_close(got.mean(0), gain @ y, atol=0.1, rtol=0)
+        ratio = got.var(0) / (b - gain @ hmat @ b).diag()
+        assert 0.9 < float(ratio.mean()) < 1.1, day

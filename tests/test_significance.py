@@ -50,6 +50,10 @@ def test_comparisons_are_against_pixel_and_latent_none():
     assert ("pixel-both", "pixel") in pairs and ("oi", "pixel") in pairs
     assert ("latent-both", "latent-none") in pairs and ("pixel", "pixel") not in pairs
     assert comparisons(["latent-none", "oi"]) == []
+    # what precipitation and OLR add in each family: oi-both against oi as well
+    pairs = comparisons(["pixel", "latent-none", "latent-both", "oi", "oi-both"])
+    assert ("oi-both", "oi") in pairs and ("oi-both", "pixel") in pairs
+    assert comparisons(["oi-both", "latent-none"]) == []
 
 
 def test_a_real_difference_is_found_with_its_sign():

@@ -13,12 +13,12 @@ from runs import job_counts, snakemake
 def test_demo_dry_run_lists_every_job(root, tmp_path):
     result = snakemake(root, tmp_path, "-n", "--configfile", str(root / "presets/demo.yaml"))
     counts = job_counts(result.stdout)
-    # physical protocol: 8 methods x 9 cells; paper protocol (named cases only): 7 methods x 4.
+    # physical protocol: 9 methods x 9 cells; paper protocol (named cases only): 7 methods x 4.
     # One analysis per distinct setting (noise-0.1 is coarsen-2's: noise 0.1, every 4th day)
-    # and method, and pixel, oi and climatology once for both protocols:
-    # 3 x 8 + pixel-both 8 + latent 4 x 8 (physical) + 4 x 4 (paper) = 80; 100 - 80 copies
-    assert counts["assimilate"] == 80 and counts["same_analysis"] == 20
-    assert counts["oi_background"] == 1
+    # and method, and pixel, oi and climatology once for both protocols: 3 x 8 + pixel-both
+    # 8 + oi-both 8 + latent 4 x 8 (physical) + 4 x 4 (paper) = 88; 109 - 88 copies
+    assert counts["assimilate"] == 88 and counts["same_analysis"] == 21
+    assert counts["oi_background"] == 2  # oi and oi-both
     assert counts["regrid"] == 15
     assert counts["train_autoencoder"] == 4 and counts["encode"] == 4
     assert counts["train_score"] == 6  # pixel, pixel-both and 4 latent spaces
@@ -111,7 +111,8 @@ def test_smoke_preset_runs_the_whole_dag(root, smoke_run):
     significance = pd.read_csv(out / "significance.csv")
     assert {"protocol", "axis", "value", "level", "metric", "method", "reference", "difference",
             "low", "high"} <= set(significance.columns)  # fmt: skip
-    assert set(significance["reference"]) == {"pixel", "latent-none"}
+    assert set(significance["reference"]) == {"pixel", "latent-none", "oi"}
+    assert set(significance.loc[significance["reference"] == "oi", "method"]) == {"oi-both"}
     assert (significance["low"] <= significance["high"]).all()
     daily = pd.read_csv(out / "daily-scores.csv")
     assert set(daily["metric"]) == {"mse", "crps"} and daily["time"].nunique() == 8

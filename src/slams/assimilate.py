@@ -226,13 +226,21 @@ def relabel_copy(
             nc.setncattr("same_analysis_as", f"{source_protocol}/{original}")
 
 
-def background_of(train_path: str, rank: int, seed: int = 0, progress: bool = True):
-    """The OI background covariance of the training anomalies (see :mod:`slams.baselines`),
-    streamed from the training split."""
+def background_of(
+    train_path: str,
+    rank: int,
+    seed: int = 0,
+    progress: bool = True,
+    variables: tuple[str, ...] = ("t",),
+):
+    """The OI background covariance of the training days (see :mod:`slams.baselines`),
+    streamed from the training split: of the temperature anomaly, or of the joint stack of
+    ``variables`` (``oi-both``: temperature anomaly levels, standardised precipitation and
+    OLR, stacked on channels in that order)."""
     from slams.baselines import estimate_background
     from slams.data.samples import NetCDFSamples
 
-    samples = NetCDFSamples(train_path, ["t"], np.arange(0))
+    samples = NetCDFSamples(train_path, list(variables), np.arange(0))
     n_days = samples.n_days
     shape = (samples.channels, *samples.grid)
 

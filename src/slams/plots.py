@@ -64,6 +64,7 @@ METHOD_COLOURS = {
     "latent-exsitu": _PALETTE[1],  # orange (paper Fig. 8: ex-situ orange)
     "latent-both": _PALETTE[2],  # green
     "oi": _PALETTE[4],  # purple
+    "oi-both": _PALETTE[9],  # cyan
     "climatology": _PALETTE[5],  # brown
 }
 # The pixel-space references of figure 8: pixel dashed, the joint pixel prior dotted.
@@ -518,7 +519,7 @@ ERROR_CMAP = "RdBu_r"
 SPREAD_CMAP = "viridis"
 # Below this fraction of observed grid points an observation is drawn as dots, not cells.
 SPARSE_FRACTION = 0.25
-METHOD_TITLES = {"pixel": "Pixel (SDA)", "oi": "OI"}
+METHOD_TITLES = {"pixel": "Pixel (SDA)", "oi": "OI", "oi-both": "OI (T, precip., OLR)"}
 SHORT_AXIS_LABELS = {"coarsen": "r", "noise": "σ²", "gap": "g"}
 
 

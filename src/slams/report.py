@@ -30,7 +30,7 @@ LATENT_PREFERENCE = ("latent-both", "latent-exsitu", "latent-insitu", "latent-no
 # Methods with an ensemble whose spread is drawn beside its error.
 ENSEMBLE_MAP_METHODS = ("pixel", *LATENT_PREFERENCE, "oi")
 
-METHOD_ORDER = ("pixel", "pixel-both", *LATENT_METHODS, "oi", "climatology")
+METHOD_ORDER = ("pixel", "pixel-both", *LATENT_METHODS, "oi", "oi-both", "climatology")
 AXIS_ORDER = ("coarsen", "noise", "gap")
 AXIS_NAMES = {"coarsen": "coarsening factor r", "noise": "noise variance σ²", "gap": "gap g"}
 # Headline metrics of the summary and how "best" is judged.

@@ -27,8 +27,8 @@ def cell_paths(run: str | Path, method: str, protocol: str) -> dict[str, str]:
         paths["latent_stats"] = run / f"latents/{modalities}/train.nc"
         if protocol == "paper":
             paths["latents"] = run / f"latents/{modalities}/test.nc"
-    if method == "oi":
-        paths["background"] = run / "models/oi-background.pt"
+    if method in ("oi", "oi-both"):
+        paths["background"] = run / f"models/{method}-background.pt"
     return {k: str(v) for k, v in paths.items()}
 
 

@@ -95,12 +95,14 @@ def _cells(daily: pd.DataFrame, days: str):
 
 
 def comparisons(methods: Iterable[str]) -> list[tuple[str, str]]:
-    """``(method, reference)`` pairs: every method against ``pixel``, latent-both against
-    latent-none and pixel-both against pixel (already among the first)."""
+    """``(method, reference)`` pairs: every method against ``pixel``, and what observing
+    precipitation and OLR changes in each family: latent-both against latent-none, oi-both
+    against oi, pixel-both against pixel (already among the first)."""
     present = list(dict.fromkeys(methods))
     pairs = [(m, "pixel") for m in present if m != "pixel" and "pixel" in present]
-    if "latent-both" in present and "latent-none" in present:
-        pairs.append(("latent-both", "latent-none"))
+    for method, reference in (("latent-both", "latent-none"), ("oi-both", "oi")):
+        if method in present and reference in present:
+            pairs.append((method, reference))
     return pairs
 
 

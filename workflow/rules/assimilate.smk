@@ -34,15 +34,19 @@ rule assimilate:
 
 
 rule oi_background:
-    """Background covariance of optimal interpolation: EOFs of the training anomalies."""
+    """Background covariance of optimal interpolation: EOFs of the training days, of the
+    temperature anomaly (oi) or of the joint stack with precipitation and OLR (oi-both).
+    """
     input:
         train=DATASET.format(split="train"),
     output:
         OI_BACKGROUND,
     log:
-        f"{LOGS}/oi_background.log",
+        f"{LOGS}/oi_background/{{method}}.log",
     benchmark:
-        f"{BENCHMARKS}/oi_background.tsv"
+        f"{BENCHMARKS}/oi_background/{{method}}.tsv"
+    wildcard_constraints:
+        method="oi|oi-both",
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -51,6 +55,7 @@ rule oi_background:
         runtime=60,
     params:
         rank=config["assimilation"]["oi"]["rank"],
+        variables=lambda wc: list(METHOD_SPECS[wc.method].observes),
         seed=config["seed"],
     script:
         "../scripts/oi_background.py"

@@ -64,7 +64,7 @@ AUTOENCODER_LOSSES = f"{RESULTS}/models/autoencoder-{{modalities}}-losses.csv"
 LATENTS = f"{RESULTS}/latents/{{modalities}}/{{split}}.nc"
 SCORE_NET = f"{RESULTS}/models/score-{{space}}.pt"
 CHECKPOINTS = f"{RESULTS}/models/checkpoints/{{model}}"
-OI_BACKGROUND = f"{RESULTS}/models/oi-background.pt"
+OI_BACKGROUND = f"{RESULTS}/models/{{method}}-background.pt"  # oi, oi-both
 SCORE_LOSSES = f"{RESULTS}/models/score-{{space}}-losses.csv"
 ANALYSIS = f"{RESULTS}/analysis/{{protocol}}/{{method}}/{{axis}}-{{value}}.nc"
 SCORES = f"{RESULTS}/scores.csv"
@@ -134,7 +134,7 @@ wildcard_constraints:
     split="train|validation|test",
     modalities="none|insitu|exsitu|both",
     space=r"pixel|pixel-both|latent-(none|insitu|exsitu|both)",
-    method=r"pixel|pixel-both|latent-(none|insitu|exsitu|both)|oi|climatology",
+    method=r"pixel|pixel-both|latent-(none|insitu|exsitu|both)|oi|oi-both|climatology",
     protocol="paper|physical",
     axis="coarsen|noise|gap",
     value=r"[0-9.]+",
@@ -170,7 +170,7 @@ def assimilation_params(wildcards):
     params = {"period": section["period"]}
     if method != "climatology":
         params["members"] = section["members"]
-    if method == "oi":
+    if spec.family == "oi":
         params["oi"] = section["oi"]
     elif spec.space is not None:
         params.update(window_days=section["window_days"], sampler=section["sampler"])
@@ -198,8 +198,8 @@ def analysis_inputs(wildcards):
     }
     if spec.space is not None:
         inputs["score"] = SCORE_NET.format(space=spec.space)
-    if wildcards.method == "oi":
-        inputs["background"] = OI_BACKGROUND
+    if spec.family == "oi":
+        inputs["background"] = OI_BACKGROUND.format(method=wildcards.method)
     if spec.modalities is not None:
         inputs["autoencoder"] = AUTOENCODER.format(modalities=spec.modalities)
         # the training split's latent statistics (z_mean, z_std)

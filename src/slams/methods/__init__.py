@@ -59,6 +59,10 @@ METHODS: dict[str, MethodSpec] = {
         )
     },
     "oi": MethodSpec("oi", protocol_free=True),
+    # beyond the paper: OI over the joint stack of temperature, precipitation and OLR with the
+    # training years' joint covariance, observing what pixel-both and latent-both observe: the
+    # linear control that says how much precipitation and OLR tell about temperature
+    "oi-both": MethodSpec("oi", observes=("t", "precip", "olr"), protocols=("physical",)),
     "climatology": MethodSpec("climatology", observes=(), protocol_free=True),
 }
 DIFFUSION_METHODS = tuple(m for m, spec in METHODS.items() if spec.space is not None)
