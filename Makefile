@@ -1,6 +1,7 @@
 # make demo   - create .venv, install, run the whole workflow on the embedded synthetic world
 # make test   - create .venv if needed, run the test suite (unit tests + the smoke-preset DAG)
 # make lint   - ruff, snakefmt and snakemake --lint
+# make study  - the demo's world trained until every network stops improving, 8 members (presets/study.yaml)
 # make gpu-benchmark - on a CUDA machine: sampler, projected analysis and training times (one table)
 
 PYTHON ?= python3
@@ -13,10 +14,10 @@ PIP_EXTRA ?=
 CORES ?= all
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint dry-run clean-demo help report gpu-benchmark
+.PHONY: demo test lint dry-run clean-demo help report gpu-benchmark study
 
 help:
-	@sed -n '1,5p' Makefile
+	@sed -n '1,6p' Makefile
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile presets/demo.yaml
+
+study: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile presets/demo.yaml presets/study.yaml
 
 test: $(STAMP)
 	$(BIN)/pytest
