@@ -61,7 +61,7 @@ def cluster(tmp_path_factory):
     cluster.stop()
 
 
-def profile_run(cluster, workdir: Path, *args: str, timeout: float = 600):
+def profile_run(cluster, workdir: Path, *args: str, timeout: float = 900):
     started = time.monotonic()
     result = snakemake(ROOT, workdir, *args, "--cores", "8", "--profile", str(PROFILE),
                        *SITE_FLAGS, env=cluster.env, timeout=timeout)  # fmt: skip
