@@ -160,18 +160,18 @@ def test_cells_that_repeat_an_analysis(paper, schema):
     assert setting_parameters(config, "noise", 0.1) == setting_parameters(config, "coarsen", 4)
     cells = analysis_cells(config)
     sources = analysis_sources(config)
-    # 7 methods under the paper protocol, 8 (with pixel-both) under the physical one
-    assert len(cells) == (7 + 8) * 14
+    # 7 methods under the paper protocol, 9 (with pixel-both and oi-both) under the physical one
+    assert len(cells) == (7 + 9) * 14
     assert sources[("paper", "latent-both", "noise", "0.1")] == (
         "paper", "latent-both", "coarsen", "4")  # fmt: skip
     # pixel, oi and climatology observe the same way under both protocols: computed once
     assert sources[("physical", "pixel", "gap", "16")] == ("paper", "pixel", "gap", "16")
     assert sources[("physical", "oi", "noise", "0.1")] == ("paper", "oi", "coarsen", "4")
-    # latent methods differ between the protocols; pixel-both is physical only
+    # latent methods differ between the protocols; pixel-both and oi-both are physical only
     assert ("physical", "latent-both", "gap", "16") not in sources
-    assert not any(cell[1] == "pixel-both" and cell[0] == "paper" for cell in cells)
+    assert not any(cell[1] in ("pixel-both", "oi-both") and cell[0] == "paper" for cell in cells)
     computed = [cell for cell in cells if cell not in sources]
-    assert len(computed) == 3 * 13 + 13 + 4 * 13 * 2  # 156
+    assert len(computed) == 3 * 13 + 2 * 13 + 4 * 13 * 2  # 169
     assert all(source not in sources for source in sources.values())  # one hop
     config["assimilation"]["axes"]["noise"]["fixed"]["every"] = 1  # now a setting of its own
     assert ("paper", "latent-both", "noise", "0.1") not in analysis_sources(config)

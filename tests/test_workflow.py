@@ -72,7 +72,8 @@ def test_smoke_preset_runs_the_whole_dag(root, smoke_run):
     paper = {"pixel", "latent-none", "latent-insitu", "latent-exsitu", "latent-both", "oi",
              "climatology"}  # fmt: skip
     assert set(scores.loc[scores["protocol"] == "paper", "method"]) == paper
-    assert set(scores.loc[scores["protocol"] == "physical", "method"]) == paper | {"pixel-both"}
+    physical = paper | {"pixel-both", "oi-both"}
+    assert set(scores.loc[scores["protocol"] == "physical", "method"]) == physical
     assert set(scores["axis"]) == {"coarsen", "noise", "gap"}
     assert {"wasserstein", "rmse"} <= set(scores["metric"])
     assert set(scores["days"]) == {"observed", "all"}
