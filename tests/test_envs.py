@@ -22,6 +22,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from slams.cluster import rule_blocks
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -82,12 +84,11 @@ def test_the_check_catches_a_path_relative_to_the_env_file(tmp_path):
 def _rule_environments() -> dict[str, set[str]]:
     """env file name -> the scripts of the rules that run in it (from workflow/rules/*.smk)."""
     scripts: dict[str, set[str]] = {}
-    for rules in (ROOT / "workflow" / "rules").glob("*.smk"):
-        for block in re.split(r"\n\s*rule \w+:", rules.read_text())[1:]:
-            env = re.search(r'conda:\s*"\.\./\.\./envs/([\w-]+\.yaml)"', block)
-            script = re.search(r'script:\s*"\.\./scripts/(\w+\.py)"', block)
-            if env and script:
-                scripts.setdefault(env.group(1), set()).add(script.group(1))
+    for _, block in rule_blocks():
+        env = re.search(r'conda:\s*"\.\./\.\./envs/([\w-]+\.yaml)"', block)
+        script = re.search(r'script:\s*"\.\./scripts/(\w+\.py)"', block)
+        if env and script:
+            scripts.setdefault(env.group(1), set()).add(script.group(1))
     return scripts
 
 

@@ -49,15 +49,17 @@ class DryJob:
     group: tuple[int, str] | None  # the group block it was listed in: (index, group id)
 
 
+def rule_blocks(rules_dir: Path = ROOT / "workflow" / "rules"):
+    """``(name, body)`` of every rule in the workflow's rule files, the body as written."""
+    for rules in sorted(rules_dir.glob("*.smk")):
+        yield from re.findall(r"\n\s*rule (\w+):(.*?)(?=\n\s*rule \w+:|\Z)",
+                              rules.read_text(), flags=re.S)  # fmt: skip
+
+
 def local_rules(rules_dir: Path = ROOT / "workflow" / "rules") -> set[str]:
     """The rules marked `localrule: True` (a dry run does not say which they are)."""
-    names = set()
-    for rules in rules_dir.glob("*.smk"):
-        for name, body in re.findall(r"\n\s*rule (\w+):(.*?)(?=\n\s*rule \w+:|\Z)",
-                                     rules.read_text(), flags=re.S):  # fmt: skip
-            if re.search(r"^\s*localrule: True", body, flags=re.M):
-                names.add(name)
-    return names
+    return {name for name, body in rule_blocks(rules_dir)
+            if re.search(r"^\s*localrule: True", body, flags=re.M)}  # fmt: skip
 
 
 def parse_dry_run(text: str) -> list[DryJob]:
@@ -82,11 +84,11 @@ def parse_dry_run(text: str) -> list[DryJob]:
             continue
         if not jobs:
             continue
-        field = re.fullmatch(r" +(threads|resources): (.*)", line)
-        if field and field.group(1) == "threads":
-            jobs[-1].threads = int(field.group(2))
-        elif field:
-            for item in field.group(2).split(", "):
+        entry = re.fullmatch(r" +(threads|resources): (.*)", line)
+        if entry and entry.group(1) == "threads":
+            jobs[-1].threads = int(entry.group(2))
+        elif entry:
+            for item in entry.group(2).split(", "):
                 key, _, value = item.partition("=")
                 jobs[-1].resources[key] = int(value) if value.isdigit() else value
     return jobs

@@ -143,13 +143,14 @@ class SlurmCluster:
             key.write_bytes(os.urandom(1024))
             key.chmod(0o600)
         hostname = socket.gethostname()
+        self.ctld_port, self.slurmd_port = _free_port(), _free_port()
         self.conf.write_text(
             "\n".join(
                 [
                     f"ClusterName={CLUSTER}",
                     f"SlurmctldHost={hostname}(127.0.0.1)",
-                    f"SlurmctldPort={_free_port()}",
-                    f"SlurmdPort={_free_port()}",
+                    f"SlurmctldPort={self.ctld_port}",
+                    f"SlurmdPort={self.slurmd_port}",
                     "SlurmUser=root",
                     "SlurmdUser=root",
                     "AuthType=auth/munge",
@@ -220,9 +221,8 @@ class SlurmCluster:
                         f"--log-file={d / 'log' / 'munged.log'}")  # fmt: skip
             self._wait(_munge_answers, timeout_s, "munged")
         self._spawn("slurmctld", "-D", "-c", "-f", str(self.conf))  # -c: no jobs of before
-        port = next(line.split("=")[1] for line in self.conf.read_text().splitlines()
-                    if line.startswith("SlurmctldPort="))  # fmt: skip
-        self._spawn("slurmd", "-D", "-N", self.node, "--conf-server", f"127.0.0.1:{port}")
+        self._spawn("slurmd", "-D", "-N", self.node, "--conf-server",
+                    f"127.0.0.1:{self.ctld_port}")  # fmt: skip
         self._wait(lambda: self.node_state() == "idle", timeout_s, "the node to come up idle")
         return self
 
