@@ -15,7 +15,9 @@ from slams.train import (
     consecutive_starts,
     day_samples,
     encode_splits,
+    epochs_since_best,
     fit,
+    plateau_scale,
     train_autoencoder,
     train_score,
     window_samples,
@@ -245,6 +247,77 @@ def test_an_early_stop_resumes_exactly_and_a_longer_patience_continues_it(tmp_pa
         continued = fit(again, _plateau_loss(loss, validation=(0.9,)), x, x[:8], longer,
                         tmp_path / "b.csv", tmp_path / "b")  # fmt: skip
     assert "resuming after epoch 4" in caplog.text and len(continued) == 5
+
+
+def _history(validation):
+    return [{"epoch": i + 1, "train_loss": 9.0, "val_loss": v} for i, v in enumerate(validation)]
+
+
+def test_an_improvement_is_a_relative_fall_beyond_min_improvement():
+    history = _history([1.0, 0.9, 0.899, 0.898, 0.85])
+    assert epochs_since_best(history) == 0  # every fall counts
+    assert epochs_since_best(history[:4]) == 0
+    # 0.899 and 0.898 are within 1 % of 0.9: not improvements, 0.85 is
+    assert epochs_since_best(history[:4], min_improvement=0.01) == 2
+    assert epochs_since_best(history, min_improvement=0.01) == 0
+    assert epochs_since_best([]) == 0
+
+
+def test_the_plateau_schedule_halves_the_rate_after_lr_patience_stale_epochs():
+    settings = TrainSettings(epochs=20, batch_size=8, learning_rate=1.0, weight_decay=0.0,
+                             schedule="plateau", lr_patience=2)  # fmt: skip
+    scales = [plateau_scale(_history([1.0, 0.9, 0.95, 0.92, 0.91, 0.8, 0.85][:n]), settings)
+              for n in range(8)]  # fmt: skip
+    # stale epochs 3 and 4 halve it once, epoch 5 is stale again, 6 improves, 7 is stale
+    assert scales == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5]
+    settings.lr_patience = 1
+    assert plateau_scale(_history([1.0, 1.1, 1.2]), settings) == 0.25
+
+
+def test_training_under_the_plateau_schedule_logs_the_rates_stops_and_resumes_exactly(tmp_path):
+    settings = TrainSettings(epochs=10, batch_size=8, learning_rate=1e-2, weight_decay=1e-3,
+                             patience=3, schedule="plateau", lr_patience=2)  # fmt: skip
+    x, model, loss = _tiny_problem()
+    history = fit(model, _plateau_loss(loss), x, x[:8], settings, tmp_path / "a.csv",
+                  tmp_path / "a")  # fmt: skip
+    # best at epoch 2, epochs 3 and 4 stale: the rate halves for epoch 5, which stops it
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5]
+    assert [r["lr"] for r in history] == [1e-2, 1e-2, 1e-2, 1e-2, 5e-3]
+    uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class Killed(Exception):
+        pass
+
+    plateau, calls = _plateau_loss(loss), {"n": 0}
+
+    def dying(m, batch, generator):
+        calls["n"] += 1
+        if calls["n"] == 4 * (2 + 1) + 1:  # epoch 5, 1st batch: after the rate was halved
+            raise Killed
+        return plateau(m, batch, generator)
+
+    x, model, _ = _tiny_problem()
+    with pytest.raises(Killed):
+        fit(model, dying, x, x[:8], settings, tmp_path / "b.csv", tmp_path / "b")
+    _, fresh, _ = _tiny_problem(seed=1)
+    resumed = fit(fresh, _plateau_loss(loss, validation=(0.8,)), x, x[:8], settings,
+                  tmp_path / "b.csv", tmp_path / "b")  # fmt: skip
+    assert [r["lr"] for r in resumed] == [r["lr"] for r in history]
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, uninterrupted[name]), name
+
+
+def test_the_plateau_keys_change_the_fingerprint_only_under_the_plateau_schedule():
+    linear = TrainSettings(epochs=4, batch_size=4, learning_rate=1e-2, weight_decay=0.0)
+    unused = TrainSettings(**{**linear.__dict__, "lr_patience": 7, "min_improvement": 0.1})
+    assert linear.fingerprint() == unused.fingerprint()
+    plateau = TrainSettings(**{**linear.__dict__, "schedule": "plateau"})
+    assert plateau.fingerprint() != linear.fingerprint()
+    assert plateau.fingerprint() != TrainSettings(**{**plateau.__dict__,
+                                                     "lr_patience": 7}).fingerprint()  # fmt: skip
+    with pytest.raises(ValueError, match="schedule must be"):
+        TrainSettings(epochs=1, batch_size=1, learning_rate=1.0, weight_decay=0.0,
+                      schedule="cosine")  # fmt: skip
 
 
 def test_a_rerun_after_the_last_epoch_writes_the_losses_again(tmp_path):

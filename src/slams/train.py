@@ -1,6 +1,7 @@
 """Training of the autoencoders and score networks: one plain PyTorch loop shared by all models.
 
-AdamW, learning rate decayed linearly to zero over all steps, a validation loss every epoch,
+AdamW with a learning rate decayed linearly to zero over all steps (the paper's) or halved on a
+validation plateau (``schedule: plateau``), a validation loss every epoch, early stopping,
 losses per epoch in a CSV, ``last`` and ``best`` checkpoints (model, optimiser, scheduler,
 epoch, RNG states, history) from which a killed job resumes to the same result, and an exported
 model file that rebuilds the network without the config. Data are streamed from the dataset
@@ -62,7 +63,12 @@ class TrainSettings:
     loss stay float32). ``compile``: ``torch.compile`` the model for the forward pass.
     ``workers``: DataLoader worker processes (0 reads in the training process).
     ``epochs`` is a maximum: with ``patience``, training stops once the validation loss has not
-    improved for that many epochs (``None``: never early).
+    improved for that many epochs (``None``: never early); an improvement is a relative fall of
+    more than ``min_improvement`` below the best so far. ``schedule``: ``linear`` decays the
+    learning rate to zero over ``epochs`` (the paper's; the end is then set by the maximum, since
+    the last improvements come from the decay), ``plateau`` keeps it constant and multiplies it by
+    ``lr_factor`` whenever ``lr_patience`` epochs pass without an improvement, so that the
+    patience finds a plateau that does not depend on the maximum.
     """
 
     epochs: int
@@ -75,18 +81,28 @@ class TrainSettings:
     compile: bool = False
     workers: int = 0
     patience: int | None = None
+    schedule: str = "linear"
+    min_improvement: float = 0.0
+    lr_patience: int = 2
+    lr_factor: float = 0.5
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.schedule not in ("linear", "plateau"):
+            raise ValueError(f"schedule must be 'linear' or 'plateau', got {self.schedule!r}")
 
     def fingerprint(self, **extra) -> str:
         """What a resumable run must share with the checkpoint it resumes from (everything that
         changes the result; not the device, workers or compilation, nor the patience: epochs do
-        not depend on it, so a run stopped early continues exactly with a longer patience)."""
+        not depend on it, so a run stopped early continues exactly with a longer patience; the
+        plateau keys only where the schedule uses them)."""
         keys = asdict(self)
         for k in ("device", "workers", "compile", "patience"):
             keys.pop(k)
+        if self.schedule == "linear":  # the paper's fingerprints stay what they were
+            for k in ("schedule", "min_improvement", "lr_patience", "lr_factor"):
+                keys.pop(k)
         text = json.dumps({**keys, **extra}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -97,10 +113,30 @@ def loader_workers(threads: int, device: str) -> int:
     return max(0, int(threads) - 1) if resolve_device(device).type == "cuda" else 0
 
 
-def epochs_since_best(history: list[dict]) -> int:
-    """Epochs after the one with the lowest selection score (validation loss, else training)."""
-    scores = [_selection_score(row) for row in history]
-    return len(scores) - 1 - int(np.argmin(scores)) if scores else 0
+def epochs_since_best(history: list[dict], min_improvement: float = 0.0) -> int:
+    """Epochs after the last improvement of the selection score (validation loss, else
+    training): a fall of more than ``min_improvement`` (relative) below the best so far."""
+    last, reference = 0, math.inf
+    for index, row in enumerate(history):
+        score = _selection_score(row)
+        if not math.isfinite(reference) or score < reference * (1.0 - min_improvement):
+            last, reference = index, score
+    return len(history) - 1 - last if history else 0
+
+
+def plateau_scale(history: list[dict], settings: TrainSettings) -> float:
+    """The ``plateau`` schedule's factor on the learning rate after ``history``: ``lr_factor``
+    to the number of times ``lr_patience`` epochs passed without an improvement."""
+    reductions, stale, reference = 0, 0, math.inf
+    for row in history:
+        score = _selection_score(row)
+        if not math.isfinite(reference) or score < reference * (1.0 - settings.min_improvement):
+            reference, stale = score, 0
+            continue
+        stale += 1
+        if stale >= settings.lr_patience:
+            reductions, stale = reductions + 1, 0
+    return settings.lr_factor**reductions
 
 
 def _selection_score(row: dict) -> float:
@@ -111,9 +147,9 @@ def _selection_score(row: dict) -> float:
 def stop_reason(history: list[dict], settings: TrainSettings) -> str | None:
     """Why training is over after ``history``, or None while it goes on."""
     if history and settings.patience is not None:
-        stale = epochs_since_best(history)
+        stale = epochs_since_best(history, settings.min_improvement)
         if stale >= settings.patience:
-            best = history[len(history) - 1 - stale]
+            best = min(history, key=_selection_score)
             return (f"stopped early after epoch {len(history)} of at most {settings.epochs}: "
                     f"no validation improvement for {stale} epochs (patience "
                     f"{settings.patience}; best epoch {best['epoch']}, "
@@ -208,8 +244,10 @@ def fit(
     train_loader = _loader(train_data, settings, True, device)
     validation_loader = _loader(validation_data, settings, False, device)
     total_steps = max(1, settings.epochs * len(train_loader))
+    linear = settings.schedule == "linear"
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: max(0.0, 1.0 - step / total_steps)
+        optimiser,
+        (lambda step: max(0.0, 1.0 - step / total_steps)) if linear else (lambda step: 1.0),
     )
     noise = torch.Generator(device=device).manual_seed(settings.seed + 1)
     autocast = (
@@ -264,6 +302,9 @@ def fit(
     for epoch in range(first_epoch, settings.epochs + 1):
         if stop_reason(history, settings):  # a resumed run that had already stopped early
             break
+        if not linear:  # the plateau schedule: one rate per epoch, from the history
+            for group in optimiser.param_groups:
+                group["lr"] = settings.learning_rate * plateau_scale(history, settings)
         model.train()
         train_loader.generator.manual_seed(settings.seed + epoch)  # order fixed by the epoch
         start, seen, total = time.perf_counter(), 0, 0.0
@@ -280,7 +321,8 @@ def fit(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            schedule.step()
+            if linear:
+                schedule.step()
             seen += len(batch)
             total += loss.item() * len(batch)
             rate = seen / max(time.perf_counter() - start, 1e-9)
@@ -294,7 +336,7 @@ def fit(
             "epoch": epoch,
             "train_loss": total / max(seen, 1),
             "val_loss": val_loss,
-            "lr": schedule.get_last_lr()[0],
+            "lr": schedule.get_last_lr()[0] if linear else optimiser.param_groups[0]["lr"],
             "samples_per_s": seen / max(elapsed, 1e-9),
             "seconds": elapsed,
         }

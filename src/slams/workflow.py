@@ -82,6 +82,9 @@ def train_settings(smk, optimisation: dict):
     return TrainSettings(
         epochs=optimisation["epochs"],
         patience=optimisation["patience"],
+        min_improvement=optimisation["min_improvement"],
+        schedule=optimisation["schedule"],
+        lr_patience=optimisation["lr_patience"],
         batch_size=optimisation["batch_size"],
         learning_rate=optimisation["learning_rate"],
         weight_decay=optimisation["weight_decay"],
