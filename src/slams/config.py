@@ -311,3 +311,9 @@ def load_config(*paths: str | Path, schema_path: str | Path | None = None) -> di
     if schema_path is None:
         schema_path = Path(paths[0]).parent / "workflow" / "schemas" / "config.schema.yaml"
     return validate_config(config, schema_path)
+
+
+def run_config(run: str | Path) -> dict:
+    """The validated config a finished run wrote (``results/<name>/config.resolved.yaml``)."""
+    schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    return load_config(Path(run) / "config.resolved.yaml", schema_path=schema)

@@ -1,0 +1,130 @@
+"""Do the score networks' priors have the data's spread? Unconditional samples of a finished run.
+
+For every score network of a finished run (default ``results/demo``), ``--members``
+trajectories of ``--days`` days are drawn from the prior alone (no observation: the run's
+Markov-blanket denoiser and sampler, unguided), and the standard deviation of their
+temperature (standardised anomaly, over members, days and grid points) is divided by that of
+the validation split's days, level by level. An exact score gives 1 (up to sampling error);
+below 1 the prior is too smooth and the analyses drawn from it under-dispersive where the
+observations say little. For latent networks, three ratios: the sampled codes against the
+validation split's codes (both standardised by the training codes' statistics, so in the
+latent space), the decoded temperature, and the decoded temperature with the decoder's
+validation residuals added as the analyses get them (``assimilation.decoder_residuals``).
+Usage::
+
+    python benchmarks/prior_spread.py [results/demo] [--networks pixel latent-none ...]
+        [--steps 16 64] [--corrections 0 1] [--members 8] [--days 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from slams.config import run_config
+from slams.diffusion import VPSDE
+from slams.diffusion.blanket import MarkovBlanketDenoiser
+from slams.diffusion.sampler import sample
+from slams.methods.latent import (
+    add_decoder_residuals,
+    decoder_outputs,
+    latent_statistics,
+    validation_reconstruction,
+)
+from slams.models import for_sampling, load_model, states_of
+
+
+def level_std(x: np.ndarray) -> np.ndarray:
+    """Standard deviation per channel of ``x (..., C, H, W)`` over everything else."""
+    channels = x.shape[-3]
+    return np.moveaxis(x, -3, 0).reshape(channels, -1).std(axis=1)
+
+
+def prior_draws(net, window: int, shape: tuple, steps: int, corrections: int, tau: float, seed):
+    denoiser = MarkovBlanketDenoiser(net, window=window)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return sample(denoiser, shape, VPSDE(), steps=steps, corrections=corrections, tau=tau,
+                      generator=generator, progress=False)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", default="results/demo", type=Path)
+    parser.add_argument("--networks", nargs="+", help="score networks (default: all the run has)")
+    parser.add_argument("--steps", nargs="+", type=int, help="default: the run's sampler")
+    parser.add_argument("--corrections", nargs="+", type=int, help="default: the run's sampler")
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--days", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    config = run_config(args.run)
+    sampler = config["assimilation"]["sampler"]
+    window = config["score"]["window"]
+    networks = args.networks or sorted(
+        p.name.removeprefix("score-").removesuffix(".pt")
+        for p in (args.run / "models").glob("score-*.pt")
+    )
+    with xr.open_dataset(args.run / "dataset/validation.nc") as ds:
+        data_t = states_of(ds.load(), ["t"]).numpy()
+    data_std = level_std(data_t)
+    levels = data_t.shape[1]
+    print(f"run {args.run}: {args.members} members x {args.days} days, validation std per level "
+          f"{' '.join(f'{v:.2f}' for v in data_std)} (standardised anomaly)\n")  # fmt: skip
+    print("| network | steps | corrections | codes | decoded | as analysed | "
+          "per level (final) | s |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    for name in networks:
+        net, meta = load_model(args.run / f"models/score-{name}.pt")
+        for_sampling(net)
+        latent = name.startswith("latent-")
+        if latent:
+            modalities = name.removeprefix("latent-")
+            autoencoder, ae_meta = load_model(args.run / f"models/autoencoder-{modalities}.pt")
+            for_sampling(autoencoder)
+            z_mean, z_std = latent_statistics(args.run / f"latents/{modalities}/train.nc")
+            with xr.open_dataset(args.run / f"latents/{modalities}/validation.nc") as ds:
+                codes = ((states_of(ds.load(), ["z"]) - z_mean) / z_std).numpy()
+            codes_std = level_std(codes)
+            shape = tuple(codes.shape[1:])
+            split, parts = validation_reconstruction(
+                autoencoder, ae_meta, decoder_outputs(ae_meta, levels),
+                args.run / "dataset/validation.nc",
+            )  # fmt: skip
+            residuals = states_of(split, ["t"]) - parts["t"]
+        else:
+            shape = (int(meta["state_channels"]), *data_t.shape[-2:])
+        for steps in args.steps or [sampler["steps"]]:
+            for corrections in (
+                args.corrections if args.corrections is not None else [sampler["corrections"]]
+            ):
+                start = time.perf_counter()
+                x = prior_draws(net, window, (args.members, args.days, *shape), steps,
+                                corrections, sampler["tau"], args.seed)  # fmt: skip
+                cells = {"codes": "–", "decoded": "–"}
+                if latent:
+                    cells["codes"] = f"{(level_std(x.numpy()) / codes_std).mean():.2f}"
+                    with torch.no_grad():
+                        decoded = torch.stack([
+                            autoencoder.decode(m * z_std + z_mean)[:, :levels] for m in x
+                        ])  # fmt: skip
+                    cells["decoded"] = f"{(level_std(decoded.numpy()) / data_std).mean():.2f}"
+                    final = add_decoder_residuals(decoded, residuals, args.seed + 2).numpy()
+                else:
+                    final = x[:, :, :levels].numpy()
+                ratio = level_std(final) / data_std
+                seconds = time.perf_counter() - start
+                print(f"| {name} | {steps} | {corrections} | {cells['codes']} | "
+                      f"{cells['decoded']} | {ratio.mean():.2f} | "
+                      f"{' '.join(f'{v:.2f}' for v in ratio)} | {seconds:.0f} |",
+                      flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
