@@ -67,6 +67,8 @@ def test_defaults_are_filled(paper, schema):
         "gamma": 0.01,
         "guidance": "sda",
         "cg_iterations": 3,
+        "solver": "ddim",
+        "correction_min_sigma": 0.0,
     }
     assert config["seed"] == 0
 

@@ -160,8 +160,9 @@ def test_unconditional_predictor_corrector_reproduces_gaussian_prior(prior):
     assert 0.95 < stats["trace_ratio"] < 1.15
 
 
+@pytest.mark.parametrize("solver", ["ddim", "dpm2m"])
 @pytest.mark.parametrize("operator", OPERATORS, ids=OPERATOR_IDS)
-def test_guided_sampling_matches_kalman_posterior(prior, operator):
+def test_guided_sampling_matches_kalman_posterior(prior, operator, solver):
     variance = 0.1
     y = prior.observation(operator, variance)
     matrix, post_mean, post_cov = prior.kalman(operator, y, variance)
@@ -178,6 +179,7 @@ def test_guided_sampling_matches_kalman_posterior(prior, operator):
         generator=torch.Generator().manual_seed(0),
         progress=False,
         dtype=F64,
+        solver=solver,
     ).reshape(n, -1)
 
     ensemble_mean, ensemble_std = x.mean(0), x.std(0)
@@ -229,6 +231,51 @@ def test_sampler_calls_eps_at_the_schedule_endpoints():
     times = [c[1] for c in calls]
     assert times[0] == 1.0 and times[-1] == 0.0
     assert times[:3] == [1.0, 0.75, 0.75]  # predictor at t, corrections at t - dt
+
+
+def test_corrections_stop_below_correction_min_sigma():
+    calls = []
+
+    def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+        calls.append(t[0].item())
+        return torch.zeros_like(x)
+
+    sample(eps_fn, (3, 2, 4), SDE, steps=4, corrections=1, progress=False,
+           correction_min_sigma=float(SDE.sigma(torch.tensor(0.5))))  # fmt: skip
+    # predictors at 1, 0.75, 0.5, 0.25; corrections only where sigma(t - dt) >= sigma(0.5)
+    assert calls == [1.0, 0.75, 0.75, 0.5, 0.5, 0.25]
+
+
+@pytest.mark.parametrize("steps", [16, 32])
+def test_the_second_order_solver_reaches_the_prior_in_fewer_steps(prior, steps):
+    """DPM-Solver++(2M) against the exponential integrator at the same steps and seed: the
+    covariance error (Frobenius) is at the sampling floor where DDIM's is 2-4x above it.
+    Measured (4000 samples): 16 steps 0.044 against 0.168, 32 steps 0.040 against 0.092 (the
+    floor 0.044); DDIM needs 128 steps for 0.043. Without the first-order last step the stiffest
+    direction is over-dispersed 2.5x at 16 steps."""
+    n = 2000
+    stats = {}
+    for solver in ("ddim", "dpm2m"):
+        x = sample(prior.eps, (n, *prior.shape), SDE, steps=steps, corrections=0,
+                   generator=torch.Generator().manual_seed(0), progress=False, dtype=F64,
+                   solver=solver)  # fmt: skip
+        stats[solver] = _prior_statistics(prior, x)
+    print({k: {m: round(v, 3) for m, v in st.items()} for k, st in stats.items()})
+    second = stats["dpm2m"]
+    assert second["mean_z"] < 4
+    assert second["cov_error"] < 1.5 * second["cov_error_expected"] + 0.01
+    # second order: at most half DDIM's error of the total variance (16 steps: 0.4 % against
+    # 15.5 %, 32 steps: 2.3 % against 7 %, 2000 samples)
+    assert abs(second["trace_ratio"] - 1) < 0.5 * abs(stats["ddim"]["trace_ratio"] - 1)
+    if steps == 16:  # at 32 steps both are near the sampling floor of 2000 samples
+        assert second["cov_error"] < 0.5 * stats["ddim"]["cov_error"]
+    assert 0.95 < second["trace_ratio"] < 1.05
+    assert second["eigen_ratio_max"] < 1.15
+
+
+def test_an_unknown_solver_is_refused():
+    with pytest.raises(ValueError, match="solver must be one of"):
+        sample(lambda x, t: x, (1, 2), SDE, steps=2, solver="heun")
 
 
 def test_unet_blanket_guided_sampling_is_finite_and_reproducible():

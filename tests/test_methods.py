@@ -151,8 +151,12 @@ class _Exact(torch.nn.Module):
         return self.prior.eps(x.double(), t.double()).to(x.dtype)
 
 
-@pytest.mark.parametrize(("guidance", "steps", "corrections"), [("sda", 128, 1), ("mmps", 64, 0)])
-def test_decoder_space_guidance_matches_the_exact_posterior(guidance, steps, corrections):
+@pytest.mark.parametrize(
+    ("guidance", "steps", "corrections", "solver"),
+    [("sda", 128, 1, "ddim"), ("mmps", 64, 0, "ddim"), ("sda", 128, 1, "dpm2m"),
+     ("mmps", 32, 0, "dpm2m")],
+)  # fmt: skip
+def test_decoder_space_guidance_matches_the_exact_posterior(guidance, steps, corrections, solver):
     """A Gaussian latent prior and an affine decoder to two fields: temperature observed as
     2 x 2 block means, "precipitation" on a mask, each with its own variance. The posterior is
     Gaussian and known exactly; the guided sampler must find it through the decoder."""
@@ -202,7 +206,7 @@ def test_decoder_space_guidance_matches_the_exact_posterior(guidance, steps, cor
     context = Context(
         paths={}, stats={}, climatology_k=np.empty(0), members=2000, window_days=1, window=1,
         sampler=SamplerSettings(steps=steps, corrections=corrections, guidance=guidance,
-                                cg_iterations=8), progress=False,
+                                cg_iterations=8, solver=solver), progress=False,
     )  # fmt: skip
     samples = assimilate_states(
         MarkovBlanketDenoiser(_Exact(prior), window=1), observations, state_fields,

@@ -23,6 +23,7 @@ from slams.diffusion import (
     MomentMatchingGuidance,
     sample,
 )
+from slams.diffusion.sampler import SOLVERS
 
 # A zero observation variance makes the likelihood singular at t -> 0 (the gamma term vanishes);
 # this floor keeps the guidance finite and is far below every variance of the ablation grid.
@@ -43,10 +44,14 @@ class SamplerSettings:
     gamma: float = 1e-2
     guidance: str = "sda"
     cg_iterations: int = 3
+    solver: str = "ddim"
+    correction_min_sigma: float = 0.0
 
     def __post_init__(self):
         if self.guidance not in ("sda", "mmps"):
             raise ValueError(f"guidance must be 'sda' or 'mmps', got {self.guidance!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
 
     def make_guidance(self, observe, y: Tensor, variance: Tensor | float, mask=None, days=None):
         if self.guidance == "mmps":
@@ -90,6 +95,8 @@ def sampler_attrs(context: Context) -> dict:
         "tau": sampler.tau,
         "gamma": sampler.gamma if sampler.guidance == "sda" else 0.0,
         "guidance": sampler.guidance,
+        "solver": sampler.solver,
+        "correction_min_sigma": sampler.correction_min_sigma,
         "cg_iterations": sampler.cg_iterations if sampler.guidance == "mmps" else 0,
     }
 
@@ -188,6 +195,8 @@ def assimilate_states(
             steps=settings.steps,
             corrections=settings.corrections,
             tau=settings.tau,
+            solver=settings.solver,
+            correction_min_sigma=settings.correction_min_sigma,
             generator=generator,
             device=device,
             progress=context.progress,

@@ -1,4 +1,5 @@
-"""Predictor-corrector sampler of the reverse SDE (exponential integrator + Langevin)."""
+"""Predictor-corrector sampler of the reverse SDE (exponential integrator or DPM-Solver++(2M),
+plus Langevin corrections)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from slams.diffusion.sde import VPSDE
 # eps has mean square ~1; the floor only matters for degenerate predictions (e.g. a
 # network that outputs zeros), where the step would otherwise be infinite.
 _MIN_MEAN_SQUARE = 1e-4
+SOLVERS = ("ddim", "dpm2m")
 
 
 def _randn(shape: tuple, generator: torch.Generator | None, device, dtype: torch.dtype) -> Tensor:
@@ -34,16 +36,34 @@ def sample(
     device=None,
     progress: bool = True,
     dtype: torch.dtype | None = None,
+    solver: str = "ddim",
+    correction_min_sigma: float = 0.0,
 ) -> Tensor:
     """Draw ``x(0)`` by integrating the reverse SDE from ``x(1) ~ N(0, I)`` (paper eqs. 10-11).
 
-    With ``steps`` uniform steps ``t -> t - dt`` from ``t = 1`` to ``0``:
+    With ``steps`` uniform steps ``s = t_i -> t = t_(i+1)`` from ``t = 1`` to ``0``, writing
+    ``mu``, ``sigma`` for the schedule, ``x0(x, s) = (x - sigma(s) eps(x, s)) / mu(s)`` for the
+    data prediction, ``lambda = log(mu / sigma)`` and ``h = lambda(t) - lambda(s) > 0``:
 
-    - predictor (exponential integrator, i.e. DDIM):
-      ``x <- r x + (sigma(t - dt) - r sigma(t)) eps(x, t)``, ``r = mu(t - dt) / mu(t)``;
-    - ``corrections`` Langevin steps at ``t - dt`` with the score ``-eps / sigma``:
+    - predictor ``solver="ddim"`` (first-order exponential integrator, the paper's):
+      ``x <- r x + (sigma(t) - r sigma(s)) eps(x, s)``, ``r = mu(t) / mu(s)``, which is
+      ``x <- (sigma(t) / sigma(s)) x + mu(t) (1 - e^-h) x0(x, s)``;
+    - predictor ``solver="dpm2m"`` (DPM-Solver++(2M), Lu et al. 2022, multistep in the data
+      prediction): the same update with ``x0`` replaced by
+      ``D = (1 + 1 / (2 q)) x0_i - (1 / (2 q)) x0_(i-1)``, ``q = h_(i-1) / h_i``, where
+      ``x0_(i-1)`` is the data prediction of the previous step (the first step is DDIM's).
+      Second order at one network call per step, since it reuses the previous call. After
+      Langevin corrections the slope ``x0_i - x0_(i-1)`` is taken along the previous step's
+      deterministic segment instead (its end's data prediction comes from the first
+      correction's call, before the Langevin noise), so that the correction's noise is not
+      extrapolated into the next step: ``D = x0_i + (x0_end - x0_(i-1)) / (2 q)``;
+    - ``corrections`` Langevin steps at ``t`` with the score ``-eps / sigma``:
       ``x <- x - delta sigma eps + sqrt(2 delta) sigma z``, ``delta = tau / mean(eps^2)``
-      per batch member (mean over all non-batch elements), ``z ~ N(0, I)``.
+      per batch member (mean over all non-batch elements), ``z ~ N(0, I)``; only at the
+      steps where ``sigma(t) >= correction_min_sigma`` (0: at every step, the paper's).
+
+    The predictors take ``x0`` from ``eps_fn``, so a guided ``eps_fn`` (SDA or MMPS, through
+    the Markov blanket, in chunks) works with either unchanged.
 
     ``eps_fn(x, t)`` gets ``x`` of ``shape`` (batch first) and ``t`` of shape ``(B,)``; it
     may be guided (it then enables autograd itself; the loop runs under ``no_grad``).
@@ -62,6 +82,8 @@ def sample(
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     dtype = dtype if dtype is not None else torch.get_default_dtype()
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
@@ -76,14 +98,34 @@ def sample(
         return t_batch, mu, sigma
 
     x = _randn(shape, generator, device, dtype)
+    previous = None  # (x0 at the start of the last step's segment, its end's x0 or None, h)
     with torch.no_grad():
         for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
             t, mu, sigma = at(times[i])
             t_next, mu_next, sigma_next = at(times[i + 1])
-            ratio = mu_next / mu
-            x = ratio * x + (sigma_next - ratio * sigma) * eps_fn(x, t)
-            for _ in range(corrections):
+            eps = eps_fn(x, t)
+            if solver == "ddim":
+                ratio = mu_next / mu
+                x = ratio * x + (sigma_next - ratio * sigma) * eps
+            else:
+                x0 = (x - sigma * eps) / mu
+                h = torch.log(mu_next / sigma_next) - torch.log(mu / sigma)
+                direction = x0
+                if previous is not None and i < steps - 1:
+                    start, end, h_previous = previous
+                    q = h_previous / h
+                    change = (x0 if end is None else end) - start
+                    direction = x0 + change / (2 * q)
+                x = (sigma_next / sigma) * x - mu_next * torch.expm1(-h) * direction
+                previous = (x0, None, h)
+            if float(sigma_next) < correction_min_sigma:
+                continue
+            for correction in range(corrections):
                 eps = eps_fn(x, t_next)
+                if solver == "dpm2m" and correction == 0:
+                    # the data prediction at the segment's deterministic end, before the
+                    # Langevin noise: the next step's slope, free of that noise
+                    previous = (previous[0], (x - sigma_next * eps) / mu_next, previous[2])
                 mean_square = eps.square().reshape(batch, -1).mean(dim=1)
                 delta = (tau / mean_square.clamp(min=_MIN_MEAN_SQUARE)).reshape(per_member)
                 z = _randn(shape, generator, device, dtype)
