@@ -3,8 +3,9 @@
 
 Prints markdown:
 
-1. every network's training: epochs run, the exported (best) epoch, its validation loss, and
-   whether it stopped early (patience) or at the maximum;
+1. every network's training: epochs run, the exported (best) epoch, its validation loss, how
+   much the best validation loss fell in the last 5 epochs (a plateau: about 0), whether it
+   stopped early (patience) or at the maximum, the last learning rate and the minutes;
 2. wall time by stage: the sum of the Snakemake benchmarks' seconds per rule;
 3. every method on the named cases under each protocol: RMSE and CRPS (level mean, observed
    days) with their 95 % bootstrap intervals (``intervals.csv``) and spread/skill
@@ -38,6 +39,8 @@ def training_rows(run: Path) -> list[list[str]]:
     rows = []
     for path in sorted((run / "models").glob("*-losses.csv")):
         name = path.name.removesuffix("-losses.csv")
+        if not (run / "models" / f"{name}.pt").exists():
+            continue  # still training
         with path.open() as handle:
             history = list(csv.DictReader(handle))
         meta = torch.load(run / "models" / f"{name}.pt", map_location="cpu", weights_only=False)[
@@ -49,8 +52,12 @@ def training_rows(run: Path) -> list[list[str]]:
         how = "maximum" if ran >= section["epochs"] else "early (patience)"
         last_lr = float(history[-1]["lr"])
         seconds = sum(float(r["seconds"]) for r in history)
+        losses = [float(r["val_loss"]) for r in history]
+        recent = (
+            f"{100 * (1 - min(losses[-5:]) / min(losses[:-5])):+.1f} %" if ran > 5 else "–"
+        )  # how much the best validation loss fell in the last 5 epochs
         rows.append([name, f"{ran} / {section['epochs']}", str(meta["epoch"]),
-                     f"{meta['val_loss']:.4f}", how, f"{last_lr:.2g}",
+                     f"{meta['val_loss']:.4f}", recent, how, f"{last_lr:.2g}",
                      f"{seconds / 60:.1f}"])  # fmt: skip
     return rows
 
@@ -147,8 +154,9 @@ def main() -> None:
     configs = [run_config(run) for run in args.runs]
     for run, config in zip(args.runs, configs, strict=True):
         print(f"## {run}: training\n")
-        print("| network | epochs run | best epoch | validation loss | stopped | last rate | min |")
-        print("|---|---:|---:|---:|---|---:|---:|")
+        print("| network | epochs run | best epoch | validation loss | fall in the last 5 epochs "
+              "| stopped | last rate | min |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---|---:|---:|")
         for row in training_rows(run):
             print("| " + " | ".join(row) + " |")
         resources = Path("resources") / config["data"]["dataset"]
