@@ -307,6 +307,25 @@ def test_training_under_the_plateau_schedule_logs_the_rates_stops_and_resumes_ex
         assert torch.equal(value, uninterrupted[name]), name
 
 
+def test_gradient_clipping_changes_the_steps_and_every_epoch_records_its_largest_norm(tmp_path):
+    settings = TrainSettings(epochs=2, batch_size=4, learning_rate=1e-2, weight_decay=0.0)
+    runs = {}
+    for clip in (None, 1e-4):
+        x, model, loss = _tiny_problem()
+        settings.grad_clip = clip
+        history = fit(model, loss, x, x[:8], settings, tmp_path / f"{clip}.csv")
+        runs[clip] = (history, {k: v.clone() for k, v in model.state_dict().items()})
+    # the norms before clipping: the same first step, then far apart
+    assert all(r["grad_norm_max"] > 1e-3 for r in runs[None][0])
+    assert "grad_norm_max" in (tmp_path / "None.csv").read_text().splitlines()[0]
+    assert not torch.equal(runs[None][1]["encoder.0.weight"], runs[1e-4][1]["encoder.0.weight"])
+    clipped = TrainSettings(**{**settings.__dict__, "grad_clip": 1.0})
+    assert (
+        clipped.fingerprint()
+        != TrainSettings(**{**settings.__dict__, "grad_clip": None}).fingerprint()
+    )
+
+
 def test_the_plateau_keys_change_the_fingerprint_only_under_the_plateau_schedule():
     linear = TrainSettings(epochs=4, batch_size=4, learning_rate=1e-2, weight_decay=0.0)
     unused = TrainSettings(**{**linear.__dict__, "lr_patience": 7, "min_improvement": 0.1})

@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 
 # The state variables of each pixel-space score network, stacked on channels.
 PIXEL_SPACES = {"pixel": ("t",), "pixel-both": ("t", "precip", "olr")}
-LOSS_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "samples_per_s", "seconds"]
+LOSS_COLUMNS = [
+    "epoch", "train_loss", "val_loss", "lr", "samples_per_s", "seconds", "grad_norm_max",
+]  # fmt: skip
 
 LossFn = Callable[[nn.Module, Tensor, torch.Generator], Tensor]
 
@@ -68,7 +70,9 @@ class TrainSettings:
     learning rate to zero over ``epochs`` (the paper's; the end is then set by the maximum, since
     the last improvements come from the decay), ``plateau`` keeps it constant and multiplies it by
     ``lr_factor`` whenever ``lr_patience`` epochs pass without an improvement, so that the
-    patience finds a plateau that does not depend on the maximum.
+    patience finds a plateau that does not depend on the maximum. ``grad_clip``: the most
+    gradient norm of a step (``None``: no clipping, the paper's); the losses CSV records the
+    largest norm of every epoch, before clipping, either way.
     """
 
     epochs: int
@@ -85,6 +89,7 @@ class TrainSettings:
     min_improvement: float = 0.0
     lr_patience: int = 2
     lr_factor: float = 0.5
+    grad_clip: float | None = None
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
@@ -103,6 +108,8 @@ class TrainSettings:
         if self.schedule == "linear":  # the paper's fingerprints stay what they were
             for k in ("schedule", "min_improvement", "lr_patience", "lr_factor"):
                 keys.pop(k)
+        if self.grad_clip is None:
+            keys.pop("grad_clip")
         text = json.dumps({**keys, **extra}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -307,7 +314,7 @@ def fit(
                 group["lr"] = settings.learning_rate * plateau_scale(history, settings)
         model.train()
         train_loader.generator.manual_seed(settings.seed + epoch)  # order fixed by the epoch
-        start, seen, total = time.perf_counter(), 0, 0.0
+        start, seen, total, largest = time.perf_counter(), 0, 0.0, 0.0
         bar = tqdm(train_loader, desc=f"{description} {epoch}/{settings.epochs}", leave=False)
         for batch in bar:
             batch = batch.to(device, non_blocking=True)
@@ -320,6 +327,10 @@ def fit(
                 )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), settings.grad_clip or math.inf
+            )
+            largest = max(largest, float(norm))
             optimiser.step()
             if linear:
                 schedule.step()
@@ -339,6 +350,7 @@ def fit(
             "lr": schedule.get_last_lr()[0] if linear else optimiser.param_groups[0]["lr"],
             "samples_per_s": seen / max(elapsed, 1e-9),
             "seconds": elapsed,
+            "grad_norm_max": largest,
         }
         history.append(row)
         _write_losses(losses_csv, history)

@@ -85,6 +85,7 @@ def train_settings(smk, optimisation: dict):
         min_improvement=optimisation["min_improvement"],
         schedule=optimisation["schedule"],
         lr_patience=optimisation["lr_patience"],
+        grad_clip=optimisation["grad_clip"],
         batch_size=optimisation["batch_size"],
         learning_rate=optimisation["learning_rate"],
         weight_decay=optimisation["weight_decay"],
