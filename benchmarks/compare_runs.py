@@ -159,7 +159,7 @@ def main() -> None:
         print("|---|---:|---:|---:|---:|---|---:|---:|")
         for row in training_rows(run):
             print("| " + " | ".join(row) + " |")
-        resources = Path("resources") / config["data"]["dataset"]
+        resources = run.resolve().parents[1] / "resources" / config["data"]["dataset"]
         stages = stage_rows(run, resources)
         print(f"\n## {run}: job seconds by rule (sum over jobs; {sum(stages.values()) / 60:.1f} "
               "min in all)\n")  # fmt: skip

@@ -13,7 +13,7 @@ validation residuals added as the analyses get them (``assimilation.decoder_resi
 Usage::
 
     python benchmarks/prior_spread.py [results/demo] [--networks pixel latent-none ...]
-        [--steps 16 64] [--corrections 0 1] [--members 8] [--days 8]
+        [--steps 16 64] [--corrections 0 1] [--solver dpm2m] [--members 8] [--days 8]
 """
 
 from __future__ import annotations
@@ -45,11 +45,13 @@ def level_std(x: np.ndarray) -> np.ndarray:
     return np.moveaxis(x, -3, 0).reshape(channels, -1).std(axis=1)
 
 
-def prior_draws(net, window: int, shape: tuple, steps: int, corrections: int, tau: float, seed):
+def prior_draws(net, window: int, shape: tuple, steps: int, corrections: int, sampler: dict, seed):
     denoiser = MarkovBlanketDenoiser(net, window=window)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        return sample(denoiser, shape, VPSDE(), steps=steps, corrections=corrections, tau=tau,
+        return sample(denoiser, shape, VPSDE(), steps=steps, corrections=corrections,
+                      tau=sampler["tau"], solver=sampler["solver"],
+                      correction_min_sigma=sampler["correction_min_sigma"],
                       generator=generator, progress=False)  # fmt: skip
 
 
@@ -62,10 +64,14 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--days", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--solver", default=None, help="default: the run's sampler")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = run_config(args.run)
     sampler = config["assimilation"]["sampler"]
+    sampler = {"solver": "ddim", "correction_min_sigma": 0.0, **sampler}  # runs before them
+    if args.solver:
+        sampler["solver"] = args.solver
     window = config["score"]["window"]
     networks = args.networks or sorted(
         p.name.removeprefix("score-").removesuffix(".pt")
@@ -106,7 +112,7 @@ def main() -> None:
             ):
                 start = time.perf_counter()
                 x = prior_draws(net, window, (args.members, args.days, *shape), steps,
-                                corrections, sampler["tau"], args.seed)  # fmt: skip
+                                corrections, sampler, args.seed)  # fmt: skip
                 cells = {"codes": "–", "decoded": "–"}
                 if latent:
                     cells["codes"] = f"{(level_std(x.numpy()) / codes_std).mean():.2f}"
