@@ -18,7 +18,7 @@ solver x corrections x guidance). Usage::
     python benchmarks/steps.py [results/demo] [--methods pixel latent-none]
         [--cases ideal coarse] [--steps 8 16 32 64 128 256 512] [--corrections 0 1 2]
         [--solvers ddim dpm2m] [--guidance sda mmps] [--correction-min-sigma 0]
-        [--csv steps.csv] [--plot steps.png]
+        [--members 4] [--period 2007-01-01 2007-01-08] [--csv steps.csv] [--plot steps.png]
 """
 
 from __future__ import annotations
@@ -88,12 +88,18 @@ def main() -> None:
     parser.add_argument("--solvers", nargs="+", default=["ddim"])
     parser.add_argument("--guidance", nargs="+", default=["sda", "mmps"])
     parser.add_argument("--correction-min-sigma", type=float, nargs="+", default=[0.0])
+    parser.add_argument("--members", type=int, help="default: the run's")
+    parser.add_argument("--period", nargs=2, metavar=("FIRST", "LAST"), help="default: the run's")
     parser.add_argument("--csv", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = run_config(args.run)
     section = config["assimilation"]
+    if args.members:
+        section["members"] = args.members
+    if args.period:
+        section["period"] = list(args.period)
     print("| method | case | solver | corrections | σ min | guidance | steps | network calls "
           "| RMSE (K) | CRPS (K) | spread/skill | s |")  # fmt: skip
     print("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
