@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--solvers", nargs="+", default=["ddim"])
     parser.add_argument("--guidance", nargs="+", default=["sda", "mmps"])
     parser.add_argument("--correction-min-sigma", type=float, nargs="+", default=[0.0])
+    parser.add_argument("--tau-reference-steps", type=int, help="default: the run's (none)")
     parser.add_argument("--members", type=int, help="default: the run's")
     parser.add_argument("--period", nargs=2, metavar=("FIRST", "LAST"), help="default: the run's")
     parser.add_argument("--csv", type=Path)
@@ -117,6 +118,8 @@ def main() -> None:
                     steps=n, corrections=corrections, guidance=guidance, solver=solver,
                     correction_min_sigma=min_sigma,
                 )  # fmt: skip
+                if args.tau_reference_steps:
+                    assimilation["sampler"]["tau_reference_steps"] = args.tau_reference_steps
                 start = time.perf_counter()
                 ds = assimilate_case(args.run, config, args.protocol, method, case, assimilation)
                 seconds = time.perf_counter() - start

@@ -69,6 +69,7 @@ def test_defaults_are_filled(paper, schema):
         "cg_iterations": 3,
         "solver": "ddim",
         "correction_min_sigma": 0.0,
+        "tau_reference_steps": None,
     }
     assert config["seed"] == 0
 

@@ -273,6 +273,17 @@ def test_the_second_order_solver_reaches_the_prior_in_fewer_steps(prior, steps):
     assert second["eigen_ratio_max"] < 1.15
 
 
+def test_the_langevin_step_keeps_the_total_langevin_time_of_the_reference_steps():
+    from slams.sampling import SamplerSettings
+
+    assert SamplerSettings(steps=64, tau=0.5).step_tau == 0.5  # the paper's: tau per step
+    settings = SamplerSettings(steps=256, tau=0.5, tau_reference_steps=16)
+    assert settings.step_tau == 0.5 * 16 / 256
+    assert settings.steps * settings.step_tau == 16 * 0.5
+    with pytest.raises(ValueError, match="tau_reference_steps"):
+        SamplerSettings(tau_reference_steps=0)
+
+
 def test_an_unknown_solver_is_refused():
     with pytest.raises(ValueError, match="solver must be one of"):
         sample(lambda x, t: x, (1, 2), SDE, steps=2, solver="heun")

@@ -36,6 +36,10 @@ class SamplerSettings:
 
     ``guidance``: ``sda`` (the paper's, with the ``gamma`` stability term) or ``mmps``
     (moment matching through ``cg_iterations`` conjugate-gradient iterations; ``gamma`` unused).
+    ``solver``: the predictor (:func:`slams.diffusion.sampler.sample`). ``correction_min_sigma``:
+    corrections only at noise levels at least this. ``tau_reference_steps``: the Langevin step
+    of a correction is ``tau * tau_reference_steps / steps`` (:attr:`step_tau`), so that the
+    total Langevin time does not grow with the steps (``None``: ``tau`` per step, the paper's).
     """
 
     steps: int = 512
@@ -46,12 +50,24 @@ class SamplerSettings:
     cg_iterations: int = 3
     solver: str = "ddim"
     correction_min_sigma: float = 0.0
+    tau_reference_steps: int | None = None
 
     def __post_init__(self):
         if self.guidance not in ("sda", "mmps"):
             raise ValueError(f"guidance must be 'sda' or 'mmps', got {self.guidance!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.tau_reference_steps is not None and self.tau_reference_steps < 1:
+            raise ValueError(f"tau_reference_steps must be >= 1, got {self.tau_reference_steps}")
+
+    @property
+    def step_tau(self) -> float:
+        """The Langevin step of one correction: ``tau``, or with ``tau_reference_steps`` set,
+        ``tau * tau_reference_steps / steps``, so that the corrections' total Langevin time is
+        that of ``tau_reference_steps`` steps whatever the step count."""
+        if self.tau_reference_steps is None:
+            return self.tau
+        return self.tau * self.tau_reference_steps / self.steps
 
     def make_guidance(self, observe, y: Tensor, variance: Tensor | float, mask=None, days=None):
         if self.guidance == "mmps":
@@ -97,6 +113,8 @@ def sampler_attrs(context: Context) -> dict:
         "guidance": sampler.guidance,
         "solver": sampler.solver,
         "correction_min_sigma": sampler.correction_min_sigma,
+        "tau_reference_steps": sampler.tau_reference_steps or 0,
+        "step_tau": sampler.step_tau,
         "cg_iterations": sampler.cg_iterations if sampler.guidance == "mmps" else 0,
     }
 
@@ -194,7 +212,7 @@ def assimilate_states(
             sde,
             steps=settings.steps,
             corrections=settings.corrections,
-            tau=settings.tau,
+            tau=settings.step_tau,
             solver=settings.solver,
             correction_min_sigma=settings.correction_min_sigma,
             generator=generator,
