@@ -36,6 +36,7 @@ PAIRS = [("oi-both", "oi"), ("latent-both", "latent-none"), ("pixel-both", "pixe
 
 
 def training_rows(run: Path) -> list[list[str]]:
+    config = run_config(run)
     rows = []
     for path in sorted((run / "models").glob("*-losses.csv")):
         name = path.name.removesuffix("-losses.csv")
@@ -46,7 +47,6 @@ def training_rows(run: Path) -> list[list[str]]:
         meta = torch.load(run / "models" / f"{name}.pt", map_location="cpu", weights_only=False)[
             "meta"
         ]
-        config = run_config(run)
         section = config["autoencoder" if name.startswith("autoencoder") else "score"]
         ran = len(history)
         how = "maximum" if ran >= section["epochs"] else "early (patience)"

@@ -69,7 +69,6 @@ def main() -> None:
     torch.set_num_threads(1)
     config = run_config(args.run)
     sampler = config["assimilation"]["sampler"]
-    sampler = {"solver": "ddim", "correction_min_sigma": 0.0, **sampler}  # runs before them
     if args.solver:
         sampler["solver"] = args.solver
     window = config["score"]["window"]

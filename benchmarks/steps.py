@@ -33,6 +33,8 @@ import pandas as pd
 import torch
 
 from slams.config import run_config
+from slams.diffusion import VPSDE
+from slams.diffusion.sampler import corrected_steps
 from slams.metrics import score_analysis
 from slams.runs import assimilate_case
 
@@ -40,10 +42,7 @@ from slams.runs import assimilate_case
 def network_calls(steps: int, corrections: int, min_sigma: float) -> int:
     """Guided evaluations of one sampling: one per step and one per correction at the steps
     whose noise level ``sigma(t - dt)`` is at least ``min_sigma``."""
-    from slams.diffusion import VPSDE
-
-    sigma = VPSDE().sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[1:])
-    return steps + corrections * int((sigma >= min_sigma).sum())
+    return steps + corrections * sum(corrected_steps(steps, min_sigma, VPSDE()))
 
 
 def _line(row: dict) -> tuple:

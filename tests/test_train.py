@@ -130,6 +130,24 @@ def test_fit_overfits_a_tiny_batch_and_logs_losses(tmp_path):
     assert lines[0].startswith("epoch,train_loss,val_loss,lr,samples_per_s") and len(lines) == 61
 
 
+class _Killed(Exception):
+    """A job killed mid-epoch (a preempted node)."""
+
+
+def _killed_at(loss_fn, call: int):
+    """``loss_fn`` that raises :class:`_Killed` at its ``call``-th call, training and validation
+    batches counted alike."""
+    calls = {"n": 0}
+
+    def dying(m, batch, generator):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise _Killed
+        return loss_fn(m, batch, generator)
+
+    return dying
+
+
 def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     settings = TrainSettings(epochs=4, batch_size=4, learning_rate=1e-2, weight_decay=1e-3)
 
@@ -137,19 +155,10 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     fit(model, loss, x, x[:8], settings, tmp_path / "a.csv", tmp_path / "a")
     uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
 
-    class Killed(Exception):
-        pass
-
-    calls = {"n": 0}
-
-    def dying_loss(m, batch, generator):
-        calls["n"] += 1
-        if calls["n"] == 2 * (4 + 2) + 2:  # epoch 3, 2nd batch (4 train + 2 val per epoch)
-            raise Killed
-        return loss(m, batch, generator)
+    dying_loss = _killed_at(loss, 2 * (4 + 2) + 2)  # epoch 3, 2nd batch (4 train + 2 val)
 
     x, model, _ = _tiny_problem()
-    with pytest.raises(Killed):
+    with pytest.raises(_Killed):
         fit(model, dying_loss, x, x[:8], settings, tmp_path / "b.csv", tmp_path / "b")
     assert {p.name for p in (tmp_path / "b").iterdir()} == {"best.pt", "last.pt"}
     state = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
@@ -217,19 +226,10 @@ def test_an_early_stop_resumes_exactly_and_a_longer_patience_continues_it(tmp_pa
     fit(model, _plateau_loss(loss), x, x[:8], settings, tmp_path / "a.csv", tmp_path / "a")
     uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
 
-    class Killed(Exception):
-        pass
-
-    plateau, calls = _plateau_loss(loss), {"n": 0}
-
-    def dying(m, batch, generator):
-        calls["n"] += 1
-        if calls["n"] == 2 * (2 + 1) + 2:  # epoch 3, 2nd batch (2 train + 1 val per epoch)
-            raise Killed
-        return plateau(m, batch, generator)
+    dying = _killed_at(_plateau_loss(loss), 2 * (2 + 1) + 2)  # epoch 3, 2nd batch
 
     x, model, _ = _tiny_problem()
-    with pytest.raises(Killed):
+    with pytest.raises(_Killed):
         fit(model, dying, x, x[:8], settings, tmp_path / "b.csv", tmp_path / "b")
     _, fresh, _ = _tiny_problem(seed=1)
     resumed_plateau = _plateau_loss(loss, validation=(0.6, 0.7, 0.8, 0.9, 1.0, 1.1))
@@ -285,19 +285,10 @@ def test_training_under_the_plateau_schedule_logs_the_rates_stops_and_resumes_ex
     assert [r["lr"] for r in history] == [1e-2, 1e-2, 1e-2, 1e-2, 5e-3]
     uninterrupted = {k: v.clone() for k, v in model.state_dict().items()}
 
-    class Killed(Exception):
-        pass
-
-    plateau, calls = _plateau_loss(loss), {"n": 0}
-
-    def dying(m, batch, generator):
-        calls["n"] += 1
-        if calls["n"] == 4 * (2 + 1) + 1:  # epoch 5, 1st batch: after the rate was halved
-            raise Killed
-        return plateau(m, batch, generator)
+    dying = _killed_at(_plateau_loss(loss), 4 * (2 + 1) + 1)  # epoch 5, 1st: after the halving
 
     x, model, _ = _tiny_problem()
-    with pytest.raises(Killed):
+    with pytest.raises(_Killed):
         fit(model, dying, x, x[:8], settings, tmp_path / "b.csv", tmp_path / "b")
     _, fresh, _ = _tiny_problem(seed=1)
     resumed = fit(fresh, _plateau_loss(loss, validation=(0.8,)), x, x[:8], settings,

@@ -120,27 +120,30 @@ def loader_workers(threads: int, device: str) -> int:
     return max(0, int(threads) - 1) if resolve_device(device).type == "cuda" else 0
 
 
-def epochs_since_best(history: list[dict], min_improvement: float = 0.0) -> int:
-    """Epochs after the last improvement of the selection score (validation loss, else
-    training): a fall of more than ``min_improvement`` (relative) below the best so far."""
-    last, reference = 0, math.inf
-    for index, row in enumerate(history):
+def _improvements(history: list[dict], min_improvement: float) -> list[bool]:
+    """Whether each epoch improved the selection score (validation loss, else training): a
+    fall of more than ``min_improvement`` (relative) below the best so far; the first always."""
+    flags, reference = [], math.inf
+    for row in history:
         score = _selection_score(row)
-        if not math.isfinite(reference) or score < reference * (1.0 - min_improvement):
-            last, reference = index, score
-    return len(history) - 1 - last if history else 0
+        improved = not math.isfinite(reference) or score < reference * (1.0 - min_improvement)
+        reference = score if improved else reference
+        flags.append(improved)
+    return flags
+
+
+def epochs_since_best(history: list[dict], min_improvement: float = 0.0) -> int:
+    """Epochs after the last improvement of the selection score (see :func:`_improvements`)."""
+    flags = _improvements(history, min_improvement)
+    return len(flags) - 1 - max(i for i, improved in enumerate(flags) if improved) if flags else 0
 
 
 def plateau_scale(history: list[dict], settings: TrainSettings) -> float:
     """The ``plateau`` schedule's factor on the learning rate after ``history``: ``lr_factor``
     to the number of times ``lr_patience`` epochs passed without an improvement."""
-    reductions, stale, reference = 0, 0, math.inf
-    for row in history:
-        score = _selection_score(row)
-        if not math.isfinite(reference) or score < reference * (1.0 - settings.min_improvement):
-            reference, stale = score, 0
-            continue
-        stale += 1
+    reductions = stale = 0
+    for improved in _improvements(history, settings.min_improvement):
+        stale = 0 if improved else stale + 1
         if stale >= settings.lr_patience:
             reductions, stale = reductions + 1, 0
     return settings.lr_factor**reductions

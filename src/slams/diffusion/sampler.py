@@ -18,6 +18,14 @@ _MIN_MEAN_SQUARE = 1e-4
 SOLVERS = ("ddim", "dpm2m")
 
 
+def corrected_steps(steps: int, correction_min_sigma: float, sde: VPSDE) -> list[bool]:
+    """Whether each of the ``steps`` steps ends with its corrections: where the noise level it
+    steps to, ``sigma(t - dt)``, is at least ``correction_min_sigma`` (from the float64
+    schedule, on the CPU)."""
+    sigma = sde.sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[1:])
+    return (sigma >= correction_min_sigma).tolist()
+
+
 def _randn(shape: tuple, generator: torch.Generator | None, device, dtype: torch.dtype) -> Tensor:
     """Standard normal noise drawn on the generator's device, then moved to ``device``, so
     that a seeded CPU generator gives the same numbers whatever device the sampler runs on."""
@@ -97,6 +105,7 @@ def sample(
         mu, sigma = (v.to(dtype=dtype, device=device) for v in (sde.mu(t), sde.sigma(t)))
         return t_batch, mu, sigma
 
+    correct = corrected_steps(steps, correction_min_sigma, sde)
     x = _randn(shape, generator, device, dtype)
     previous = None  # (x0 at the start of the last step's segment, its end's x0 or None, h)
     with torch.no_grad():
@@ -118,7 +127,7 @@ def sample(
                     direction = x0 + change / (2 * q)
                 x = (sigma_next / sigma) * x - mu_next * torch.expm1(-h) * direction
                 previous = (x0, None, h)
-            if float(sigma_next) < correction_min_sigma:
+            if not correct[i]:
                 continue
             for correction in range(corrections):
                 eps = eps_fn(x, t_next)
