@@ -9,8 +9,11 @@ one table, in a few minutes (``make gpu-benchmark`` on a CUDA machine).
 2. Projection: one analysis of ``--members`` members x ``--days`` days passes
    ``members x (days - K + 1)`` windows through the network per evaluation; its time is the
    step time x (those windows / batch) x steps, at 512 steps + 1 correction (the paper) and
-   at ``--chosen-steps`` + ``--chosen-corrections`` (default 16 + 0, the demo's setting chosen
-   in issue 15; a step's time scales with its network calls, 1 + corrections). Every window
+   at the sampler of ``--config`` (default ``config.yaml``, the paper configuration's chosen
+   sampler; ``--chosen-steps`` / ``--chosen-corrections`` override it). An analysis's time
+   scales with its network calls, ``steps + corrections x (corrected steps)``, the count
+   ``benchmarks/steps.py`` reports (corrections skipped below ``correction_min_sigma`` cost
+   nothing; one call is half the timed step of predictor + correction). Every window
    of the timed batch is observed, so where observations skip days (only the windows that
    own an observed day need the backward pass) the projection is an upper bound.
 3. Training: samples per second and peak memory of the autoencoder and both score networks,
@@ -35,7 +38,9 @@ from pathlib import Path
 
 import torch
 from sampler_step import problem, sizes, time_step
+from steps import network_calls
 
+from slams.config import load_config
 from slams.diffusion import VPSDE
 
 HERE = Path(__file__).resolve().parent
@@ -80,8 +85,7 @@ def sampler_rows(args, device: torch.device) -> list[dict]:
                     "space": space, "state": f"{channels} x {height} x {width}", "dtype": dtype,
                     "guidance": name, "ms_per_step": 1000 * seconds,
                     "analysis_512_s": 512 * per_step,
-                    "analysis_chosen_s": args.chosen_steps * per_step
-                    * (1 + args.chosen_corrections) / 2,
+                    "analysis_chosen_s": args.chosen_calls * per_step / 2,
                     "peak_gb": torch.cuda.max_memory_allocated() / 2**30
                     if device.type == "cuda" else float("nan"),
                 })  # fmt: skip
@@ -125,7 +129,7 @@ def table(args, device, sampler, training, seconds: float) -> str:
         "ms/step = predictor + one correction (two guided network calls).",
         "",
         "| space | state | precision | guidance | ms/step | analysis, 512 + 1 (s) "
-        f"| analysis, {args.chosen_steps} + {args.chosen_corrections} (s) | peak memory (GB) |",
+        f"| analysis, {args.chosen_name} (s) | peak memory (GB) |",
         "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in sampler:
@@ -165,14 +169,30 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--days", type=int, default=29)
-    parser.add_argument("--chosen-steps", type=int, default=16)
-    parser.add_argument("--chosen-corrections", type=int, default=0)
+    parser.add_argument("--config", type=Path, nargs="+", default=[HERE.parent / "config.yaml"],
+                        help="project this config's sampler (default: config.yaml; overlays "
+                        "after it, as --configfile)")  # fmt: skip
+    parser.add_argument("--chosen-steps", type=int, help="default: the config's")
+    parser.add_argument("--chosen-corrections", type=int, help="default: the config's")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu.py: no CUDA device here; use --device cpu --quick to check the script")
+    schema = HERE.parent / "workflow" / "schemas" / "config.schema.yaml"
+    sampler = load_config(*args.config, schema_path=schema)["assimilation"]["sampler"]
+    steps = args.chosen_steps if args.chosen_steps is not None else sampler["steps"]
+    corrections = sampler["corrections"]
+    if args.chosen_corrections is not None:
+        corrections = args.chosen_corrections
+    min_sigma = sampler.get("correction_min_sigma") or 0.0
+    args.chosen_calls = network_calls(steps, corrections, min_sigma)
+    args.chosen_name = (
+        f"{sampler.get('solver', 'ddim')} {steps} + {corrections}"
+        + (f" (σ ≥ {min_sigma:g})" if corrections and min_sigma else "")
+        + f", {args.chosen_calls} calls"
+    )
     args.batch = args.batch or (8 if args.quick else 40)
     args.repeats = args.repeats or (1 if args.quick else 3)
     start = time.perf_counter()

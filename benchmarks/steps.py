@@ -19,6 +19,17 @@ solver x corrections x guidance). Usage::
         [--cases ideal coarse] [--steps 8 16 32 64 128 256 512] [--corrections 0 1 2]
         [--solvers ddim dpm2m] [--guidance sda mmps] [--correction-min-sigma 0]
         [--members 4] [--period 2007-01-01 2007-01-08] [--csv steps.csv] [--plot steps.png]
+        [--tau-reference-steps 0 16 64] [--max-calls 512] [--resume]
+    python benchmarks/steps.py --from-csv a.csv b.csv [--plot steps.png]
+
+``--tau-reference-steps`` is an axis too (0: the paper's Langevin step, ``tau`` per step;
+N: ``tau x N / steps``, a Langevin time that does not grow with the steps). ``--max-calls``
+leaves out the combinations that cost more network calls; ``--resume`` keeps the rows already
+in ``--csv`` and measures only the others, so a long grid can be stopped and continued.
+``--from-csv`` measures nothing: it merges the CSVs of earlier runs, prints the choice and
+plots. The choice is printed twice: per method and case, and per method over all its cases
+(the sampler with the fewest calls that is within 2 % of the best CRPS with spread/skill in
+0.8-1.2 in every case measured).
 """
 
 from __future__ import annotations
@@ -45,8 +56,11 @@ def network_calls(steps: int, corrections: int, min_sigma: float) -> int:
     return steps + corrections * sum(corrected_steps(steps, min_sigma, VPSDE()))
 
 
+SAMPLER = ["solver", "corrections", "guidance", "min_sigma", "tau_reference_steps"]
+
+
 def _line(row: dict) -> tuple:
-    return row["solver"], row["corrections"], row["guidance"], row["min_sigma"]
+    return tuple(row[k] for k in SAMPLER)
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -60,10 +74,11 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, (method, case) in zip(axes[0], panels, strict=True):
         mine = [r for r in rows if (r["method"], r["case"]) == (method, case)]
         for key in sorted({_line(r) for r in mine}):
-            solver, corrections, guidance, min_sigma = key
+            solver, corrections, guidance, min_sigma, reference = key
             picked = sorted((r["calls"], r["crps"]) for r in mine if _line(r) == key)
             label = f"{solver} +{corrections}" + (f" {guidance}" if guidance != "sda" else "")
             label += f" σ≥{min_sigma:g}" if min_sigma and corrections else ""
+            label += f" τ×{reference}/steps" if reference and corrections else ""
             ax.plot(*zip(*picked, strict=True), marker="o", ms=3,
                     ls="-" if solver == "dpm2m" else "--", label=label)  # fmt: skip
         ax.set_xscale("log", base=2)
@@ -74,6 +89,55 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
+
+
+def choose(frame: pd.DataFrame) -> None:
+    """Print the fewest network calls within 2 % of the best CRPS with spread/skill in 0.8-1.2:
+    per method and case, then per method over all its measured cases."""
+    frame["crps_share_of_best"] = frame["crps"] / frame.groupby(["method", "case"])[
+        "crps"
+    ].transform("min")
+    frame["good"] = (frame.crps_share_of_best <= 1.02) & frame.spread_skill.between(0.8, 1.2)
+    print("\nThe fewest network calls within 2 % of each case's best CRPS, spread/skill 0.8-1.2:")
+    for (method, case), group in frame.groupby(["method", "case"]):
+        good = group[group.good]
+        if good.empty:
+            near = group.sort_values("crps").iloc[0]
+            print(f"- {method}, {case}: none (the best CRPS, {near.crps:.3f} K, has spread/skill "
+                  f"{near.spread_skill:.2f})")  # fmt: skip
+            continue
+        best = good.sort_values(["calls", "crps"]).iloc[0]
+        print(f"- {method}, {case}: {_name(best)}: {best.calls} calls, CRPS {best.crps:.3f} K "
+              f"({best.crps_share_of_best:.3f} of the best)")  # fmt: skip
+    print("\nPer method in every case measured, and for all of them together (one sampler for "
+          "the config; worst share of the best CRPS in brackets):")  # fmt: skip
+    frame["cell"] = frame.method + "/" + frame.case
+    groups = [*frame.groupby("method"), ("all methods", frame)]
+    for method, group in groups:
+        cases = group.cell.nunique()
+        by = group.groupby([*SAMPLER, "steps", "calls"])
+        table = by.agg(cases=("cell", "nunique"), good=("good", "sum"),
+                       worst=("crps_share_of_best", "max"),
+                       ss_low=("spread_skill", "min"), ss_high=("spread_skill", "max"))  # fmt: skip
+        table = table[table.cases == cases].reset_index()
+        fine = table[table.good == cases].sort_values(["calls", "worst"])
+        if fine.empty:
+            near = table.sort_values("worst").iloc[0]
+            spread = f"{near.ss_low:.2f}-{near.ss_high:.2f}"
+            print(f"- {method}: none; the nearest is {_name(near)} ({near.calls} calls, worst "
+                  f"{near.worst:.3f}, spread/skill {spread})")  # fmt: skip
+        else:
+            best = fine.iloc[0]
+            print(f"- {method}: {_name(best)}: {best.calls} calls ({best.worst:.3f})")
+
+
+def _name(row) -> str:
+    text = f"{row.solver} {row.steps} + {row.corrections} ({row.guidance}"
+    if row.corrections and row.min_sigma:
+        text += f", σ ≥ {row.min_sigma:g}"
+    if row.corrections and row.tau_reference_steps:
+        text += f", τ × {row.tau_reference_steps} / steps"
+    return text + ")"
 
 
 def main() -> None:
@@ -87,12 +151,23 @@ def main() -> None:
     parser.add_argument("--solvers", nargs="+", default=["ddim"])
     parser.add_argument("--guidance", nargs="+", default=["sda", "mmps"])
     parser.add_argument("--correction-min-sigma", type=float, nargs="+", default=[0.0])
-    parser.add_argument("--tau-reference-steps", type=int, help="default: the run's (none)")
+    parser.add_argument("--tau-reference-steps", type=int, nargs="+",
+                        help="0: tau per step (the paper's); default: the run's")  # fmt: skip
+    parser.add_argument("--max-calls", type=int, help="leave out samplers that cost more calls")
     parser.add_argument("--members", type=int, help="default: the run's")
     parser.add_argument("--period", nargs=2, metavar=("FIRST", "LAST"), help="default: the run's")
     parser.add_argument("--csv", type=Path)
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in --csv")
+    parser.add_argument("--from-csv", type=Path, nargs="+", help="merge these, measure nothing")
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
+    if args.from_csv:
+        frame = pd.concat([pd.read_csv(p) for p in args.from_csv], ignore_index=True)
+        frame = frame.drop_duplicates(["method", "case", *SAMPLER, "steps"], keep="last")
+        choose(frame)
+        if args.plot:
+            plot(frame.to_dict("records"), args.plot)
+        return
     torch.set_num_threads(1)
     config = run_config(args.run)
     section = config["assimilation"]
@@ -100,54 +175,56 @@ def main() -> None:
         section["members"] = args.members
     if args.period:
         section["period"] = list(args.period)
-    print("| method | case | solver | corrections | σ min | guidance | steps | network calls "
-          "| RMSE (K) | CRPS (K) | spread/skill | s |")  # fmt: skip
-    print("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    references = args.tau_reference_steps or [section["sampler"].get("tau_reference_steps") or 0]
     rows = []
+    if args.resume and args.csv and args.csv.exists():
+        rows = pd.read_csv(args.csv).drop(columns=["crps_share_of_best", "good"], errors="ignore")
+        rows = rows.to_dict("records")
+    done = {(r["method"], r["case"], *_line(r), r["steps"]) for r in rows}
+    print("| method | case | solver | corrections | σ min | τ reference | guidance | steps "
+          "| network calls | RMSE (K) | CRPS (K) | spread/skill | s |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for method in args.methods:
         for case in args.cases:
-            for solver, corrections, guidance, min_sigma, n in itertools.product(
+            for solver, corrections, guidance, min_sigma, reference, n in itertools.product(
                 args.solvers, args.corrections, args.guidance, args.correction_min_sigma,
-                sorted(args.steps),
+                references, sorted(args.steps),
             ):  # fmt: skip
-                if corrections == 0 and min_sigma != min(args.correction_min_sigma):
-                    continue  # no correction to skip: the same sampler
+                if corrections == 0 and (
+                    min_sigma != min(args.correction_min_sigma) or reference != references[0]
+                ):
+                    continue  # no correction to skip or to scale: the same sampler
+                calls = network_calls(n, corrections, min_sigma)
+                if args.max_calls and calls > args.max_calls:
+                    continue
+                key = (method, case, solver, corrections, guidance, min_sigma, reference, n)
+                if key in done:
+                    continue
                 assimilation = copy.deepcopy(section)
                 assimilation["sampler"].update(
                     steps=n, corrections=corrections, guidance=guidance, solver=solver,
-                    correction_min_sigma=min_sigma,
+                    correction_min_sigma=min_sigma, tau_reference_steps=reference or None,
                 )  # fmt: skip
-                if args.tau_reference_steps:
-                    assimilation["sampler"]["tau_reference_steps"] = args.tau_reference_steps
                 start = time.perf_counter()
                 ds = assimilate_case(args.run, config, args.protocol, method, case, assimilation)
                 seconds = time.perf_counter() - start
                 mean = score_analysis(ds, observed_only=True).groupby("metric")["score"].mean()
                 row = {"method": method, "case": case, "solver": solver,
                        "corrections": corrections, "min_sigma": min_sigma, "guidance": guidance,
-                       "steps": n, "calls": network_calls(n, corrections, min_sigma),
+                       "tau_reference_steps": reference, "steps": n, "calls": calls,
                        "rmse": mean["rmse"], "crps": mean["crps"],
                        "spread_skill": mean["spread_skill"], "seconds": seconds}  # fmt: skip
                 rows.append(row)
                 print(f"| {method} | {case} | {solver} | {corrections} | {min_sigma:g} "
-                      f"| {guidance} | {n} | {row['calls']} | {row['rmse']:.3f} "
+                      f"| {reference or '-'} | {guidance} | {n} | {calls} | {row['rmse']:.3f} "
                       f"| {row['crps']:.3f} | {row['spread_skill']:.3f} | {seconds:.0f} |",
                       flush=True)  # fmt: skip
                 if args.csv:
                     pd.DataFrame(rows).to_csv(args.csv, index=False)
     frame = pd.DataFrame(rows)
-    frame["crps_share_of_best"] = frame["crps"] / frame.groupby(["method", "case"])[
-        "crps"
-    ].transform("min")
+    choose(frame)
     if args.csv:
         frame.to_csv(args.csv, index=False)
-    print("\nThe fewest network calls within 2 % of each case's best CRPS, spread/skill 0.8-1.2:")
-    good = frame[(frame.crps_share_of_best <= 1.02) & frame.spread_skill.between(0.8, 1.2)]
-    for (method, case), group in good.groupby(["method", "case"]):
-        best = group.sort_values(["calls", "crps"]).iloc[0]
-        print(f"- {method}, {case}: {best.solver} {best.steps} + {best.corrections} "
-              f"(σ ≥ {best.min_sigma:g}, {best.guidance}): {best.calls} calls, CRPS "
-              f"{best.crps:.3f} K ({best.crps_share_of_best:.3f} of the best)")  # fmt: skip
     if args.plot:
         plot(rows, args.plot)
 

@@ -312,4 +312,44 @@ def test_xesmf_agrees_with_the_builtin_regridder():
     builtin = conservative_regrid(da, *target_grid(11.25))
     esmf = xesmf_regrid(da, *target_grid(11.25))
     assert np.array_equal(np.isnan(builtin.values), np.isnan(esmf.values))
-    assert np.nanmax(np.abs(builtin.values - esmf.values)) < 1e-4
+    # not equal: ESMF's cells have great-circle edges, the builtin's latitude circles (measured
+    # 0.0021 on this field of 1-3.5, the first time this test ran, with ESMF 8.9.0)
+    assert np.nanmax(np.abs(builtin.values - esmf.values)) < 3e-3
+
+
+# Measured on the demo's raw files (issue 26): ESMF's great-circle cell edges against the builtin
+# regridder's latitude-longitude cells. Bounds a little above what was measured.
+BACKEND_TOLERANCE = {"era5": 0.1, "cpc": 0.3, "olr": 0.6}  # K, mm/day, W m-2
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("xesmf") is None,
+    reason="xesmf is not installed (ESMF comes from conda-forge; here: ../shared/esmf/install)",
+)
+def test_xesmf_and_builtin_agree_on_the_synthetic_world(tmp_path):
+    """The synthetic world's raw files (the demo's grids, one year) regridded by both backends:
+    identical missing-value masks, largest difference within what was measured, equal global
+    means, and no contiguity warning from xESMF."""
+    import warnings
+
+    write_synthetic(tmp_path, years=[2001], levels=[10, 500, 1000], seed=0,
+                    era5_resolution=3.75, cpc_resolution=1.875, olr_resolution=7.5)  # fmt: skip
+    for source, tolerance in BACKEND_TOLERANCE.items():
+        raw = tmp_path / source / "2001.nc"
+        regrid_file(raw, tmp_path / f"{source}-builtin.nc", source, 5.625, backend="builtin")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            regrid_file(raw, tmp_path / f"{source}-xesmf.nc", source, 5.625, backend="xesmf")
+        assert not [w for w in caught if "contiguous" in str(w.message)], source
+        with (
+            xr.open_dataarray(tmp_path / f"{source}-builtin.nc") as builtin,
+            xr.open_dataarray(tmp_path / f"{source}-xesmf.nc") as esmf,
+        ):
+            assert builtin.dims == esmf.dims and builtin.shape == esmf.shape
+            assert np.array_equal(np.isnan(builtin.values), np.isnan(esmf.values)), source
+            difference = np.nanmax(np.abs(builtin.values - esmf.values))
+            assert 0 < difference < tolerance, (source, difference)
+            if source != "cpc":  # CPC is land-only: its mean is over different cells' areas
+                means = [sphere_mean(x.isel(level=0) if "level" in x.dims else x)
+                         for x in (builtin, esmf)]  # fmt: skip
+                np.testing.assert_allclose(*means, rtol=1e-4)

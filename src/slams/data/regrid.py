@@ -279,6 +279,9 @@ def xesmf_regrid(
     blocks = []
     for start in range(0, da.sizes[other[0]], step):
         block = da.isel({other[0]: slice(start, start + step)}).load()
+        # xESMF warns (and slows down) on non-C-contiguous input: open_source's latitude flip
+        # leaves a negative stride
+        block = block.copy(data=np.ascontiguousarray(block.values))
         out = regridder(block, skipna=True, na_thres=1.0 - min_valid_fraction, keep_attrs=True)
         blocks.append(out.astype(np.float32))
     out = xr.concat(blocks, dim=other[0]).transpose(*other, "lat", "lon")
