@@ -36,13 +36,22 @@ from slams.diffusion import (
 )
 from slams.diffusion.analytic import F64, GaussianPrior, GaussianTrajectory, posterior_agreement
 from slams.observe import MeasurementOperator
+from slams.sampling import SamplerSettings
 
 
-def timed_sample(eps_fn, shape, steps: int, corrections: int):
-    """One float64 ensemble (tau 0.5, seed 0) and the seconds it took."""
+def timed_sample(eps_fn, shape, steps: int, corrections: int, args=None):
+    """One float64 ensemble (seed 0) and the seconds it took. ``args``: the sampler options
+    (``--tau``, ``--tau-reference-steps``, ``--solver``, ``--correction-min-sigma``); without,
+    tau 0.5 per step, DDIM, corrections at every noise level."""
+    tau, solver, min_sigma = 0.5, "ddim", 0.0
+    if args is not None:
+        settings = SamplerSettings(steps=steps, corrections=corrections, tau=args.tau,
+                                   tau_reference_steps=args.tau_reference_steps)  # fmt: skip
+        tau, solver, min_sigma = settings.step_tau, args.solver, args.correction_min_sigma
     start = time.perf_counter()
-    x = sample(eps_fn, shape, VPSDE(), steps=steps, corrections=corrections, tau=0.5,
-               generator=torch.Generator().manual_seed(0), progress=False, dtype=F64)  # fmt: skip
+    x = sample(eps_fn, shape, VPSDE(), steps=steps, corrections=corrections, tau=tau,
+               generator=torch.Generator().manual_seed(0), progress=False, dtype=F64,
+               solver=solver, correction_min_sigma=min_sigma)  # fmt: skip
     return x, time.perf_counter() - start
 
 
@@ -83,7 +92,7 @@ def trajectory_rows(args) -> None:
             for corrections in args.corrections:
                 x, seconds = timed_sample(
                     lambda x, t, g=guidance: g.guided_eps(denoiser, x, t, sde),
-                    (args.members, prior.length, *prior.state), steps, corrections,
+                    (args.members, prior.length, *prior.state), steps, corrections, args,
                 )  # fmt: skip
                 flat = x.reshape(len(x), -1)
                 agreement = posterior_agreement(flat, torch.zeros_like(case.mean), case.mean,
@@ -108,7 +117,16 @@ def main() -> None:
         "--window", type=int, default=3, help="days per blanket window (trajectory case)"
     )
     parser.add_argument("--guidance", nargs="+", default=["sda", "mmps"], help="sda and/or mmps")
+    parser.add_argument("--solver", default="ddim", choices=["ddim", "dpm2m"])
+    parser.add_argument("--tau", type=float, default=0.5)
+    parser.add_argument("--tau-reference-steps", type=int, default=None,
+                        help="Langevin step tau x this / steps (default: per step)")  # fmt: skip
+    parser.add_argument("--correction-min-sigma", type=float, default=0.0)
     args = parser.parse_args()
+    print(f"solver {args.solver}, tau {args.tau:g}"
+          + (f" x {args.tau_reference_steps} / steps" if args.tau_reference_steps else " per step")
+          + (f", corrections where sigma >= {args.correction_min_sigma:g}"
+             if args.correction_min_sigma else ""))  # fmt: skip
     torch.set_num_threads(1)
     if args.case == "trajectory":
         print(
@@ -139,7 +157,7 @@ def main() -> None:
                 for corrections in args.corrections:
                     x, seconds = timed_sample(
                         lambda x, t, g=guidance: g.guided_eps(prior.eps, x, t, sde),
-                        (args.members, *prior.shape), steps, corrections,
+                        (args.members, *prior.shape), steps, corrections, args,
                     )  # fmt: skip
                     agreement = posterior_agreement(x, prior.mean, post_mean, post_cov)
                     print(

@@ -4,7 +4,9 @@ For every score network of a finished run (default ``results/demo``), ``--member
 trajectories of ``--days`` days are drawn from the prior alone (no observation: the run's
 Markov-blanket denoiser and sampler, unguided), and the standard deviation of their
 temperature (standardised anomaly, over members, days and grid points) is divided by that of
-the validation split's days, level by level. An exact score gives 1 (up to sampling error);
+the validation split's days, level by level (and, in one column, over the training years':
+the networks learnt those, and where the validation year varies more, the first ratio is low
+even for a perfect prior). An exact score gives 1 (up to sampling error);
 below 1 the prior is too smooth and the analyses drawn from it under-dispersive where the
 observations say little. For latent networks, three ratios: the sampled codes against the
 validation split's codes (both standardised by the training codes' statistics, so in the
@@ -79,12 +81,15 @@ def main() -> None:
     with xr.open_dataset(args.run / "dataset/validation.nc") as ds:
         data_t = states_of(ds.load(), ["t"]).numpy()
     data_std = level_std(data_t)
+    with xr.open_dataset(args.run / "dataset/train.nc") as ds:
+        train_std = level_std(states_of(ds.load(), ["t"]).numpy())
     levels = data_t.shape[1]
     print(f"run {args.run}: {args.members} members x {args.days} days, validation std per level "
-          f"{' '.join(f'{v:.2f}' for v in data_std)} (standardised anomaly)\n")  # fmt: skip
-    print("| network | steps | corrections | codes | decoded | as analysed | "
-          "per level (final) | s |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---|---:|")
+          f"{' '.join(f'{v:.2f}' for v in data_std)}, training years' "
+          f"{' '.join(f'{v:.2f}' for v in train_std)} (standardised anomaly)\n")  # fmt: skip
+    print("| network | steps | corrections | codes | decoded | as analysed | as analysed / "
+          "training std | per level (final) | s |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
     for name in networks:
         net, meta = load_model(args.run / f"models/score-{name}.pt")
         for_sampling(net)
@@ -125,8 +130,9 @@ def main() -> None:
                     final = x[:, :, :levels].numpy()
                 ratio = level_std(final) / data_std
                 seconds = time.perf_counter() - start
+                trained = (level_std(final) / train_std).mean()
                 print(f"| {name} | {steps} | {corrections} | {cells['codes']} | "
-                      f"{cells['decoded']} | {ratio.mean():.2f} | "
+                      f"{cells['decoded']} | {ratio.mean():.2f} | {trained:.2f} | "
                       f"{' '.join(f'{v:.2f}' for v in ratio)} | {seconds:.0f} |",
                       flush=True)  # fmt: skip
 

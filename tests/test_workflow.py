@@ -221,3 +221,41 @@ def test_smoke_preset_regrids_with_xesmf(root, smoke_run, tmp_path):
             assert np.array_equal(np.isnan(builtin.values), np.isnan(esmf.values))
             difference = np.nanmax(np.abs(builtin.values - esmf.values))
             assert 0 < difference < tolerance[esmf_path.parent.name], esmf_path
+
+
+@pytest.mark.slow
+def test_steps_benchmark_on_the_smoke_run(root, smoke_run, tmp_path):
+    """benchmarks/steps.py on the smoke run's networks: a named case and a grid cell given as
+    axis-value, network calls counted with skipped corrections, --max-calls, --resume (nothing
+    measured twice) and --from-csv (the choice and the plot from the rows alone)."""
+    import subprocess
+
+    run = smoke_run / "results" / "smoke"
+    out = tmp_path / "steps.csv"
+    base = [sys.executable, str(root / "benchmarks" / "steps.py"), str(run), "--methods",
+            "latent-none", "--cases", "ideal", "gap-4", "--steps", "2", "4", "--corrections",
+            "0", "1", "--solvers", "dpm2m", "--guidance", "sda", "--tau-reference-steps", "0",
+            "2", "--max-calls", "6", "--csv", str(out)]  # fmt: skip
+    bad = subprocess.run([*base[:5], "--cases", "storm"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown case 'storm'" in bad.stderr
+    first = subprocess.run(base, capture_output=True, text=True, check=True, cwd=smoke_run)
+    rows = pd.read_csv(out)
+    # gap-4 is not on the smoke grid's gap axis ([2]): axis-value is taken as given
+    assert set(rows.case) == {"ideal", "gap-4"}
+    # per case: 2 and 4 steps without corrections, with 1 correction at 2 steps for both Langevin
+    # times (4 + 1 costs 8 > 6 calls); a correction-free sampler is measured once
+    assert len(rows) == 2 * 4
+    assert set(rows[rows.corrections == 0].calls) == {2, 4}
+    assert set(rows[rows.corrections == 1].calls) == {4}
+    assert np.isfinite(rows[["rmse", "crps", "spread_skill"]].to_numpy()).all()
+    assert "Per method in every case measured" in first.stdout
+    again = subprocess.run([*base, "--resume"], capture_output=True, text=True, check=True,
+                           cwd=smoke_run)  # fmt: skip
+    assert again.stdout.count("| latent-none |") == 0  # every row was already there
+    pd.testing.assert_frame_equal(pd.read_csv(out)[rows.columns], rows)
+    merged = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "steps.py"), "--from-csv", str(out), str(out),
+         "--plot", str(tmp_path / "steps.png")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "- latent-none" in merged.stdout and (tmp_path / "steps.png").stat().st_size > 0

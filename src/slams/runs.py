@@ -35,11 +35,16 @@ def cell_paths(run: str | Path, method: str, protocol: str) -> dict[str, str]:
 def assimilate_case(run, config: dict, protocol: str, method: str, case: str, assimilation: dict):
     """Assimilate the named ``case`` of ``config`` (``assimilation.cases``) again with
     ``method`` under ``protocol``, on the networks of the finished run ``run``, with the
-    ``assimilation`` section given (a variant of the config's); returns the analysis dataset."""
+    ``assimilation`` section given (a variant of the config's); returns the analysis dataset.
+    ``case`` may also be a cell of the grid itself, as ``axis-value`` (``gap-2``)."""
     from slams.assimilate import run_cell
     from slams.config import setting_parameters
 
-    axis, value = config["assimilation"]["cases"][case].split("-", 1)
+    cell = config["assimilation"]["cases"].get(case, case)
+    if "-" not in cell or cell.split("-", 1)[0] not in config["assimilation"]["axes"]:
+        named = ", ".join(config["assimilation"]["cases"])
+        raise ValueError(f"unknown case {case!r}: a named case ({named}) or a cell as axis-value")
+    axis, value = cell.split("-", 1)
     return run_cell(
         protocol, method, axis, value, setting_parameters(config, axis, float(value)),
         assimilation, config["score"]["window"], cell_paths(run, method, protocol),
