@@ -43,6 +43,10 @@ def directory_server(tmp_path):
     requests = []
 
     class Handler(SimpleHTTPRequestHandler):
+        # keep-alive, as a bucket's endpoint: HTTP/1.0's connection per request makes the
+        # zarr client stall about a second now and then
+        protocol_version = "HTTP/1.1"
+
         def log_message(self, *args):
             pass
 
