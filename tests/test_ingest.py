@@ -29,6 +29,7 @@ from slams.data.download import (
     validate_source_file,
 )
 from slams.data.regrid import open_source, regrid_file
+from slams.data.weatherbench2 import FULL_37_0P25, WB13_1P5
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = pd.date_range("2001-01-01", "2001-03-31", freq="D")
@@ -298,6 +299,54 @@ def test_weatherbench2_problems_fail_in_one_line(directory_server, tmp_path, lev
                                     resolution=30.0)  # fmt: skip
     assert words in str(error.value) and "\n" not in str(error.value)
     assert leftovers(tmp_path) == [] or leftovers(tmp_path) == ["served"]
+
+
+PAPER_LEVELS = load_config(ROOT / "config.yaml")["data"]["levels"]
+PRESET_1P5 = ROOT / "presets" / "weatherbench2-1p5.yaml"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        WB13_1P5.url,
+        f"gs://weatherbench2/datasets/era5/{WB13_1P5.name}/",
+        f"/data/mirror/{WB13_1P5.name}",
+    ],
+)
+def test_the_1p5_store_at_the_paper_levels_is_a_config_error(tmp_path, url):
+    """Known by name, the 1.5 degree store is checked at validation, before any job runs;
+    the preset that drops 10 hPa passes, and so does the 0.25 degree default."""
+    overlay = tmp_path / "wb2.yaml"
+    overlay.write_text(
+        "data: {era5_source: weatherbench2}\n"
+        f"download: {{era5: {{weatherbench2_url: '{url}'}}}}\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(ROOT / "config.yaml", overlay)
+    message = str(error.value)
+    assert message.startswith(
+        f"config error at data.levels: the WeatherBench 2 store {WB13_1P5.name} has the "
+        "pressure levels 50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000 hPa "
+        "but not 10 hPa: drop 10 hPa from data.levels"
+    )
+    assert "\n" not in message
+    config = load_config(ROOT / "config.yaml", overlay, PRESET_1P5)
+    assert config["data"]["levels"] == [50, 100, 200, 300, 500, 700, 850, 925, 1000]
+    default = tmp_path / "default.yaml"
+    default.write_text("data: {era5_source: weatherbench2}\n")
+    config = load_config(ROOT / "config.yaml", default)
+    assert config["download"]["era5"]["weatherbench2_url"] == FULL_37_0P25.url
+
+
+def test_a_store_of_another_name_is_checked_when_its_job_opens_it(tmp_path):
+    """Levels are never guessed for a store not known by name: validation passes, and the
+    job checks the store's own levels (test_weatherbench2_problems_fail_in_one_line)."""
+    overlay = tmp_path / "wb2.yaml"
+    overlay.write_text(
+        "data: {era5_source: weatherbench2}\n"
+        "download: {era5: {weatherbench2_url: 'https://example.org/era5-other.zarr'}}\n"
+    )
+    assert load_config(ROOT / "config.yaml", overlay)["data"]["levels"] == PAPER_LEVELS
 
 
 def test_an_unreachable_store_fails_in_one_line(tmp_path):

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from slams.data.weatherbench2 import check_levels
 from slams.methods import METHODS
 
 AXES = ("coarsen", "noise", "gap")
@@ -99,6 +100,10 @@ def check_consistency(config: dict) -> None:
                 f"config error at split.{name}: years {a}-{b} lie outside data.years {first}-{last}"
             )
         spans[name] = set(range(a, b + 1))
+    if data["source"] == "real" and data.get("era5_source") == "weatherbench2":
+        problem = check_levels(config["download"]["era5"]["weatherbench2_url"], data["levels"])
+        if problem:
+            raise ConfigError(f"config error at data.levels: {problem}")
     for one, two in itertools.combinations(spans, 2):
         common = spans[one] & spans[two]
         if common:
