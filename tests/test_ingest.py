@@ -219,36 +219,56 @@ def test_a_period_outside_the_test_split_is_a_config_error(tmp_path, period, wor
 
 
 WB2_LEVELS = [1000.0, 850.0, 500.0, 10.0]
+# The two real stores' layouts (slams.data.weatherbench2), on a tiny grid of the same
+# orientation: the 0.25 degree store's dims, ERA5's 37 levels and latitude 90..-90, chunks of
+# every level (one day of steps: the real store's single step would only make more requests);
+# the 1.5 degree store's dims, its 13 levels and latitude -90..90, chunks of 8 steps and every
+# level.
+LAYOUTS = {
+    "0p25": (
+        FULL_37_0P25,
+        {"dims": ("time", "level", "latitude", "longitude"), "descending": True, "time_chunk": 4},
+    ),
+    "1p5": (
+        WB13_1P5,
+        {"dims": ("time", "level", "longitude", "latitude"), "descending": False, "time_chunk": 8},
+    ),
+}
 
 
-def write_wb2_store(path: Path, year: int = 2001, resolution: float = 30.0, drop=None):
-    """A zarr (v2, consolidated) store in WeatherBench 2's ERA5 layout: ``temperature (time,
-    level, longitude, latitude)``, 6-hourly, latitude ascending with both poles; returns the
-    temperature as ``(time, level, lat, lon)``."""
+def write_wb2_store(path: Path, year: int = 2001, resolution: float = 30.0, drop=None,
+                    levels=WB2_LEVELS, dims=("time", "level", "longitude", "latitude"),
+                    descending=False, time_chunk=124):  # fmt: skip
+    """A zarr (v2, consolidated) store in WeatherBench 2's ERA5 layout: ``temperature`` with
+    ``dims``, 6-hourly, both poles, latitude ascending unless ``descending``, one chunk per
+    ``time_chunk`` steps and all levels; returns the steps and the temperature as ``(time,
+    level, lat, lon)`` with latitude ascending, levels in the given order."""
     times = pd.date_range(f"{year}-01-01", f"{year}-12-31 18:00", freq="6h")
     if drop is not None:
         times = times.delete(drop)
     lat = np.linspace(-90, 90, round(180 / resolution) + 1)
     lon = np.arange(0, 360, resolution)
     rng = np.random.default_rng(0)
-    t = 250 + 30 * rng.random((len(times), len(WB2_LEVELS), lon.size, lat.size))
-    ds = xr.Dataset(
-        {
-            "temperature": (("time", "level", "longitude", "latitude"), t.astype(np.float32)),
-            "2m_temperature": (("time", "longitude", "latitude"), t[:, 0].astype(np.float32)),
-        },
+    t = (250 + 30 * rng.random((len(times), len(levels), lat.size, lon.size))).astype(np.float32)
+    stored = xr.DataArray(
+        t,
+        dims=("time", "level", "latitude", "longitude"),
         coords={
             "time": times,
-            "level": np.array(WB2_LEVELS, dtype=np.int64),
-            "longitude": lon,
+            "level": np.array(levels, dtype=np.int64),
             "latitude": lat,
+            "longitude": lon,
         },
+        attrs={"units": "K"},
     )
-    ds["temperature"].attrs["units"] = "K"
-    chunks = {"temperature": (124, len(WB2_LEVELS), lon.size, lat.size)}
-    encoding = {name: {"chunks": shape} for name, shape in chunks.items()}
+    if descending:
+        stored = stored.isel(latitude=slice(None, None, -1))
+    stored = stored.transpose(*dims)
+    ds = xr.Dataset({"temperature": stored, "2m_temperature": stored.isel(level=0, drop=True)})
+    sizes = dict(stored.sizes, time=time_chunk)
+    encoding = {"temperature": {"chunks": tuple(sizes[d] for d in dims)}}
     ds.to_zarr(path, zarr_format=2, consolidated=True, mode="w", encoding=encoding)
-    return times, t.transpose(0, 1, 3, 2)
+    return times, t
 
 
 def test_era5_from_weatherbench2_over_http(directory_server, tmp_path, caplog):
@@ -269,8 +289,9 @@ def test_era5_from_weatherbench2_over_http(directory_server, tmp_path, caplog):
     da = open_source(dest, "era5").load()
     assert da.sizes["time"] == 365 and list(da["level"].values) == [10.0, 850.0]
     daily = t.reshape(365, 4, *t.shape[1:]).mean(axis=1)  # (day, level, lat, lon)
-    np.testing.assert_allclose(da.sel(level=850.0).values, daily[:, 1], rtol=1e-6)
-    np.testing.assert_allclose(da.sel(level=10.0).values, daily[:, 3], rtol=1e-6)
+    # written with 16 significant bits, as the CDS path writes: a relative error below 2**-16
+    np.testing.assert_allclose(da.sel(level=850.0).values, daily[:, 1], rtol=2e-5)
+    np.testing.assert_allclose(da.sel(level=10.0).values, daily[:, 3], rtol=2e-5)
     # only the two levels were read: no chunk of the unused variable
     assert not any("2m_temperature/" in r for r in requests)
     assert "2001-12: 31 days read" in caplog.text
@@ -284,7 +305,7 @@ def test_era5_from_weatherbench2_over_http(directory_server, tmp_path, caplog):
 @pytest.mark.parametrize(
     ("levels", "year", "drop", "words"),
     [
-        ([850.0, 925.0], 2001, None, "no pressure levels [925.0]"),
+        ([850.0, 925.0], 2001, None, "10, 500, 850, 1000 hPa but not 925 hPa: drop 925 hPa"),
         ([850.0], 1990, None, "holds no step of 1990 (it covers 2001-01-01..2001-12-31)"),
         ([850.0], 2001, slice(400, 402), "2001 is incomplete: 0 days without steps, 1 days"),
     ],
@@ -303,6 +324,73 @@ def test_weatherbench2_problems_fail_in_one_line(directory_server, tmp_path, lev
 
 PAPER_LEVELS = load_config(ROOT / "config.yaml")["data"]["levels"]
 PRESET_1P5 = ROOT / "presets" / "weatherbench2-1p5.yaml"
+
+
+@pytest.mark.parametrize("layout", ["0p25", "1p5"])
+def test_each_weatherbench2_layout_gives_daily_means_in_the_cds_layout(
+    directory_server, tmp_path, monkeypatch, layout
+):
+    """Each real store's layout, served under its real name over HTTP and read through the
+    same code as the real URL, at the levels its config asks for: config.yaml's ten from the
+    0.25 degree store, the preset's nine (no 10 hPa) from the 1.5 degree one."""
+    base, served, requests = directory_server
+    store, layout_options = LAYOUTS[layout]
+    _, t = write_wb2_store(served / store.name, levels=store.levels, **layout_options)
+    overlay = [PRESET_1P5] if layout == "1p5" else []
+    levels = load_config(ROOT / "config.yaml", *overlay)["data"]["levels"]
+    assert (10 in levels) == (layout == "0p25") and len(levels) == 10 - (layout == "1p5")
+    if layout == "0p25":
+        # read as the real 0.25 degree store is, a few days at a time (there: one, 166 MB),
+        # here 9 days, which divides no month: blocks end inside months and at their ends
+        day_bytes = 4 * len(levels) * 7 * 12 * 4
+        monkeypatch.setattr("slams.data.download.WB2_BLOCK_BYTES", 9 * day_bytes)
+    dest = tmp_path / "raw" / "era5" / "2001.nc"
+    download_era5_weatherbench2(dest, 2001, levels=levels, url=f"{base}/{store.name}")
+    assert leftovers(dest.parent) == ["2001.nc"]
+    # the CDS layout whatever the store's: dims, latitude 90..-90, levels ascending, float32 K
+    with netCDF4.Dataset(dest) as nc:
+        assert nc["t"].dimensions == ("valid_time", "pressure_level", "latitude", "longitude")
+        assert nc["t"].dtype == np.float32 and nc["t"].units == "K"
+        assert list(nc["latitude"][:]) == [90, 60, 30, 0, -30, -60, -90]
+        assert list(nc["pressure_level"][:]) == sorted(levels)
+    validate_source_file(dest, "era5", year=2001, levels=levels, complete=True, resolution=30.0)
+    # the values: each day's mean of its 4 steps at each configured level, on the right rows
+    da = open_source(dest, "era5").load()
+    daily = t.reshape(365, 4, *t.shape[1:]).mean(axis=1)  # (day, level, lat ascending, lon)
+    index = [store.levels.index(level) for level in sorted(levels)]
+    np.testing.assert_allclose(da.values, daily[:, index], rtol=2e-5)
+    assert not any("2m_temperature/" in r for r in requests)
+    if layout == "0p25":  # at 0.25 degrees the file goes through our own regridding
+        regridded = tmp_path / "regridded.nc"
+        regrid_file(dest, regridded, "era5", resolution=45.0)
+        with xr.open_dataset(regridded) as ds:
+            assert ds["t"].sizes == {"time": 365, "level": 10, "lat": 4, "lon": 8}
+            assert list(ds["level"].values) == sorted(levels)
+            assert 250 <= float(ds["t"].min()) and float(ds["t"].max()) <= 280
+
+
+def test_the_1p5_store_at_the_paper_levels_fails_in_one_line_before_reading_data(
+    directory_server, tmp_path
+):
+    """The 1.5 degree store has no 10 hPa: with config.yaml's levels the job stops once the
+    store's metadata are read, naming its levels, the missing one and the ways out."""
+    base, served, requests = directory_server
+    store, layout_options = LAYOUTS["1p5"]
+    write_wb2_store(served / store.name, levels=store.levels, **layout_options)
+    dest = tmp_path / "raw" / "2001.nc"
+    with pytest.raises(ValidationError) as error:
+        download_era5_weatherbench2(dest, 2001, PAPER_LEVELS, url=f"{base}/{WB13_1P5.name}")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"The WeatherBench 2 store {WB13_1P5.name} has the pressure levels 50, 100, 150, 200, "
+        "250, 300, 400, 500, 600, 700, 850, 925, 1000 hPa but not 10 hPa: drop 10 hPa from "
+        "data.levels (presets/weatherbench2-1p5.yaml does"
+    )
+    assert message.endswith(f"weatherbench2_url to the 0.25 degree store with all 37 levels, "
+                            f"{FULL_37_0P25.url}")  # fmt: skip
+    assert not any("/temperature/" in r for r in requests)  # metadata only, no chunk
+    assert leftovers(dest.parent) == []
 
 
 @pytest.mark.parametrize(
@@ -358,34 +446,40 @@ def test_an_unreachable_store_fails_in_one_line(tmp_path):
 
 def test_the_weatherbench2_source_replaces_the_cds_jobs_and_regrids(directory_server, tmp_path):
     """With data.era5_source weatherbench2 Snakemake fetches one file per year from the
-    store (no monthly CDS requests, no merge) and regrids it like any other ERA5 year."""
+    store (no monthly CDS requests, no merge) and regrids it like any other ERA5 year: here
+    the 1.5 degree store's layout under its real name, with the preset that drops 10 hPa.
+    One year is fetched; regrid_file on such a file is run by the 0.25 degree layout's test
+    (regridding nine levels of a year took 14 s on the 2-core test machine)."""
     import subprocess
     import sys
 
     base, served, _ = directory_server
-    write_wb2_store(served / "era5.zarr")
+    store, layout_options = LAYOUTS["1p5"]
+    write_wb2_store(served / store.name, levels=store.levels, **layout_options)
     overlay = tmp_path / "wb2.yaml"
     overlay.write_text(
         "name: wb2test\n"
-        "data: {dataset: wb2test, years: [2000, 2002], levels: [850, 10], era5_source: "
-        "weatherbench2, regrid_backend: builtin}\n"
+        "data: {dataset: wb2test, years: [2000, 2002], era5_source: weatherbench2, "
+        "regrid_backend: builtin}\n"
         "split: {train: [2000, 2000], validation: [2001, 2001], test: [2002, 2002]}\n"
-        f"download: {{era5: {{weatherbench2_url: '{base}/era5.zarr'}}}}\n"
+        f"download: {{era5: {{weatherbench2_url: '{base}/{store.name}'}}}}\n"
     )
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--cores", "1"]
-    dry = subprocess.run([*command, "-n", "--configfile", str(overlay)], capture_output=True,
-                         text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    configs = ["--configfile", str(PRESET_1P5), str(overlay)]
+    dry = subprocess.run([*command, "-n", *configs], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)  # fmt: skip
     assert dry.returncode == 0, dry.stderr[-3000:]
     jobs = {p[0]: int(p[1]) for p in (line.split() for line in dry.stdout.splitlines())
             if len(p) == 2 and p[1].isdigit()}  # fmt: skip
-    assert jobs["download_era5_weatherbench2"] == 3
+    assert jobs["download_era5_weatherbench2"] == 3 and jobs["regrid"] == 9
     assert "download_era5" not in jobs and "merge_era5" not in jobs
-    target = "resources/wb2test/regridded-1.5deg/era5/2001.nc"
-    run = subprocess.run([*command, target, "--configfile", str(overlay)], capture_output=True,
-                         text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    target = "resources/wb2test/raw/era5/2001.nc"
+    run = subprocess.run([*command, target, *configs], capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
-    with xr.open_dataset(tmp_path / target) as ds:
-        assert ds["t"].sizes == {"time": 365, "level": 2, "lat": 120, "lon": 240}
-        assert 250 < float(ds["t"].mean()) < 280
+    da = open_source(tmp_path / target, "era5")
+    assert da.sizes == {"time": 365, "level": 9, "lat": 7, "lon": 12}
+    assert list(da["level"].values) == [50, 100, 200, 300, 500, 700, 850, 925, 1000]
+    da.close()
     log = (tmp_path / "resources/wb2test/logs/download/era5-2001.log").read_text()
-    assert "365 days, 2 levels, 7 x 12 grid from WeatherBench 2" in log
+    assert "365 days, 9 levels, 7 x 12 grid from WeatherBench 2" in log

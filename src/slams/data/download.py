@@ -50,6 +50,7 @@ import xarray as xr
 from slams.data.classic import check_classic_size
 from slams.data.dataset import describe_dates
 from slams.data.regrid import open_source
+from slams.data.weatherbench2 import FULL_37_0P25, missing_levels
 
 logger = logging.getLogger(__name__)
 
@@ -740,21 +741,22 @@ def merge_era5_year(
 
 # ------------------------------------------------------------------- ERA5 via WeatherBench 2
 
-WB2_URL = (
-    "https://storage.googleapis.com/weatherbench2/datasets/era5/"
-    "1959-2022-6h-240x121_equiangular_with_poles_conservative.zarr"
-)
-WB2_RESOLUTION = 1.5  # the real store's grid spacing (degrees)
+WB2_URL = FULL_37_0P25.url  # the schema's default: ERA5's 0.25 degree grid, all 37 levels
 WB2_STEPS_PER_DAY = 4  # 00, 06, 12, 18 UTC
+# Days read at once: as many as fit in this many bytes of float32 (at least one), so that a
+# 0.25 degree store is read a day at a time (166 MB for 10 levels) and a 1.5 degree store a
+# month at a time, as its chunks of 8 steps favour.
+WB2_BLOCK_BYTES = 256 * 2**20
 
 
 def open_weatherbench2(url: str = WB2_URL) -> xr.Dataset:
-    """WeatherBench 2's ARCO ERA5 store, lazily (consolidated zarr metadata, nothing else read).
+    """A WeatherBench 2 ERA5 store, lazily (consolidated zarr metadata, nothing else read).
 
     ``url`` is an ``https://`` (anonymous, over fsspec's HTTP file system), ``gs://`` (needs
-    gcsfs) or local path. The store holds ``temperature (time, level, longitude, latitude)``
-    in K, 6-hourly, on a 1.5 degree grid of 240 longitudes (0..358.5) and 121 latitudes from
-    -90 to 90 (poles included), conservatively regridded from ERA5's 0.25 degrees.
+    gcsfs) or local path. The stores hold ``temperature`` in K, 6-hourly, with dims ``time,
+    level, latitude, longitude`` in some order and latitude either way round: the 0.25 degree
+    store ERA5's 1440 x 721 grid and 37 levels, the 1.5 degree one 240 x 121 and 13 levels
+    (:mod:`slams.data.weatherbench2`).
     """
     try:
         return xr.open_zarr(url, consolidated=True, chunks=None, decode_timedelta=False)
@@ -774,15 +776,17 @@ def download_era5_weatherbench2(
 ) -> Path:
     """One year of ERA5 daily-mean temperature at ``levels`` from WeatherBench 2 to ``dest``.
 
-    Reads only the 10 (or configured) levels and the 6-hourly steps of ``year`` from the store
-    (:func:`open_weatherbench2`), a month at a time; every day must have its four steps (00,
-    06, 12, 18 UTC), whose mean is the day's value (the CDS product averages the 24 hourly
-    analyses instead; the two differ by the diurnal sampling, typically < 0.1 K in the free
-    troposphere). Writes the CDS layout :func:`merge_era5_year` writes (``t`` in K, dims
-    ``valid_time, pressure_level, latitude, longitude``, latitude descending), validated at
-    ``resolution`` degrees (default: the store's own latitude spacing, 1.5 for the real
-    store), under a temporary name first. Raises :class:`DownloadError` or
-    :class:`ValidationError` with one line.
+    Opens the store (:func:`open_weatherbench2`) and checks, before reading any data, its
+    variable, dims, levels (one line naming the levels it has and the ones missing) and the
+    year's steps: every day must have its four (00, 06, 12, 18 UTC), whose mean is the day's
+    value (the CDS product averages the 24 hourly analyses instead; the two differ by the
+    diurnal sampling, typically < 0.1 K in the free troposphere). Then reads only ``levels``
+    and the year's steps, a block of whole days at a time (:data:`WB2_BLOCK_BYTES`), and writes
+    the CDS layout :func:`merge_era5_year` writes (``t`` in K, dims ``valid_time,
+    pressure_level, latitude, longitude``, latitude descending, whatever the store's order),
+    with the same 16 significant bits, under a temporary name first; validated at
+    ``resolution`` degrees (default: the store's own latitude spacing). Raises
+    :class:`DownloadError` or :class:`ValidationError` with one line.
     """
     import netCDF4
 
@@ -799,9 +803,9 @@ def download_era5_weatherbench2(
     if set(t.dims) != expected_dims:
         raise ValidationError(f"{url}: temperature has dims {t.dims}, expected {expected_dims}")
     available = [float(v) for v in t["level"].values]
-    absent = [level for level in levels if not np.isclose(available, float(level)).any()]
-    if absent:
-        raise ValidationError(f"{url}: no pressure levels {absent} (has {available})")
+    problem = missing_levels(url, available, levels)
+    if problem:
+        raise ValidationError(problem[0].upper() + problem[1:])
     times = t.indexes["time"]
     in_year = np.flatnonzero(times.year == year)
     days = _expected_days(year, None)
@@ -820,14 +824,19 @@ def download_era5_weatherbench2(
             f"{' (' + describe_dates(missing) + ')' if len(missing) else ''}, {len(short)} days "
             f"without {WB2_STEPS_PER_DAY} 6-hourly steps"
         )
-    level_index = [int(np.flatnonzero(np.isclose(available, float(v)))[0]) for v in levels]
-    order = np.argsort([available[i] for i in level_index])
-    level_index = [level_index[i] for i in order]
+    level_index = sorted(
+        (int(np.flatnonzero(np.isclose(available, float(v)))[0]) for v in levels),
+        key=lambda i: available[i],
+    )
     lat = t["latitude"].values.astype(np.float64)
     lon = t["longitude"].values.astype(np.float64)
+    if lat.size < 2 or lon.size < 2:
+        raise ValidationError(f"{url}: a {lat.size} x {lon.size} grid is not global")
     if resolution is None:
-        resolution = float(np.abs(np.diff(lat)).mean()) if lat.size > 1 else WB2_RESOLUTION
+        resolution = float(np.abs(np.diff(lat)).mean())
     lat_order = np.argsort(lat)[::-1]  # the CDS layout: latitude descending
+    day_bytes = WB2_STEPS_PER_DAY * len(level_index) * lat.size * lon.size * 4
+    block_days = max(1, WB2_BLOCK_BYTES // day_bytes)
     with _staged(dest) as part:
         with netCDF4.Dataset(part, "w", format="NETCDF4") as nc:
             out = _era5_file(
@@ -837,23 +846,32 @@ def download_era5_weatherbench2(
                 [available[i] for i in level_index],
                 lat[lat_order],
                 lon,
+                # as merge_era5_year: 16 significant bits, finer than ERA5's own packing
+                quantize=True,
             )
             index = 0
             for month in range(1, 13):
                 wanted = in_year[0] + np.flatnonzero(steps.month == month)
-                block = t.isel(time=wanted, level=level_index).transpose(
-                    "time", "level", "latitude", "longitude"
-                )
-                try:
-                    values = np.asarray(block.values, dtype=np.float64)
-                except Exception as error:
-                    raise DownloadError(
-                        f"reading {year}-{month:02d} from {url} failed: {_one_line(error)}"
-                    ) from None
-                daily = values.reshape(-1, WB2_STEPS_PER_DAY, *values.shape[1:]).mean(axis=1)
-                out[index : index + len(daily)] = daily[:, :, lat_order, :].astype(np.float32)
-                index += len(daily)
-                logger.info("%s-%02d: %d days read", year, month, len(daily))
+                month_days = len(wanted) // WB2_STEPS_PER_DAY
+                for first in range(0, month_days, block_days):
+                    block_steps = wanted[
+                        first * WB2_STEPS_PER_DAY : (first + block_days) * WB2_STEPS_PER_DAY
+                    ]
+                    block = t.isel(time=block_steps, level=level_index).transpose(
+                        "time", "level", "latitude", "longitude"
+                    )
+                    try:
+                        values = np.asarray(block.values, dtype=np.float32)
+                    except Exception as error:
+                        raise DownloadError(
+                            f"reading {year}-{month:02d} from {url} failed: {_one_line(error)}"
+                        ) from None
+                    daily = values.reshape(-1, WB2_STEPS_PER_DAY, *values.shape[1:]).mean(
+                        axis=1, dtype=np.float64
+                    )
+                    out[index : index + len(daily)] = daily[:, :, lat_order, :].astype(np.float32)
+                    index += len(daily)
+                logger.info("%s-%02d: %d days read", year, month, month_days)
         validate_source_file(
             part, "era5", year=year, levels=levels, complete=True, resolution=resolution
         )
