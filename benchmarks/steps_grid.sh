@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Issue 25's sampler grid on a finished run's networks (benchmarks/README.md, "The sampler grid
+# on the study's networks"): steps x corrections x solver x guidance x Langevin time for pixel,
+# latent-none and latent-both in the ideal and sparse cases, 4 members x 8 days. Resumable
+# (steps.py --resume): run it again after a stop and it measures only what is missing.
+#   benchmarks/steps_grid.sh results/study results/study/benchmarks/steps [JOBS]
+# JOBS (default 2): processes side by side, one thread each. PERIOD="FIRST LAST" (default the
+# study's first 8 test days); PYTHON (default python); METHODS="a b" runs only those methods'
+# grids, one after another, and stops. Then, for the table and figure:
+#   python benchmarks/steps.py --from-csv OUT/*.csv --plot OUT/steps.png
+set -euo pipefail
+run=${1:?usage: steps_grid.sh RUN OUT [JOBS]}
+out=${2:?usage: steps_grid.sh RUN OUT [JOBS]}
+jobs=${3:-2}
+here=$(cd "$(dirname "$0")" && pwd)
+python=${PYTHON:-python}
+mkdir -p "$out"
+read -r first last <<< "${PERIOD:-2007-01-01 2007-01-08}"  # the study's first 8 test days
+common=(--cases ideal sparse --members 4 --period "$first" "$last" --resume)
+one() {  # one method's grid, one CSV per block of the design
+    local method=$1 m=(--methods "$1")
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
+        --steps 8 16 32 64 128 256 --corrections 0 --csv "$out/$method-ddim-0.csv"
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
+        --steps 8 16 32 64 128 --corrections 1 2 --max-calls 256 --tau-reference-steps 0 \
+        --csv "$out/$method-ddim-tau.csv"
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
+        --steps 32 64 256 --corrections 1 --tau-reference-steps 16 32 \
+        --csv "$out/$method-ddim-ref16.csv"
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers dpm2m --guidance sda \
+        --steps 8 16 32 64 --corrections 0 1 --max-calls 64 --tau-reference-steps 0 \
+        --csv "$out/$method-dpm2m.csv"
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance mmps \
+        --steps 16 --corrections 0 1 --tau-reference-steps 0 --csv "$out/$method-mmps.csv"
+}
+if [ -n "${METHODS:-}" ]; then  # only these, one after another (e.g. to run a part early)
+    for method in $METHODS; do one "$method"; done > "$out/grid-${METHODS// /-}.log" 2>&1
+    exit 0
+elif [ "$jobs" -ge 2 ]; then  # pixel costs about what the two latent methods cost together
+    one pixel > "$out/grid-pixel.log" 2>&1 &
+    { one latent-none; one latent-both; } > "$out/grid-latent.log" 2>&1 &
+    wait
+else
+    for method in pixel latent-none latent-both; do one "$method"; done > "$out/grid.log" 2>&1
+fi
+# the paper's 512 + 1 and 256 + 1 on one method and case, for the cost comparison
+"$python" "$here/steps.py" "$run" --methods latent-none --cases ideal --members 4 \
+    --period "$first" "$last" --resume --solvers ddim --guidance sda --steps 256 512 \
+    --corrections 1 --tau-reference-steps 0 --csv "$out/latent-none-paper.csv" > "$out/grid-paper.log" 2>&1
+"$python" "$here/steps.py" --from-csv "$out"/*.csv --plot "$out/steps.png"
