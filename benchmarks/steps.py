@@ -131,6 +131,29 @@ def choose(frame: pd.DataFrame) -> None:
             print(f"- {method}: {_name(best)}: {best.calls} calls ({best.worst:.3f})")
 
 
+def pivot(frame: pd.DataFrame) -> str:
+    """A markdown table, one row per sampler, one column per method and case: CRPS (K), its
+    share of that cell's best, spread/skill; RMSE is in the CSV."""
+    frame = frame.copy()
+    frame["cell"] = frame.method + ", " + frame.case
+    cells = sorted(frame.cell.unique())
+    keys = [*SAMPLER, "steps", "calls"]
+    lines = ["| sampler | calls | " + " | ".join(cells) + " |",
+             "|---|---:|" + "---:|" * len(cells)]  # fmt: skip
+    for key, group in frame.sort_values(["calls", *SAMPLER]).groupby(keys, sort=False):
+        row = dict(zip(keys, key, strict=True))
+        by_cell = group.set_index("cell")
+        values = []
+        for cell in cells:
+            if cell not in by_cell.index:
+                values.append("–")
+                continue
+            r = by_cell.loc[cell]
+            values.append(f"{r.crps:.3f} ({r.crps_share_of_best:.3f}) / {r.spread_skill:.2f}")
+        lines.append(f"| {_name(pd.Series(row))} | {row['calls']} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
 def _name(row) -> str:
     text = f"{row.solver} {row.steps} + {row.corrections} ({row.guidance}"
     if row.corrections and row.min_sigma:
@@ -160,11 +183,16 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --csv")
     parser.add_argument("--from-csv", type=Path, nargs="+", help="merge these, measure nothing")
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--table", action="store_true",
+                        help="with --from-csv: a row per sampler, a column per cell")  # fmt: skip
     args = parser.parse_args()
     if args.from_csv:
         frame = pd.concat([pd.read_csv(p) for p in args.from_csv], ignore_index=True)
         frame = frame.drop_duplicates(["method", "case", *SAMPLER, "steps"], keep="last")
         choose(frame)
+        if args.table:
+            print("\nCRPS (K) (share of the cell's best) / spread/skill:\n")
+            print(pivot(frame))
         if args.plot:
             plot(frame.to_dict("records"), args.plot)
         return

@@ -47,4 +47,4 @@ fi
 "$python" "$here/steps.py" "$run" --methods latent-none --cases ideal --members 4 \
     --period "$first" "$last" --resume --solvers ddim --guidance sda --steps 256 512 \
     --corrections 1 --tau-reference-steps 0 --csv "$out/latent-none-paper.csv" > "$out/grid-paper.log" 2>&1
-"$python" "$here/steps.py" --from-csv "$out"/*.csv --plot "$out/steps.png"
+"$python" "$here/steps.py" --from-csv "$out"/*.csv --table --plot "$out/steps.png"
