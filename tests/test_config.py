@@ -44,13 +44,20 @@ def test_paper_config_is_the_paper(root):
     }
     assert config["score"]["pixel"]["hidden"] == [64, 128, 256]
     assert config["score"]["latent"]["hidden"] == [32, 64, 128]
+    # the sampler chosen by measurement (README, "Choosing the sampler"); the paper's own is
+    # one overlay away
     sampler = config["assimilation"]["sampler"]
+    assert (sampler["steps"], sampler["corrections"], sampler["tau_reference_steps"]) == (32, 1, 16)
+    paper = load_config(root / "config.yaml", root / "presets/paper-sampler.yaml")
+    sampler = paper["assimilation"]["sampler"]
     assert (sampler["steps"], sampler["corrections"], sampler["tau"], sampler["gamma"]) == (
         512,
         1,
         0.5,
         0.01,
     )
+    assert sampler["tau_reference_steps"] is None and sampler["solver"] == "ddim"
+    assert sampler["correction_min_sigma"] == 0.0
     assert config["assimilation"]["axes"]["coarsen"]["values"] == [4, 8, 12, 15, 20]
     assert config["assimilation"]["members"] >= 8
 
