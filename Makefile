@@ -1,7 +1,7 @@
 # make demo   - create .venv, install, run the whole workflow on the embedded synthetic world
 # make test   - create .venv if needed, run the test suite (unit tests + the smoke-preset DAG)
 # make lint   - ruff, snakefmt and snakemake --lint
-# make study  - the demo's world, six training years, networks trained until they stop improving (at most 60 epochs), 8 members, without latent-insitu/-exsitu (presets/study.yaml; ~90 min on 2 cores)
+# make study  - the demo's world, six training years, networks trained until they stop improving (at most 60 epochs), 8 members, without latent-insitu/-exsitu (presets/study.yaml; measured 105 min on 2 shared cores)
 # make gpu-benchmark - on a CUDA machine: sampler, projected analysis and training times (one table)
 
 PYTHON ?= python3
