@@ -1,5 +1,6 @@
 # Configuration checks and every output path of the workflow, in one place.
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from slams.config import (
 )
 from slams.methods import METHODS as METHOD_SPECS
 from slams.report import case_figure_stem
+from slams.sampling import SamplerSettings
 
 try:
     validate_config(
@@ -173,7 +175,15 @@ def assimilation_params(wildcards):
     if spec.family == "oi":
         params["oi"] = section["oi"]
     elif spec.space is not None:
-        params.update(window_days=section["window_days"], sampler=section["sampler"])
+        # in SamplerSettings' field order (the schema's keys, additionalProperties false),
+        # whatever order the config files give them in: Snakemake compares params as text, so
+        # an overlay listing them otherwise would rerun every analysis with the same sampler
+        sampler = section["sampler"]
+        fields = [f.name for f in dataclasses.fields(SamplerSettings)]
+        params.update(
+            window_days=section["window_days"],
+            sampler={k: sampler[k] for k in fields if k in sampler},
+        )
     if wildcards.protocol == "physical":
         # the error variances of the precipitation and OLR it observes, if any
         params["observation_variance"] = {
