@@ -130,7 +130,7 @@ def test_training_curves_mark_the_exported_epoch_and_an_early_stop(tmp_path, mon
     monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or [])
     plot_training_curves(csvs, tmp_path / "curves.png", max_epochs={"stopped": 8, "full": 8})
     stopped, full = figures[0].axes[:2]
-    assert stopped.get_title() == "stopped (stopped at 6 of 8)" and full.get_title() == "full"
+    assert stopped.get_title() == "stopped\nstopped at epoch 6 of 8" and full.get_title() == "full"
     labels = [line.get_label() for line in stopped.get_lines()]
     assert "exported (epoch 2)" in labels and "stopped early" in labels
     assert "stopped early" not in [line.get_label() for line in full.get_lines()]

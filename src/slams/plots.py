@@ -336,7 +336,7 @@ def plot_training_curves(
         last = int(log["epoch"].max())
         if limit is not None and last < limit:
             panel.axvline(last, color="grey", ls="--", lw=1, label="stopped early")
-            title = f"{name} (stopped at {last} of {limit})"
+            title = f"{name}\nstopped at epoch {last} of {limit}"
         panel.set_title(title, fontsize=10)
         panel.set_xlabel("Epoch")
         panel.xaxis.set_major_locator(MaxNLocator(integer=True))
