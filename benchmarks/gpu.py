@@ -186,10 +186,10 @@ def main() -> None:
     corrections = sampler["corrections"]
     if args.chosen_corrections is not None:
         corrections = args.chosen_corrections
-    min_sigma = sampler.get("correction_min_sigma") or 0.0
+    min_sigma = sampler["correction_min_sigma"]
     args.chosen_calls = network_calls(steps, corrections, min_sigma)
     args.chosen_name = (
-        f"{sampler.get('solver', 'ddim')} {steps} + {corrections}"
+        f"{sampler['solver']} {steps} + {corrections}"
         + (f" (σ ≥ {min_sigma:g})" if corrections and min_sigma else "")
         + f", {args.chosen_calls} calls"
     )

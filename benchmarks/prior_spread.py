@@ -81,12 +81,10 @@ def main() -> None:
     with xr.open_dataset(args.run / "dataset/validation.nc") as ds:
         data_t = states_of(ds.load(), ["t"]).numpy()
     data_std = level_std(data_t)
-    with xr.open_dataset(args.run / "dataset/train.nc") as ds:
-        train_std = level_std(states_of(ds.load(), ["t"]).numpy())
     levels = data_t.shape[1]
     print(f"run {args.run}: {args.members} members x {args.days} days, validation std per level "
-          f"{' '.join(f'{v:.2f}' for v in data_std)}, training years' "
-          f"{' '.join(f'{v:.2f}' for v in train_std)} (standardised anomaly)\n")  # fmt: skip
+          f"{' '.join(f'{v:.2f}' for v in data_std)} (standardised anomaly; the training "
+          "years' is 1 at every level)\n")  # fmt: skip
     print("| network | steps | corrections | codes | decoded | as analysed | as analysed / "
           "training std | per level (final) | s |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
@@ -130,7 +128,9 @@ def main() -> None:
                     final = x[:, :, :levels].numpy()
                 ratio = level_std(final) / data_std
                 seconds = time.perf_counter() - start
-                trained = (level_std(final) / train_std).mean()
+                # the state is standardised by the training days' RMS anomaly about the
+                # climatology (stats.json), so their spread is 1 at every level by construction
+                trained = level_std(final).mean()
                 print(f"| {name} | {steps} | {corrections} | {cells['codes']} | "
                       f"{cells['decoded']} | {ratio.mean():.2f} | {trained:.2f} | "
                       f"{' '.join(f'{v:.2f}' for v in ratio)} | {seconds:.0f} |",

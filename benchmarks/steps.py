@@ -91,13 +91,20 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=130)
 
 
+def scored(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with each row's CRPS as a share of its cell's best, and whether it is within
+    2 % of it with spread/skill in 0.8-1.2."""
+    best = frame.groupby(["method", "case"])["crps"].transform("min")
+    return frame.assign(
+        crps_share_of_best=frame["crps"] / best,
+        good=(frame["crps"] / best <= 1.02) & frame.spread_skill.between(0.8, 1.2),
+    )
+
+
 def choose(frame: pd.DataFrame) -> None:
     """Print the fewest network calls within 2 % of the best CRPS with spread/skill in 0.8-1.2:
-    per method and case, then per method over all its measured cases."""
-    frame["crps_share_of_best"] = frame["crps"] / frame.groupby(["method", "case"])[
-        "crps"
-    ].transform("min")
-    frame["good"] = (frame.crps_share_of_best <= 1.02) & frame.spread_skill.between(0.8, 1.2)
+    per method and case, then per method over all its measured cases (``frame`` from
+    :func:`scored`)."""
     print("\nThe fewest network calls within 2 % of each case's best CRPS, spread/skill 0.8-1.2:")
     for (method, case), group in frame.groupby(["method", "case"]):
         good = group[group.good]
@@ -111,7 +118,7 @@ def choose(frame: pd.DataFrame) -> None:
               f"({best.crps_share_of_best:.3f} of the best)")  # fmt: skip
     print("\nPer method in every case measured, and for all of them together (one sampler for "
           "the config; worst share of the best CRPS in brackets):")  # fmt: skip
-    frame["cell"] = frame.method + "/" + frame.case
+    frame = frame.assign(cell=frame.method + "/" + frame.case)
     groups = [*frame.groupby("method"), ("all methods", frame)]
     for method, group in groups:
         cases = group.cell.nunique()
@@ -133,9 +140,8 @@ def choose(frame: pd.DataFrame) -> None:
 
 def pivot(frame: pd.DataFrame) -> str:
     """A markdown table, one row per sampler, one column per method and case: CRPS (K), its
-    share of that cell's best, spread/skill; RMSE is in the CSV."""
-    frame = frame.copy()
-    frame["cell"] = frame.method + ", " + frame.case
+    share of that cell's best, spread/skill; RMSE is in the CSV (``frame`` from :func:`scored`)."""
+    frame = frame.assign(cell=frame.method + ", " + frame.case)
     cells = sorted(frame.cell.unique())
     keys = [*SAMPLER, "steps", "calls"]
     lines = ["| sampler | calls | " + " | ".join(cells) + " |",
@@ -189,6 +195,7 @@ def main() -> None:
     if args.from_csv:
         frame = pd.concat([pd.read_csv(p) for p in args.from_csv], ignore_index=True)
         frame = frame.drop_duplicates(["method", "case", *SAMPLER, "steps"], keep="last")
+        frame = scored(frame)
         choose(frame)
         if args.table:
             print("\nCRPS (K) (share of the cell's best) / spread/skill:\n")
@@ -249,7 +256,7 @@ def main() -> None:
                       flush=True)  # fmt: skip
                 if args.csv:
                     pd.DataFrame(rows).to_csv(args.csv, index=False)
-    frame = pd.DataFrame(rows)
+    frame = scored(pd.DataFrame(rows))
     choose(frame)
     if args.csv:
         frame.to_csv(args.csv, index=False)

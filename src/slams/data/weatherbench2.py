@@ -39,10 +39,9 @@ WB13_LEVELS = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
 
 @dataclass(frozen=True)
 class Store:
-    """One WeatherBench 2 ERA5 store: grid spacing (degrees), pressure levels (hPa)."""
+    """One WeatherBench 2 ERA5 store: its name in the bucket and its pressure levels (hPa)."""
 
     name: str
-    resolution: float
     levels: tuple[int, ...]
 
     @property
@@ -50,10 +49,10 @@ class Store:
         return BUCKET + self.name
 
 
-FULL_37_0P25 = Store("1959-2022-full_37-6h-0p25deg-chunk-1.zarr-v2", 0.25, ERA5_LEVELS)
-WB13_1P5 = Store("1959-2022-6h-240x121_equiangular_with_poles_conservative.zarr", 1.5, WB13_LEVELS)
+FULL_37_0P25 = Store("1959-2022-full_37-6h-0p25deg-chunk-1.zarr-v2", ERA5_LEVELS)
+WB13_1P5 = Store("1959-2022-6h-240x121_equiangular_with_poles_conservative.zarr", WB13_LEVELS)
 WB13_1P5_2023 = Store(
-    "1959-2023_01_10-6h-240x121_equiangular_with_poles_conservative.zarr", 1.5, WB13_LEVELS
+    "1959-2023_01_10-6h-240x121_equiangular_with_poles_conservative.zarr", WB13_LEVELS
 )
 STORES = {store.name: store for store in (FULL_37_0P25, WB13_1P5, WB13_1P5_2023)}
 
