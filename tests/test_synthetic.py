@@ -15,18 +15,23 @@ RESOLUTION = 7.5  # same for all sources: ERA5 and OLR nodes coincide, CPC centr
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Two years of the world at 7.5 degrees; also captures the float fields before packing."""
+    """Two years of the world at 7.5 degrees; also captures the float fields before packing
+    (``written``: the blocks each file was given, joined)."""
     out = tmp_path_factory.mktemp("synthetic")
-    written = {}
-    original = synthetic._write
+    blocks = {}
+    original = synthetic._Stream.write
 
-    def capture(ds, path, encoding):
-        written[(path.parent.name, int(path.stem))] = ds.copy(deep=True)
-        original(ds, path, encoding)
+    def capture(stream, block, values):
+        blocks.setdefault((stream.path.parent.name, int(stream.path.stem)), []).append(
+            values.copy()
+        )
+        original(stream, block, values)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(synthetic, "_write", capture)
+        patch.setattr(synthetic._Stream, "write", capture)
         synthetic.write_synthetic(out, YEARS, LEVELS, 1, RESOLUTION, RESOLUTION, RESOLUTION)
+
+    written = {key: np.concatenate(values) for key, values in blocks.items()}
 
     def load(source, name, dim):
         return xr.concat(
@@ -36,6 +41,7 @@ def world(tmp_path_factory):
     return {
         "dir": out,
         "written": written,
+        "block_days": {key: [len(v) for v in values] for key, values in blocks.items()},
         "t": load("era5", "t", "valid_time"),
         "precip": load("cpc", "precip", "time"),
         "olr": load("olr", "olr", "time"),
@@ -94,7 +100,7 @@ def test_olr_is_packed_int16_and_decodes_within_scale_factor(world):
     decoded = xr.open_dataset(path)["olr"]
     assert decoded.attrs["units"] == "W/m^2"
     assert np.allclose(decoded["lat"], np.arange(90, -90.1, -RESOLUTION))
-    original = world["written"][("olr", 2001)]["olr"].values
+    original = world["written"][("olr", 2001)]
     assert np.abs(decoded.values - original).max() <= 0.5 * scale + 1e-4
     assert 80 < decoded.min() and decoded.max() < 360
     assert 100 < np.percentile(decoded, 1) and np.percentile(decoded, 99) < 330
@@ -204,3 +210,26 @@ def test_same_seed_identical_files_different_seed_different(tmp_path):
         assert not np.allclose(
             xr.open_dataset(a)[name].values, xr.open_dataset(c)[name].values, equal_nan=True
         )
+
+
+def test_years_are_written_a_block_of_days_at_a_time(world):
+    # memory holds one block whatever the grid (a year of ERA5 at 0.25 degrees is 15.2 GB)
+    for source in ("era5", "cpc", "olr"):
+        days = world["block_days"][(source, 2000)]
+        assert max(days) <= synthetic.BLOCK_DAYS and sum(days) == 366 and len(days) > 1
+
+
+def test_a_failure_leaves_no_partial_year(tmp_path, monkeypatch):
+    original = synthetic._Stream.write
+    calls = []
+
+    def fail_on_the_second_block(stream, block, values):
+        calls.append(block)
+        if len(calls) > 3:  # the second block of the first file
+            raise OSError("disk full")
+        original(stream, block, values)
+
+    monkeypatch.setattr(synthetic._Stream, "write", fail_on_the_second_block)
+    with pytest.raises(OSError, match="disk full"):
+        synthetic.write_synthetic(tmp_path, [2003], [500, 1000], 0, 15.0, 15.0, 15.0)
+    assert not list(tmp_path.rglob("*.nc"))

@@ -317,6 +317,26 @@ def test_gradient_clipping_changes_the_steps_and_every_epoch_records_its_largest
     )
 
 
+def test_max_batches_caps_the_training_and_validation_batches_of_an_epoch(tmp_path):
+    x, model, loss = _tiny_problem()
+    seen = {True: [], False: []}
+
+    def counting(m, batch, generator):
+        seen[m.training].append(len(batch))
+        return loss(m, batch, generator)
+
+    # 16 training samples in batches of 4 = 4 batches, 12 validation samples = 3 batches
+    settings = TrainSettings(epochs=2, batch_size=4, learning_rate=1e-3, weight_decay=0.0,
+                             max_batches=2)  # fmt: skip
+    history = fit(model, counting, x, x[:12], settings, tmp_path / "capped.csv")
+    assert seen[True] == [4, 4] * 2 and seen[False] == [4, 4] * 2
+    assert len(history) == 2
+    # the linear decay spans the capped epochs: it reaches zero at the last capped step
+    assert history[-1]["lr"] == pytest.approx(0.0)
+    uncapped = TrainSettings(**{**settings.__dict__, "max_batches": None})
+    assert uncapped.fingerprint() != settings.fingerprint()
+
+
 def test_the_plateau_keys_change_the_fingerprint_only_under_the_plateau_schedule():
     linear = TrainSettings(epochs=4, batch_size=4, learning_rate=1e-2, weight_decay=0.0)
     unused = TrainSettings(**{**linear.__dict__, "lr_patience": 7, "min_improvement": 0.1})

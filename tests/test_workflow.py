@@ -1,6 +1,7 @@
 """The Snakemake workflow: DAG shape, config errors, single targets, and one full smoke run."""
 
 import importlib.util
+import re
 import sys
 
 import numpy as np
@@ -24,7 +25,8 @@ def test_demo_dry_run_lists_every_job(root, tmp_path):
     assert counts["train_autoencoder"] == 4 and counts["encode"] == 4
     assert counts["train_score"] == 6  # pixel, pixel-both and 4 latent spaces
     assert counts["case_figure"] == 8 and counts["protocol_figures"] == 2
-    assert counts["synthetic"] == counts["dataset"] == counts["evaluate"] == counts["figures"] == 1
+    assert counts["synthetic"] == 5  # one job per year
+    assert counts["dataset"] == counts["evaluate"] == counts["figures"] == 1
 
 
 def test_single_target_builds_only_what_it_needs(root, tmp_path):
@@ -124,6 +126,12 @@ def test_smoke_preset_runs_the_whole_dag(root, smoke_run):
     resolved = yaml.safe_load((out / "config.resolved.yaml").read_text())
     assert resolved["name"] == "smoke" and resolved["assimilation"]["sampler"]["steps"] == 4
     assert (out / "logs" / "dataset.log").exists()
+    # every job's log ends with its peak memory and CPU time (warm-start children included)
+    logs = [*out.joinpath("logs").rglob("*.log"), *tmp_path.joinpath("resources").rglob("*.log")]
+    assert len(logs) > 100
+    for log in logs:
+        last = log.read_text().strip().splitlines()[-1]
+        assert re.search(r"peak resident memory \d+ MB, CPU \d+ s", last), (log, last)
     assert (out / "benchmarks" / "evaluate.tsv").exists()
     # noise-0.1 repeats coarsen-2's setting: one computation, the copy filed under its own cell
     copy = xr.open_dataset(analyses / "physical" / "latent-both" / "noise-0.1.nc")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -72,7 +73,9 @@ class TrainSettings:
     ``lr_factor`` whenever ``lr_patience`` epochs pass without an improvement, so that the
     patience finds a plateau that does not depend on the maximum. ``grad_clip``: the most
     gradient norm of a step (``None``: no clipping, the paper's); the losses CSV records the
-    largest norm of every epoch, before clipping, either way.
+    largest norm of every epoch, before clipping, either way. ``max_batches``: the most batches
+    of an epoch, in training (a random subset: the order is shuffled) and in the validation
+    loss (the first ones); ``None`` takes them all. A cap for mechanical runs at full size.
     """
 
     epochs: int
@@ -90,6 +93,7 @@ class TrainSettings:
     lr_patience: int = 2
     lr_factor: float = 0.5
     grad_clip: float | None = None
+    max_batches: int | None = None
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
@@ -108,8 +112,9 @@ class TrainSettings:
         if self.schedule == "linear":  # the paper's fingerprints stay what they were
             for k in ("schedule", "min_improvement", "lr_patience", "lr_factor"):
                 keys.pop(k)
-        if self.grad_clip is None:
-            keys.pop("grad_clip")
+        for k in ("grad_clip", "max_batches"):  # the fingerprints without them stay as they were
+            if keys[k] is None:
+                keys.pop(k)
         text = json.dumps({**keys, **extra}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -253,7 +258,10 @@ def fit(
     )
     train_loader = _loader(train_data, settings, True, device)
     validation_loader = _loader(validation_data, settings, False, device)
-    total_steps = max(1, settings.epochs * len(train_loader))
+    batches = len(train_loader)
+    if settings.max_batches is not None:
+        batches = min(batches, settings.max_batches)
+    total_steps = max(1, settings.epochs * batches)
     linear = settings.schedule == "linear"
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimiser,
@@ -318,7 +326,12 @@ def fit(
         model.train()
         train_loader.generator.manual_seed(settings.seed + epoch)  # order fixed by the epoch
         start, seen, total, largest = time.perf_counter(), 0, 0.0, 0.0
-        bar = tqdm(train_loader, desc=f"{description} {epoch}/{settings.epochs}", leave=False)
+        bar = tqdm(
+            itertools.islice(train_loader, batches),
+            desc=f"{description} {epoch}/{settings.epochs}",
+            total=batches,
+            leave=False,
+        )
         for batch in bar:
             batch = batch.to(device, non_blocking=True)
             with autocast:
@@ -344,7 +357,12 @@ def fit(
         elapsed = time.perf_counter() - start
         with autocast:
             val_loss = evaluate_loss(
-                forward_model, loss_fn, validation_loader, device, settings.seed + 2
+                forward_model,
+                loss_fn,
+                validation_loader,
+                device,
+                settings.seed + 2,
+                settings.max_batches,
             )
         row = {
             "epoch": epoch,
@@ -388,12 +406,14 @@ def evaluate_loss(
     loader: torch.utils.data.DataLoader,
     device: torch.device,
     seed: int,
+    max_batches: int | None = None,
 ) -> float:
-    """Mean loss over a loader with the model in eval mode and a fixed noise seed."""
+    """Mean loss over a loader (its first ``max_batches`` batches, None: all) with the model in
+    eval mode and a fixed noise seed."""
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     total, seen = 0.0, 0
-    for batch in loader:
+    for batch in itertools.islice(loader, max_batches):
         batch = batch.to(device, non_blocking=True)
         total += loss_fn(model, batch, generator).float().item() * len(batch)
         seen += len(batch)

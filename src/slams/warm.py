@@ -300,6 +300,10 @@ def _fork_job(connection: socket.socket, listener: socket.socket) -> int:
         status, error = 1, f"{type(exception).__name__}: {exception}"
         sys.excepthook(type(exception), exception, exception.__traceback__)
     finally:
+        workflow = sys.modules.get("slams.workflow")  # the job's last log line, as at exit
+        if workflow is not None and workflow.logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                workflow.log_resources()
         with contextlib.suppress(OSError):
             _send(connection, {"status": status, "error": error})
         sys.stdout.flush()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 from pathlib import Path
+
+_LOGGED_RESOURCES = []  # whether this process has logged its peak memory (log_resources)
 
 
 def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO) -> None:
@@ -28,6 +31,29 @@ def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO)
         )
 
     sys.excepthook = log_uncaught
+    atexit.register(log_resources)
+
+
+def log_resources() -> None:
+    """Log the process's peak resident memory and CPU time, once: the last line of every job's
+    log (at exit; a warm-start child calls it before it ends). The kernel's high-water mark,
+    so exact, unlike Snakemake's benchmark, which samples the job every 30 s after its first."""
+    if _LOGGED_RESOURCES:
+        return
+    _LOGGED_RESOURCES.append(True)
+    try:
+        import resource
+    except ImportError:  # not on Unix
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_kb = usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss / 1024
+    logging.getLogger("slams").info(
+        "peak resident memory %.0f MB, CPU %.0f s (user %.0f s, system %.0f s)",
+        peak_kb / 1024,
+        usage.ru_utime + usage.ru_stime,
+        usage.ru_utime,
+        usage.ru_stime,
+    )
 
 
 def set_threads(threads: int) -> None:
@@ -86,6 +112,7 @@ def train_settings(smk, optimisation: dict):
         schedule=optimisation["schedule"],
         lr_patience=optimisation["lr_patience"],
         grad_clip=optimisation["grad_clip"],
+        max_batches=optimisation["max_batches"],
         batch_size=optimisation["batch_size"],
         learning_rate=optimisation["learning_rate"],
         weight_decay=optimisation["weight_decay"],

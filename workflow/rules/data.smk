@@ -4,13 +4,14 @@
 if DATA["source"] == "synthetic":
 
     rule synthetic:
-        """Write the seeded synthetic ERA5-, CPC- and OLR-like files, one per year and source."""
+        """Write one year of the seeded synthetic ERA5-, CPC- and OLR-like files (a year does not
+        depend on the others, so the years are independent jobs)."""
         output:
-            files=expand(RAW, source=SOURCES, year=YEARS),
+            files=expand(RAW, source=SOURCES, allow_missing=True),
         log:
-            f"{RESOURCES}/logs/synthetic.log",
+            f"{RESOURCES}/logs/synthetic/{{year}}.log",
         benchmark:
-            f"{RESOURCES}/benchmarks/synthetic.tsv"
+            f"{RESOURCES}/benchmarks/synthetic/{{year}}.tsv"
         conda:
             "../../envs/data.yaml"
         threads: 1
@@ -19,7 +20,7 @@ if DATA["source"] == "synthetic":
             runtime=30,
         params:
             out_dir=lambda wildcards, output: str(Path(output.files[0]).parents[1]),
-            years=YEARS,
+            years=lambda wildcards: [int(wildcards.year)],
             levels=DATA["levels"],
             synthetic=DATA["synthetic"],
         script:

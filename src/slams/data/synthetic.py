@@ -45,7 +45,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from slams.grid import area_weights, target_grid
 
@@ -405,85 +404,136 @@ def _centre_grid(resolution: float) -> tuple[np.ndarray, np.ndarray]:
     return lat[::-1].copy(), lon
 
 
-def _dataset(
-    name: str, values: np.ndarray, dims: tuple[str, ...], coords: dict, attrs: dict, seed: int
-) -> xr.Dataset:
-    ds = xr.Dataset(
-        {name: (dims, values, attrs)},
-        coords=coords,
-        attrs={"Conventions": "CF-1.7", "source": f"slams synthetic world (seed {seed})"},
-    )
-    lat, lon = dims[-2:]
-    ds[lat].attrs.update(units="degrees_north", standard_name="latitude", long_name="latitude")
-    ds[lon].attrs.update(units="degrees_east", standard_name="longitude", long_name="longitude")
-    return ds
+class _Stream:
+    """One source's file of one year, created empty and filled a block of days at a time.
+
+    The layout is that of the real source (the CDS's ERA5, NOAA PSL's CPC and OLR): the data
+    variable ``(time, ...)`` zlib-compressed (level 1, shuffle) one day per chunk, a CF time
+    coordinate in the source's own units, float64 coordinates with their attributes. Floats
+    are quantised by the netCDF library (``quantize``: BitRound bits), packed integers by
+    :meth:`write` (``packing``: dtype, ``scale_factor``, ``add_offset``), and NaN is stored as
+    ``fill`` (also written as ``missing_value``). Memory holds one block, whatever the grid.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        name: str,
+        dims: tuple[str, ...],
+        times: pd.DatetimeIndex,
+        time_encoding: tuple[str, str],
+        coords: dict[str, tuple[np.ndarray, dict]],
+        attrs: dict,
+        seed: int,
+        quantize: dict | None = None,
+        packing: dict | None = None,
+        fill=None,
+        scalars: dict[str, int] | None = None,
+    ):
+        import netCDF4
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.name, self.days = path, name, len(times)
+        self.packing, self.fill = packing, fill
+        self.nc = netCDF4.Dataset(path, "w", format="NETCDF4")
+        self.nc.setncatts(
+            {"Conventions": "CF-1.7", "source": f"slams synthetic world (seed {seed})"}
+        )
+        time_dim, *space = dims
+        units, dtype = time_encoding
+        self.nc.createDimension(time_dim, len(times))
+        for dim in space:
+            self.nc.createDimension(dim, len(coords[dim][0]))
+        time = self.nc.createVariable(time_dim, dtype, (time_dim,))
+        time.setncatts({"units": units, "calendar": "proleptic_gregorian"})
+        unit, origin = units.split(" since ")
+        step = pd.Timedelta(1, unit={"seconds": "s", "hours": "h"}[unit])
+        origin = pd.Timestamp(origin.replace(":0.0", ":00"))
+        time[:] = np.asarray((times - origin) / step, dtype)
+        for dim in space:
+            values, dim_attrs = coords[dim]
+            variable = self.nc.createVariable(dim, "f8", (dim,), fill_value=np.nan)
+            variable.setncatts(dim_attrs)
+            variable[:] = values
+        for scalar, value in (scalars or {}).items():
+            self.nc.createVariable(scalar, "i8", ())[...] = value
+        self.variable = self.nc.createVariable(
+            name,
+            packing["dtype"] if packing else "f4",
+            dims,
+            zlib=True,
+            complevel=1,
+            shuffle=True,
+            chunksizes=(1, *(len(coords[dim][0]) for dim in space)),
+            fill_value=fill,
+            **(quantize or {}),
+        )
+        extra = {"missing_value": fill} if fill is not None else {}
+        if packing:
+            extra |= {"scale_factor": packing["scale_factor"], "add_offset": packing["add_offset"]}
+            self.variable.set_auto_scale(False)  # packed here, exactly as CF decoding inverts
+        self.variable.set_auto_mask(False)  # NaN -> fill here
+        self.variable.setncatts({**attrs, **extra})
+        if scalars:
+            self.variable.coordinates = " ".join(scalars)
+
+    def write(self, block: slice, values: np.ndarray) -> None:
+        """Store ``values`` (float, NaN where missing) as the days ``block`` of the year."""
+        missing = np.isnan(values)
+        if self.packing:
+            # in float32, as xarray's CF encoder packs a float32 field into int16
+            offset, scale = (np.float32(self.packing[k]) for k in ("add_offset", "scale_factor"))
+            packed = np.around((values.astype(np.float32) - offset) / scale)
+            stored = packed.astype(self.packing["dtype"])
+        else:
+            stored = values.astype(np.float32, copy=True)
+        if self.fill is not None:
+            stored[missing] = self.fill
+        self.variable[block] = stored
+
+    def close(self) -> None:
+        self.nc.close()
 
 
-def _write(ds: xr.Dataset, path: Path, encoding: dict) -> None:
-    """Write with zlib, one chunk per day (like the daily files the real sources serve)."""
-    name = next(iter(ds.data_vars))
-    encoding[name] |= {"zlib": True, "complevel": 1, "chunksizes": (1, *ds[name].shape[1:])}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(path, engine="netcdf4", format="NETCDF4", encoding=encoding)
+_LAT_ATTRS = {"units": "degrees_north", "standard_name": "latitude", "long_name": "latitude"}
+_LON_ATTRS = {"units": "degrees_east", "standard_name": "longitude", "long_name": "longitude"}
 
 
-def _write_era5(
-    path: Path,
-    t: np.ndarray,
-    times: np.ndarray,
-    levels: np.ndarray,
-    lat: np.ndarray,
-    lon: np.ndarray,
-    seed: int,
-) -> None:
-    """CDS-style ERA5: t (valid_time, pressure_level, latitude, longitude), float32."""
+def _era5_stream(path, times, levels, lat, lon, seed) -> _Stream:
+    """CDS-style ERA5: t (valid_time, pressure_level, latitude, longitude), float32 in K."""
     coords = {
-        "valid_time": times,
-        "pressure_level": ("pressure_level", levels, {"units": "hPa"}),
-        "latitude": lat,
-        "longitude": lon,
-        "number": 0,
+        "pressure_level": (levels, {"units": "hPa"}),
+        "latitude": (lat, _LAT_ATTRS),
+        "longitude": (lon, _LON_ATTRS),
     }
-    dims = ("valid_time", "pressure_level", "latitude", "longitude")
     attrs = {"units": "K", "long_name": "Temperature", "standard_name": "air_temperature"}
-    encoding = {
-        "t": {"dtype": "float32", **_T_QUANTIZE},
-        "valid_time": {"units": "seconds since 1970-01-01", "dtype": "int64"},
-    }
-    _write(_dataset("t", t, dims, coords, attrs, seed), path, encoding)
+    dims = ("valid_time", "pressure_level", "latitude", "longitude")
+    time = ("seconds since 1970-01-01", "i8")
+    return _Stream(path, "t", dims, times, time, coords, attrs, seed, _T_QUANTIZE,
+                   scalars={"number": 0})  # fmt: skip
 
 
-def _write_cpc(
-    path: Path, precip: np.ndarray, times: np.ndarray, lat: np.ndarray, lon: np.ndarray, seed: int
-) -> None:
+def _cpc_stream(path, times, lat, lon, seed) -> _Stream:
     """NOAA PSL CPC-style daily totals: precip (time, lat, lon) in "mm", NaN as fill value."""
     attrs = {
         "units": "mm",
         "long_name": "Daily total of precipitation",
         "var_desc": "Precipitation",
     }
-    fill = {"_FillValue": CPC_FILL_VALUE, "missing_value": CPC_FILL_VALUE}
-    encoding = {
-        "precip": {"dtype": "float32", **_PRECIP_QUANTIZE, **fill},
-        "time": {"units": "hours since 1900-01-01 00:00:00", "dtype": "float64"},
-    }
-    coords = {"time": times, "lat": lat, "lon": lon}
-    _write(_dataset("precip", precip, ("time", "lat", "lon"), coords, attrs, seed), path, encoding)
+    coords = {"lat": (lat, _LAT_ATTRS), "lon": (lon, _LON_ATTRS)}
+    time = ("hours since 1900-01-01 00:00:00", "f8")
+    return _Stream(path, "precip", ("time", "lat", "lon"), times, time, coords, attrs, seed,
+                   _PRECIP_QUANTIZE, fill=CPC_FILL_VALUE)  # fmt: skip
 
 
-def _write_olr(
-    path: Path, olr: np.ndarray, times: np.ndarray, lat: np.ndarray, lon: np.ndarray, seed: int
-) -> None:
+def _olr_stream(path, times, lat, lon, seed) -> _Stream:
     """NOAA interpolated OLR-style: olr (time, lat, lon) packed as int16 with scale/offset."""
     attrs = {"units": "W/m^2", "long_name": "OLR daily interpolated"}
-    packing = {"dtype": "int16", "scale_factor": 0.01, "add_offset": 327.65}
-    fill = {"_FillValue": np.int16(32767), "missing_value": np.int16(32767)}
-    encoding = {
-        "olr": {**packing, **fill},
-        "time": {"units": "hours since 1800-01-01 00:00:0.0", "dtype": "float64"},
-    }
-    coords = {"time": times, "lat": lat, "lon": lon}
-    _write(_dataset("olr", olr, ("time", "lat", "lon"), coords, attrs, seed), path, encoding)
+    coords = {"lat": (lat, _LAT_ATTRS), "lon": (lon, _LON_ATTRS)}
+    time = ("hours since 1800-01-01 00:00:0.0", "f8")
+    packing = {"dtype": "i2", "scale_factor": 0.01, "add_offset": 327.65}
+    return _Stream(path, "olr", ("time", "lat", "lon"), times, time, coords, attrs, seed,
+                   packing=packing, fill=np.int16(32767))  # fmt: skip
 
 
 def write_synthetic(
@@ -504,9 +554,11 @@ def write_synthetic(
     - olr: ``olr`` (W/m^2) dims ``(time, lat, lon)``, descending node grid, packed int16
       (``scale_factor 0.01``, ``add_offset 327.65``, ``_FillValue 32767``).
 
-    Years are generated one at a time, in blocks of ``BLOCK_DAYS`` days (memory ~ one year of
-    ERA5 float32), with the spectral state carried across year boundaries; a year's files
-    depend only on the seed (and the grids and levels), not on the other requested years.
+    Years are generated one at a time and written in blocks of ``BLOCK_DAYS`` days (memory ~
+    one block, whatever the grids: ~2.5 GB at the paper's 0.25 degrees, where a year of ERA5
+    is 15.2 GB of float32), with the spectral state carried across year boundaries; a year's
+    files depend only on the seed (and the grids and levels), not on the other requested
+    years.
     """
     out_dir = Path(out_dir)
     years = sorted({int(y) for y in years})
@@ -526,27 +578,41 @@ def write_synthetic(
 
     for year, coeffs in world.coefficients(years):
         dates = pd.date_range(f"{year}-01-01", f"{year}-12-31", freq="D")
-        times = dates.to_numpy().astype("datetime64[ns]")
         doy = dates.day_of_year.to_numpy().astype(np.float64)
         gauge_rng = np.random.default_rng([seed, 4, year])
         satellite_rng = np.random.default_rng([seed, 5, year])
-        t = np.empty((len(dates), len(levels_arr), len(era5_lat), len(era5_lon)), np.float32)
-        precip = np.empty((len(dates), len(cpc_lat), len(cpc_lon)), np.float32)
-        flux = np.empty((len(dates), len(olr_lat), len(olr_lon)), np.float32)
-        for start in range(0, len(dates), BLOCK_DAYS):
-            block = slice(start, start + BLOCK_DAYS)
-            days = era5.days(doy[block], coeffs[block])
-            for k, z in enumerate(heights):
-                t[block, k] = era5.temperature(z, days)
-            # Gauges: gauge-scale variability of the drive and a lognormal intensity factor.
-            drive, moisture = cpc.rain(cpc.days(doy[block], coeffs[block]))
-            drive += 0.3 * gauge_rng.standard_normal(drive.shape, np.float32)
-            noise = gauge_rng.standard_normal(drive.shape, np.float32)
-            precip[block] = _rain_rate(drive, moisture) * np.exp(0.4 * noise - 0.08)
-            values = olr.olr(olr.days(doy[block], coeffs[block]))
-            flux[block] = values + 2.0 * satellite_rng.standard_normal(values.shape, np.float32)
-        precip[:, cpc_ocean] = np.nan  # computed everywhere, observed over land only
-
-        _write_era5(out_dir / "era5" / f"{year}.nc", t, times, levels_arr, era5_lat, era5_lon, seed)
-        _write_cpc(out_dir / "cpc" / f"{year}.nc", precip, times, cpc_lat, cpc_lon, seed)
-        _write_olr(out_dir / "olr" / f"{year}.nc", flux, times, olr_lat, olr_lon, seed)
+        streams = []
+        try:
+            era5_file, cpc_file, olr_file = streams = [
+                _era5_stream(out_dir / "era5" / f"{year}.nc", dates, levels_arr, era5_lat,
+                             era5_lon, seed),
+                _cpc_stream(out_dir / "cpc" / f"{year}.nc", dates, cpc_lat, cpc_lon, seed),
+                _olr_stream(out_dir / "olr" / f"{year}.nc", dates, olr_lat, olr_lon, seed),
+            ]  # fmt: skip
+            for start in range(0, len(dates), BLOCK_DAYS):
+                block = slice(start, min(start + BLOCK_DAYS, len(dates)))
+                n_days = block.stop - block.start
+                days = era5.days(doy[block], coeffs[block])
+                t = np.empty((n_days, len(levels_arr), len(era5_lat), len(era5_lon)), np.float32)
+                for k, z in enumerate(heights):
+                    t[:, k] = era5.temperature(z, days)
+                del days
+                era5_file.write(block, t)
+                del t
+                # Gauges: gauge-scale variability of the drive and a lognormal intensity factor.
+                drive, moisture = cpc.rain(cpc.days(doy[block], coeffs[block]))
+                drive += 0.3 * gauge_rng.standard_normal(drive.shape, np.float32)
+                noise = gauge_rng.standard_normal(drive.shape, np.float32)
+                precip = _rain_rate(drive, moisture) * np.exp(0.4 * noise - 0.08)
+                precip[:, cpc_ocean] = np.nan  # computed everywhere, observed over land only
+                cpc_file.write(block, precip)
+                values = olr.olr(olr.days(doy[block], coeffs[block]))
+                flux = values + 2.0 * satellite_rng.standard_normal(values.shape, np.float32)
+                olr_file.write(block, flux)
+        except BaseException:
+            for stream in streams:
+                stream.close()
+                stream.path.unlink(missing_ok=True)  # no half-written year is left behind
+            raise
+        for stream in streams:
+            stream.close()
