@@ -233,3 +233,17 @@ def test_a_failure_leaves_no_partial_year(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         synthetic.write_synthetic(tmp_path, [2003], [500, 1000], 0, 15.0, 15.0, 15.0)
     assert not list(tmp_path.rglob("*.nc"))
+
+
+def test_the_block_size_does_not_change_the_files(world, tmp_path, monkeypatch):
+    # the paper's 0.25 degrees gets 9-day blocks (a 32-day block peaked at 5.1 GB); the smaller
+    # blocks must give the same world
+    assert synthetic.block_days(721 * 1440, 10) == 9
+    assert synthetic.block_days(25 * 48, 10) == synthetic.BLOCK_DAYS
+    per_day = 4.0 * (len(LEVELS) + 30) * 25 * 48  # the fixture's 7.5-degree ERA5 grid
+    monkeypatch.setattr(synthetic, "BLOCK_BYTES", 5 * per_day)
+    assert synthetic.block_days(25 * 48, len(LEVELS)) == 5
+    synthetic.write_synthetic(tmp_path, [2001], LEVELS, 1, RESOLUTION, RESOLUTION, RESOLUTION)
+    for source in ("era5", "cpc", "olr"):
+        small = xr.open_dataset(tmp_path / source / "2001.nc")
+        xr.testing.assert_identical(small, xr.open_dataset(world["dir"] / source / "2001.nc"))

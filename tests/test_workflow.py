@@ -1,6 +1,7 @@
 """The Snakemake workflow: DAG shape, config errors, single targets, and one full smoke run."""
 
 import importlib.util
+import os
 import re
 import sys
 
@@ -267,3 +268,33 @@ def test_steps_benchmark_on_the_smoke_run(root, smoke_run, tmp_path):
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "- latent-none" in merged.stdout and (tmp_path / "steps.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_paper_scale_benchmark_measures_every_job_of_its_targets(root, tmp_path):
+    """benchmarks/paper_scale.py on the smoke preset (its own targets: one analysis of each
+    method family): every stage's jobs, with the peak memory their logs end with, their
+    seconds and output sizes; --table-only reads the same rows again."""
+    import subprocess
+
+    script = [sys.executable, str(root / "benchmarks" / "paper_scale.py"), "--workdir",
+              str(tmp_path / "run"), "--preset", str(root / "presets/smoke.yaml"), "--cell",
+              "coarsen-2", "--cores", "2"]  # fmt: skip
+    env = {**os.environ, "SLAMS_WARM_IDLE": "10"}
+    first = subprocess.run([*script, "--csv", str(tmp_path / "a.csv")], capture_output=True,
+                           text=True, env=env, timeout=600)  # fmt: skip
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    rows = pd.read_csv(tmp_path / "a.csv")
+    stages = {"synthetic", "regrid", "dataset", "train_autoencoder", "encode", "train_score",
+              "oi_background", "assimilate"}  # fmt: skip
+    assert stages <= set(rows.stage)
+    assert (rows.stage == "synthetic").sum() == 3 and (rows.stage == "regrid").sum() == 9
+    assert rows.peak_mb.notna().all() and (rows.peak_mb > 50).all()
+    computed = rows[rows.stage != "same_analysis"]  # copies have no benchmark
+    assert computed.seconds.notna().all()
+    assert (rows.loc[rows.stage.isin(["synthetic", "regrid", "dataset"]), "output_gb"] > 0).all()
+    assert "| assimilate | 4 |" in first.stdout  # the stage table: pixel, latent, oi, climatology
+    again = subprocess.run([*script, "--table-only", "--csv", str(tmp_path / "b.csv")],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "b.csv"), rows)
+    assert "0.0 min of wall time" not in again.stdout and "job-seconds" in again.stdout

@@ -55,7 +55,10 @@ LAND_AREA_FRACTION = 0.3
 STEFAN_BOLTZMANN = 5.670374e-8
 OLR_EMISSIVITY = 0.92
 CPC_FILL_VALUE = np.float32(-9.96921e36)
-BLOCK_DAYS = 32  # days evaluated at once: bounds the temporaries, independent of the grids
+# Days evaluated at once: BLOCK_DAYS, and for ERA5 fewer where a day of its grid is large, so
+# that a block's arrays stay near BLOCK_BYTES (see block_days). The files do not depend on it.
+BLOCK_DAYS = 32
+BLOCK_BYTES = 1.5e9
 # Floats keep only their leading mantissa bits before zlib ("BitRound"; ERA5 itself is 16-bit
 # packed GRIB): 16 bits keep 300 K to ~0.002 K and precip to ~1e-4 relative (12 bits), and
 # make the files smaller and faster to write. In this mode ``significant_digits`` counts bits.
@@ -536,6 +539,16 @@ def _olr_stream(path, times, lat, lon, seed) -> _Stream:
                    packing=packing, fill=np.int16(32767))  # fmt: skip
 
 
+def block_days(era5_cells: int, levels: int) -> int:
+    """Days per block of ERA5: ``BLOCK_DAYS``, or fewer where the block would hold more than
+    ``BLOCK_BYTES``. A day costs ~``4 (levels + 30)`` bytes per ERA5 grid point: the float32
+    levels, the five spectral fields in float32 and their float64 evaluation, and the
+    temporaries (measured: 5.1 GB peak for 32-day blocks of 10 levels at 0.25 degrees, ~160 MB
+    a day; 9 days there)."""
+    per_day = 4.0 * (levels + 30) * era5_cells
+    return int(max(1, min(BLOCK_DAYS, BLOCK_BYTES // per_day)))
+
+
 def write_synthetic(
     out_dir: str | Path,
     years: list[int],
@@ -554,9 +567,9 @@ def write_synthetic(
     - olr: ``olr`` (W/m^2) dims ``(time, lat, lon)``, descending node grid, packed int16
       (``scale_factor 0.01``, ``add_offset 327.65``, ``_FillValue 32767``).
 
-    Years are generated one at a time and written in blocks of ``BLOCK_DAYS`` days (memory ~
-    one block, whatever the grids: ~2.5 GB at the paper's 0.25 degrees, where a year of ERA5
-    is 15.2 GB of float32), with the spectral state carried across year boundaries; a year's
+    Years are generated one at a time and written in blocks of days (:func:`block_days`, so
+    that memory holds ~``BLOCK_BYTES`` whatever the grids: a year of ERA5 at the paper's 0.25
+    degrees is 15.2 GB of float32), with the spectral state carried across year boundaries; a year's
     files depend only on the seed (and the grids and levels), not on the other requested
     years.
     """
@@ -589,16 +602,22 @@ def write_synthetic(
                 _cpc_stream(out_dir / "cpc" / f"{year}.nc", dates, cpc_lat, cpc_lon, seed),
                 _olr_stream(out_dir / "olr" / f"{year}.nc", dates, olr_lat, olr_lon, seed),
             ]  # fmt: skip
+            era5_days = block_days(len(era5_lat) * len(era5_lon), len(levels_arr))
             for start in range(0, len(dates), BLOCK_DAYS):
                 block = slice(start, min(start + BLOCK_DAYS, len(dates)))
-                n_days = block.stop - block.start
-                days = era5.days(doy[block], coeffs[block])
-                t = np.empty((n_days, len(levels_arr), len(era5_lat), len(era5_lon)), np.float32)
-                for k, z in enumerate(heights):
-                    t[:, k] = era5.temperature(z, days)
-                del days
-                era5_file.write(block, t)
-                del t
+                # ERA5 in sub-blocks of era5_days (its grid is the largest by far); the gauge
+                # and satellite noise is drawn per BLOCK_DAYS block, so the files do not
+                # depend on era5_days
+                for sub in range(block.start, block.stop, era5_days):
+                    part = slice(sub, min(sub + era5_days, block.stop))
+                    days = era5.days(doy[part], coeffs[part])
+                    t = np.empty((part.stop - part.start, len(levels_arr), len(era5_lat),
+                                  len(era5_lon)), np.float32)  # fmt: skip
+                    for k, z in enumerate(heights):
+                        t[:, k] = era5.temperature(z, days)
+                    del days
+                    era5_file.write(part, t)
+                    del t
                 # Gauges: gauge-scale variability of the drive and a lognormal intensity factor.
                 drive, moisture = cpc.rain(cpc.days(doy[block], coeffs[block]))
                 drive += 0.3 * gauge_rng.standard_normal(drive.shape, np.float32)
