@@ -47,13 +47,15 @@ def targets(preset: Path, cell: str) -> list[str]:
     return [f"results/{name}/analysis/physical/{method}/{cell}.nc" for method in METHODS]
 
 
-def run_workflow(workdir: Path, cores: int, backend: str, preset: Path, cell: str) -> float:
+def run_workflow(workdir: Path, cores: int, backend: str, preset: Path, cell: str,
+                 overlays: list[Path]) -> float:  # fmt: skip
     """Snakemake on the targets, its output teed to ``workdir/RUN_LOG``; the wall seconds."""
     overlay = workdir / "backend.yaml"
     overlay.write_text(f"data:\n  regrid_backend: {backend}\n")
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
                str(workdir), *targets(preset, cell), "--cores", str(cores),
-               "--rerun-incomplete", "--configfile", str(preset), str(overlay)]  # fmt: skip
+               "--rerun-incomplete", "--configfile", str(preset), str(overlay),
+               *map(str, overlays)]  # fmt: skip
     started = time.monotonic()
     with (workdir / RUN_LOG).open("a") as log:
         log.write(f"# {' '.join(command)}\n")
@@ -79,6 +81,9 @@ def jobs_of(run_log: str) -> list[dict]:
             job = {"rule": started.group(1), "output": [], "log": None, "benchmark": None,
                    "wildcards": ""}  # fmt: skip
             jobs.append(job)
+            continue
+        if not line.startswith("    "):  # the job's block ends (e.g. at "Error in rule")
+            job = None
             continue
         field = re.match(r"^    (output|log|benchmark|wildcards): (.*)$", line)
         if job is not None and field:
@@ -166,16 +171,23 @@ def main(argv: list[str] | None = None) -> None:
         help="overlay on config.yaml (default: presets/paper-scale.yaml)",
     )
     parser.add_argument("--cell", default="coarsen-4", help="the analyses' cell (axis-value)")
+    parser.add_argument(
+        "--overlay",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="further config overlays, after the preset",
+    )
     parser.add_argument("--csv", type=Path, help="also write the per-job rows here")
     parser.add_argument("--table-only", action="store_true", help="read a finished run again")
     args = parser.parse_args(argv)
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    wall = (
-        None
-        if args.table_only
-        else run_workflow(workdir, args.cores, args.backend, args.preset.resolve(), args.cell)
-    )
+    wall = None
+    if not args.table_only:
+        overlays = [path.resolve() for path in args.overlay]
+        wall = run_workflow(workdir, args.cores, args.backend, args.preset.resolve(), args.cell,
+                            overlays)  # fmt: skip
     rows = [measure(workdir, job) for job in jobs_of((workdir / RUN_LOG).read_text())]
     print_tables(rows, wall)
     if args.csv:
