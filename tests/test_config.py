@@ -34,6 +34,26 @@ def test_shipped_configs_validate(root, preset):
     assert config["assimilation"]["sampler"]["steps"] >= 1
 
 
+def test_the_paper_scale_preset_keeps_the_papers_grid_and_network_sizes(root):
+    paper = load_config(root / "config.yaml")
+    scale = load_config(root / "config.yaml", root / "presets/paper-scale.yaml")
+    for key in ("levels", "resolution"):
+        assert scale["data"][key] == paper["data"][key]
+    for section, keys in (("autoencoder", ("latent_channels", "hidden", "layers", "kernel_size",
+                                           "batch_size")),
+                          ("score", ("window", "pixel", "latent"))):  # fmt: skip
+        for key in keys:
+            assert scale[section][key] == paper[section][key], (section, key)
+    # the real sources' grids, three years for the three splits, capped training
+    synthetic = scale["data"]["synthetic"]
+    assert (synthetic["era5_resolution"], synthetic["cpc_resolution"],
+            synthetic["olr_resolution"]) == (0.25, 0.5, 2.5)  # fmt: skip
+    assert scale["data"]["years"] == [2000, 2002]
+    assert scale["autoencoder"]["max_batches"] == scale["score"]["max_batches"] == 1
+    assert paper["autoencoder"]["max_batches"] is None and paper["score"]["max_batches"] is None
+    assert scale["resources"]["warm_start"] is False  # each job's peak memory its own
+
+
 def test_paper_config_is_the_paper(root):
     config = load_config(root / "config.yaml")
     assert config["data"]["levels"] == [10, 50, 100, 200, 300, 500, 700, 850, 925, 1000]
