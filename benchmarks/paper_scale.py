@@ -13,9 +13,9 @@ Usage::
         [--csv OUT.csv] [--table-only] [--preset presets/smoke.yaml --cell coarsen-2]
 
 ``--workdir`` (default ``paper-scale/`` in the current folder) is a Snakemake working folder of
-its own: ``resources/`` and ``results/`` go there (~13 GB of raw files and ~2.5 GB of
+its own: ``resources/`` and ``results/`` go there (~11 GB of raw files and ~3 GB of
 results), and a rerun resumes what is missing. ``--table-only`` reads a finished run again.
-Not a test: run it by hand on a quiet machine (~40 min on 2 cores).
+Not a test: run it by hand on a quiet machine (~28 min on 2 cores, measured).
 """
 
 from __future__ import annotations
@@ -133,8 +133,8 @@ def stage_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _mb(value) -> str:
-    return "–" if value is None else f"{value / 1024:.2f}"
+def _gb(mb) -> str:
+    return "–" if mb is None else f"{mb / 1024:.2f}"
 
 
 def print_tables(rows: list[dict], wall: float | None) -> None:
@@ -144,7 +144,7 @@ def print_tables(rows: list[dict], wall: float | None) -> None:
     order = {stage: i for i, stage in enumerate(STAGES)}
     for row in sorted(rows, key=lambda r: (order.get(r["stage"], 99), r["job"])):
         print(f"| {row['stage']} | {row['job']} | {row['seconds'] or 0:.0f} | "
-              f"{_mb(row['peak_mb'])} | {_mb(row['sampled_peak_mb'])} | {row['cpu_s'] or 0} | "
+              f"{_gb(row['peak_mb'])} | {_gb(row['sampled_peak_mb'])} | {row['cpu_s'] or 0} | "
               f"{row['output_gb']:.3f} |")  # fmt: skip
     print()
     print("| stage | jobs | job seconds | longest job (s) | largest peak (GB) | output (GB) |")
@@ -152,7 +152,7 @@ def print_tables(rows: list[dict], wall: float | None) -> None:
     for row in stage_rows(rows):
         print(
             f"| {row['stage']} | {row['jobs']} | {row['seconds']:.0f} | "
-            f"{row['largest_job_s']:.0f} | {_mb(row['peak_mb'])} | {row['output_gb']:.3f} |"
+            f"{row['largest_job_s']:.0f} | {_gb(row['peak_mb'])} | {row['output_gb']:.3f} |"
         )
     total = sum(r["seconds"] or 0 for r in rows)
     print(f"\n{len(rows)} jobs, {total:.0f} job-seconds"

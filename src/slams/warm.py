@@ -301,7 +301,7 @@ def _fork_job(connection: socket.socket, listener: socket.socket) -> int:
         sys.excepthook(type(exception), exception, exception.__traceback__)
     finally:
         workflow = sys.modules.get("slams.workflow")  # the job's last log line, as at exit
-        if workflow is not None and workflow.logging.getLogger().handlers:
+        if workflow is not None:
             with contextlib.suppress(Exception):
                 workflow.log_resources()
         with contextlib.suppress(OSError):

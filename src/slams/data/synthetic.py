@@ -436,7 +436,7 @@ class _Stream:
         import netCDF4
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.name, self.days = path, name, len(times)
+        self.path = path
         self.packing, self.fill = packing, fill
         self.nc = netCDF4.Dataset(path, "w", format="NETCDF4")
         self.nc.setncatts(
@@ -481,17 +481,17 @@ class _Stream:
             self.variable.coordinates = " ".join(scalars)
 
     def write(self, block: slice, values: np.ndarray) -> None:
-        """Store ``values`` (float, NaN where missing) as the days ``block`` of the year."""
-        missing = np.isnan(values)
+        """Store ``values`` (float, NaN where missing) as the days ``block`` of the year. Without
+        a fill value (ERA5, the largest block) the values go to the library as they are."""
+        stored = values.astype(np.float32, copy=False)
         if self.packing:
             # in float32, as xarray's CF encoder packs a float32 field into int16
             offset, scale = (np.float32(self.packing[k]) for k in ("add_offset", "scale_factor"))
-            packed = np.around((values.astype(np.float32) - offset) / scale)
-            stored = packed.astype(self.packing["dtype"])
-        else:
-            stored = values.astype(np.float32, copy=True)
+            stored = np.around((stored - offset) / scale).astype(self.packing["dtype"])
+        elif self.fill is not None:
+            stored = stored.copy()  # the caller's array stays as it was
         if self.fill is not None:
-            stored[missing] = self.fill
+            stored[np.isnan(values)] = self.fill
         self.variable[block] = stored
 
     def close(self) -> None:
