@@ -26,6 +26,7 @@ import argparse
 import time
 
 import torch
+from torch import Tensor
 
 from slams.diffusion import (
     VPSDE,
@@ -55,48 +56,66 @@ def timed_sample(eps_fn, shape, steps: int, corrections: int, args=None):
     return x, time.perf_counter() - start
 
 
+class TrajectoryProblem:
+    """The trajectory case (module docstring) with ``window``-day blanket windows: the guided
+    noise predictions, the exact posterior and the floor that ``members`` exact posterior
+    samples reach (seed 0)."""
+
+    def __init__(self, window: int = 5, members: int = 2000, cg_iterations: int = 3):
+        self.sde = sde = VPSDE()
+        self.prior = prior = GaussianTrajectory(length=12, height=4, width=8, sde=sde)
+        self.case = case = prior.observation_case()
+        local = case.observed.nonzero().flatten()
+
+        def observe(x):
+            return case.operator(x[:, local]).flatten(1)
+
+        y, mask = case.y.flatten().double(), case.mask.flatten()
+        variance = case.variance.flatten().double()
+        self.denoiser = MarkovBlanketDenoiser(prior.window_net(window), window=window)
+        self.members, self.window = members, window
+        generator = torch.Generator().manual_seed(0)
+        noise = torch.randn(members, prior.dim, dtype=F64, generator=generator)
+        exact = case.mean + noise @ torch.linalg.cholesky(case.cov).T
+        self.floor = self.agreement(exact)
+        self.guidances = {
+            "sda": GaussianGuidance(observe, y, variance, mask),
+            f"mmps-cg{cg_iterations}": MomentMatchingGuidance(
+                observe, y, variance, mask, cg_iterations=cg_iterations
+            ),
+        }
+
+    @property
+    def shape(self) -> tuple:
+        return (self.members, self.prior.length, *self.prior.state)
+
+    def eps_fn(self, label: str = "sda"):
+        guidance = self.guidances[label]
+        return lambda x, t: guidance.guided_eps(self.denoiser, x, t, self.sde)
+
+    def agreement(self, samples: Tensor) -> dict:
+        flat = samples.reshape(len(samples), -1)
+        return posterior_agreement(flat, torch.zeros_like(self.case.mean), self.case.mean,
+                                   self.case.cov)  # fmt: skip
+
+
 def trajectory_rows(args) -> None:
     """The table for the trajectory case (see the module docstring)."""
-    sde = VPSDE()
-    prior = GaussianTrajectory(length=12, height=4, width=8, sde=sde)
-    case = prior.observation_case()
-    local = case.observed.nonzero().flatten()
-
-    def observe(x):
-        return case.operator(x[:, local]).flatten(1)
-
-    y, mask = case.y.flatten().double(), case.mask.flatten()
-    variance = case.variance.flatten().double()
-    denoiser = MarkovBlanketDenoiser(prior.window_net(args.window), window=args.window)
-    # as many exact posterior samples: the sampling floor of the mean gap
-    noise = torch.randn(
-        args.members, prior.dim, dtype=F64, generator=torch.Generator().manual_seed(0)
-    )
-    exact = case.mean + noise @ torch.linalg.cholesky(case.cov).T
-    floor = posterior_agreement(exact, torch.zeros_like(case.mean), case.mean, case.cov)
+    problem = TrajectoryProblem(args.window, args.members, args.cg_iterations)
+    floor = problem.floor
     print(
         f"| trajectory, window {args.window} | exact samples (floor) | – | – "
         f"| {floor['gap_closed']:.3f} | {floor['spread_ratio']:.3f} | – |",
         flush=True,
     )
-    guidances = {
-        "sda": GaussianGuidance(observe, y, variance, mask),
-        f"mmps-cg{args.cg_iterations}": MomentMatchingGuidance(
-            observe, y, variance, mask, cg_iterations=args.cg_iterations
-        ),
-    }
-    for label, guidance in guidances.items():
+    for label in problem.guidances:
         if label.split("-")[0] not in args.guidance:
             continue
         for steps in args.steps:
             for corrections in args.corrections:
-                x, seconds = timed_sample(
-                    lambda x, t, g=guidance: g.guided_eps(denoiser, x, t, sde),
-                    (args.members, prior.length, *prior.state), steps, corrections, args,
-                )  # fmt: skip
-                flat = x.reshape(len(x), -1)
-                agreement = posterior_agreement(flat, torch.zeros_like(case.mean), case.mean,
-                                                case.cov)  # fmt: skip
+                x, seconds = timed_sample(problem.eps_fn(label), problem.shape, steps,
+                                          corrections, args)  # fmt: skip
+                agreement = problem.agreement(x)
                 print(
                     f"| trajectory, window {args.window} | {label} | {steps} | {corrections} "
                     f"| {agreement['gap_closed']:.3f} | {agreement['spread_ratio']:.3f} "

@@ -6,7 +6,10 @@
 #   benchmarks/steps_grid.sh results/study results/study/benchmarks/steps [JOBS]
 # JOBS (default 2): processes side by side, one thread each. PERIOD="FIRST LAST" (default the
 # study's first 8 test days); PYTHON (default python); METHODS="a b" runs only those methods'
-# grids, one after another, and stops. Then, for the table and figure:
+# grids, one after another, and stops. DESIGN=band measures instead the corrector's design at
+# <= 64 calls (corrections only where sigma >= 0.3, the Langevin time fixed, more corrections
+# per step; benchmarks/README.md, "Where the Langevin time goes") and the chosen one's steps from
+# 16 to 256. Then, for the table and figure:
 #   python benchmarks/steps.py --from-csv OUT/*.csv --plot OUT/steps.png
 set -euo pipefail
 run=${1:?usage: steps_grid.sh RUN OUT [JOBS]}
@@ -17,8 +20,23 @@ python=${PYTHON:-python}
 mkdir -p "$out"
 read -r first last <<< "${PERIOD:-2007-01-01 2007-01-08}"  # the study's first 8 test days
 common=(--cases ideal sparse --members 4 --period "$first" "$last" --resume)
+band() {  # the corrector's design: one CSV per method
+    local method=$1 m=(--methods "$1") csv=(--csv "$out/$1-band.csv")
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
+        --steps 16 32 --corrections 0 "${csv[@]}"
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
+        --steps 32 --corrections 1 --tau-reference-steps 16 "${csv[@]}"
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
+        --steps 32 --corrections 1 --correction-min-sigma 0.3 --tau-reference-steps 64 "${csv[@]}"
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
+        --steps 16 --corrections 2 3 --correction-min-sigma 0.3 --tau-reference-steps 16 32 \
+        "${csv[@]}"
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
+        --steps 8 --corrections 7 --correction-min-sigma 0.3 --tau-reference-steps 16 "${csv[@]}"
+}
 one() {  # one method's grid, one CSV per block of the design
     local method=$1 m=(--methods "$1")
+    if [ "${DESIGN:-grid}" = band ]; then band "$method"; return; fi
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
         --steps 8 16 32 64 128 256 --corrections 0 --csv "$out/$method-ddim-0.csv"
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
@@ -44,7 +62,7 @@ else
     for method in pixel latent-none latent-both; do one "$method"; done > "$out/grid.log" 2>&1
 fi
 # the paper's 512 + 1 and 256 + 1 on one method and case, for the cost comparison
-"$python" "$here/steps.py" "$run" --methods latent-none --cases ideal --members 4 \
+[ "${DESIGN:-grid}" = band ] || "$python" "$here/steps.py" "$run" --methods latent-none --cases ideal --members 4 \
     --period "$first" "$last" --resume --solvers ddim --guidance sda --steps 256 512 \
     --corrections 1 --tau-reference-steps 0 --csv "$out/latent-none-paper.csv" > "$out/grid-paper.log" 2>&1
 "$python" "$here/steps.py" --from-csv "$out"/*.csv --table --plot "$out/steps.png"

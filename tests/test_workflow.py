@@ -268,6 +268,18 @@ def test_steps_benchmark_on_the_smoke_run(root, smoke_run, tmp_path):
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "- latent-none" in merged.stdout and (tmp_path / "steps.png").stat().st_size > 0
+    # the same samplers on the exact trajectory (benchmarks/langevin_tradeoff.py), resumable
+    tradeoff = [sys.executable, str(root / "benchmarks" / "langevin_tradeoff.py"), str(out),
+                "--members", "64", "--csv", str(tmp_path / "exact.csv")]  # fmt: skip
+    subprocess.run([*tradeoff, "--plot", str(tmp_path / "tradeoff.png")], capture_output=True,
+                   text=True, check=True)  # fmt: skip
+    exact = pd.read_csv(tmp_path / "exact.csv")
+    assert len(exact) == 4  # 2 + 0, 4 + 0 and 2 + 1 at both Langevin times: all in both cells
+    assert exact.exact_share.between(0.05, 1.2).all() and exact.worst.ge(1.0).all()
+    assert (tmp_path / "tradeoff.png").stat().st_size > 0
+    resumed = subprocess.run([*tradeoff, "--resume"], capture_output=True, text=True, check=True)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "exact.csv"), exact)  # not re-measured
+    assert "Samplers meeting both goals" in resumed.stdout
 
 
 @pytest.mark.slow
