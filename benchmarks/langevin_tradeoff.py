@@ -89,10 +89,15 @@ def plot(table: pd.DataFrame, path: Path, floor_goal: float, crps_goal: float) -
     fig, ax = plt.subplots(figsize=(7.5, 5))
     points = ax.scatter(table.exact_share, table.worst, c=table.calls, cmap="viridis", s=40,
                         zorder=3)  # fmt: skip
-    middle = (table.exact_share.min() + table.exact_share.max()) / 2
+    lo, hi = table.exact_share.min(), table.exact_share.max()
+    middle = lo + 0.75 * (hi - lo)
     for i, row in enumerate(table.itertuples()):
         right = row.exact_share > middle  # labels to the left of points on the right half
-        ax.annotate(label(row), (row.exact_share, row.worst), fontsize=6.5,
+        short = f"{row.solver} {row.steps}+{row.corrections}" + (
+            f" σ≥{row.min_sigma:g}" * bool(row.corrections and row.min_sigma)
+            + f" τ×{row.tau_reference_steps}" * bool(row.corrections and row.tau_reference_steps)
+        )
+        ax.annotate(short, (row.exact_share, row.worst), fontsize=7,
                     xytext=(-3 if right else 3, 3 if i % 2 else -8),
                     textcoords="offset points", ha="right" if right else "left")  # fmt: skip
     ax.margins(x=0.12, y=0.08)
