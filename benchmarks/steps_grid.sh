@@ -8,8 +8,8 @@
 # study's first 8 test days); PYTHON (default python); METHODS="a b" runs only those methods'
 # grids, one after another, and stops. DESIGN=band measures instead the corrector's design at
 # <= 64 calls (corrections only where sigma >= 0.3, the Langevin time fixed, more corrections
-# per step; benchmarks/README.md, "Where the Langevin time goes") and the chosen one's steps from
-# 16 to 256. Then, for the table and figure:
+# per step; benchmarks/README.md, "Where the Langevin time goes"), without the paper's 512 + 1.
+# Then, for the table and figure:
 #   python benchmarks/steps.py --from-csv OUT/*.csv --plot OUT/steps.png
 set -euo pipefail
 run=${1:?usage: steps_grid.sh RUN OUT [JOBS]}
@@ -62,7 +62,8 @@ else
     for method in pixel latent-none latent-both; do one "$method"; done > "$out/grid.log" 2>&1
 fi
 # the paper's 512 + 1 and 256 + 1 on one method and case, for the cost comparison
-[ "${DESIGN:-grid}" = band ] || "$python" "$here/steps.py" "$run" --methods latent-none --cases ideal --members 4 \
-    --period "$first" "$last" --resume --solvers ddim --guidance sda --steps 256 512 \
-    --corrections 1 --tau-reference-steps 0 --csv "$out/latent-none-paper.csv" > "$out/grid-paper.log" 2>&1
+[ "${DESIGN:-grid}" = band ] || "$python" "$here/steps.py" "$run" --methods latent-none \
+    --cases ideal --members 4 --period "$first" "$last" --resume --solvers ddim --guidance sda \
+    --steps 256 512 --corrections 1 --tau-reference-steps 0 --csv "$out/latent-none-paper.csv" \
+    > "$out/grid-paper.log" 2>&1
 "$python" "$here/steps.py" --from-csv "$out"/*.csv --table --plot "$out/steps.png"
