@@ -26,15 +26,17 @@ from types import SimpleNamespace
 import pandas as pd
 import torch
 from gaussian_posterior import TrajectoryProblem, timed_sample
-from steps import _name
+from steps import _name, aggregate, with_seed
 
 KEY = ["solver", "steps", "corrections", "min_sigma", "tau_reference_steps"]
 FLOOR_GOAL, CRPS_GOAL = 0.92, 1.02  # issue 25: of the floor's closure; of the cell's best CRPS
 
 
 def learned_summary(frame: pd.DataFrame, max_calls: int | None) -> pd.DataFrame:
-    """One row per SDA sampler measured in every cell of ``frame`` (``steps.py`` rows): calls,
-    the worst cell's CRPS share of that cell's best, the spread/skill range."""
+    """One row per SDA sampler measured in every cell of ``frame`` (``steps.py`` rows, averaged
+    over their seeds first): calls, the worst cell's CRPS share of that cell's best, the
+    spread/skill range."""
+    frame = aggregate(frame)
     frame = frame[frame.guidance == "sda"].copy()
     frame.loc[frame.corrections == 0, ["min_sigma", "tau_reference_steps"]] = 0
     frame["cell"] = frame.method + "/" + frame.case
@@ -117,8 +119,8 @@ def main() -> None:
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    learned = pd.concat([pd.read_csv(p) for p in args.steps_csv], ignore_index=True)
-    learned = learned.drop_duplicates(["method", "case", "guidance", *KEY], keep="last")
+    learned = pd.concat([with_seed(pd.read_csv(p)) for p in args.steps_csv], ignore_index=True)
+    learned = learned.drop_duplicates(["method", "case", "guidance", *KEY, "seed"], keep="last")
     table = learned_summary(learned, args.max_calls)
     known = pd.DataFrame(columns=KEY)
     if args.resume and args.csv and args.csv.exists():

@@ -19,7 +19,7 @@ solver x corrections x guidance). Usage::
         [--cases ideal coarse] [--steps 8 16 32 64 128 256 512] [--corrections 0 1 2]
         [--solvers ddim dpm2m] [--guidance sda mmps] [--correction-min-sigma 0]
         [--members 4] [--period 2007-01-01 2007-01-08] [--csv steps.csv] [--plot steps.png]
-        [--tau-reference-steps 0 16 64] [--max-calls 512] [--resume]
+        [--tau-reference-steps 0 16 64] [--max-calls 512] [--seeds 0 1 2] [--resume]
     python benchmarks/steps.py --from-csv a.csv b.csv [--plot steps.png]
 
 ``--tau-reference-steps`` is an axis too (0: the paper's Langevin step, ``tau`` per step;
@@ -30,6 +30,14 @@ in ``--csv`` and measures only the others, so a long grid can be stopped and con
 plots. The choice is printed twice: per method and case, and per method over all its cases
 (the sampler with the fewest calls that is within 2 % of the best CRPS with spread/skill in
 0.8-1.2 in every case measured).
+
+``--seeds`` measures every sampler again with other draws of the observations' noise and of
+the sampler's (default: the run's seed; the seeds are the outer loop, so a stopped run holds
+whole seeds). The CSV keeps one row per seed (rows of older CSVs without a ``seed`` column are
+the run's seed, 0 in every preset); the tables, the choice and the plot are on the means over
+the seeds measured. With two or more seeds the choice also prints the noise it stands on: the
+seed-to-seed sd of each sampler's share of its cell's best, paired (the same seed's
+observations for both), and its standard error over the seeds, against the 2 % margin.
 """
 
 from __future__ import annotations
@@ -57,6 +65,33 @@ def network_calls(steps: int, corrections: int, min_sigma: float) -> int:
 
 
 SAMPLER = ["solver", "corrections", "guidance", "min_sigma", "tau_reference_steps"]
+MEASURED = ["method", "case", *SAMPLER, "steps", "calls"]  # one sampler in one cell
+
+
+def with_seed(frame: pd.DataFrame, default: int = 0) -> pd.DataFrame:
+    """``frame`` with a ``seed`` column: rows written before ``--seeds`` existed were measured
+    at the run's seed, ``default``."""
+    if "seed" not in frame:
+        return frame.assign(seed=default)
+    return frame.assign(seed=frame.seed.fillna(default).astype(int))
+
+
+def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per sampler and cell (``method``, ``case``) of the per-seed rows ``frame``: RMSE,
+    CRPS, spread/skill and seconds averaged over its seeds, ``seeds`` measured, ``crps_sd`` (sd
+    over seeds) and ``paired_share_sd``: the sd over seeds of its CRPS over the same seed's CRPS
+    of the cell's best sampler (lowest mean CRPS), NaN with fewer than two seeds in common."""
+    frame = with_seed(frame)
+    table = frame.groupby(MEASURED, as_index=False).agg(
+        rmse=("rmse", "mean"), crps=("crps", "mean"), spread_skill=("spread_skill", "mean"),
+        seconds=("seconds", "mean"), seeds=("seed", "nunique"), crps_sd=("crps", "std"),
+    )  # fmt: skip
+    best = table.loc[table.groupby(["method", "case"]).crps.idxmin()]
+    reference = frame.merge(best[MEASURED], on=MEASURED)[["method", "case", "seed", "crps"]]
+    paired = frame.merge(reference, on=["method", "case", "seed"], suffixes=("", "_best"))
+    paired["share"] = paired.crps / paired.crps_best
+    spread = paired.groupby(MEASURED, as_index=False).agg(paired_share_sd=("share", "std"))
+    return table.merge(spread, on=MEASURED, how="left")
 
 
 def _line(row: dict) -> tuple:
@@ -92,8 +127,10 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def scored(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` with each row's CRPS as a share of its cell's best, and whether it is within
-    2 % of it with spread/skill in 0.8-1.2."""
+    """The per-seed rows ``frame`` averaged over seeds (:func:`aggregate`), with each sampler's
+    mean CRPS as a share of its cell's best, and whether it is within 2 % of it with
+    spread/skill in 0.8-1.2."""
+    frame = aggregate(frame)
     best = frame.groupby(["method", "case"])["crps"].transform("min")
     return frame.assign(
         crps_share_of_best=frame["crps"] / best,
@@ -105,6 +142,13 @@ def choose(frame: pd.DataFrame) -> None:
     """Print the fewest network calls within 2 % of the best CRPS with spread/skill in 0.8-1.2:
     per method and case, then per method over all its measured cases (``frame`` from
     :func:`scored`)."""
+    seeds = frame.seeds.max()
+    if seeds > 1:
+        noise = frame.paired_share_sd[frame.crps_share_of_best > 1].dropna()  # not the best
+        print(f"\nMeans over {seeds} seeds. The noise of a share of the best, seed to seed "
+              f"(paired): median sd {noise.median():.3f}, largest {noise.max():.3f}; the "
+              f"standard error of a mean over {seeds} seeds is then "
+              f"{noise.median() / seeds**0.5:.3f}, against the 2 % margin.")  # fmt: skip
     print("\nThe fewest network calls within 2 % of each case's best CRPS, spread/skill 0.8-1.2:")
     for (method, case), group in frame.groupby(["method", "case"]):
         good = group[group.good]
@@ -115,7 +159,7 @@ def choose(frame: pd.DataFrame) -> None:
             continue
         best = good.sort_values(["calls", "crps"]).iloc[0]
         print(f"- {method}, {case}: {_name(best)}: {best.calls} calls, CRPS {best.crps:.3f} K "
-              f"({best.crps_share_of_best:.3f} of the best)")  # fmt: skip
+              f"({best.crps_share_of_best:.3f}{_noise(best)} of the best)")  # fmt: skip
     print("\nPer method in every case measured, and for all of them together (one sampler for "
           "the config; worst share of the best CRPS in brackets):")  # fmt: skip
     frame = frame.assign(cell=frame.method + "/" + frame.case)
@@ -136,6 +180,11 @@ def choose(frame: pd.DataFrame) -> None:
         else:
             best = fine.iloc[0]
             print(f"- {method}: {_name(best)}: {best.calls} calls ({best.worst:.3f})")
+
+
+def _noise(row) -> str:
+    """`` ± sd`` of a share of the best over seeds, where there is one."""
+    return "" if pd.isna(row.paired_share_sd) else f" ± {row.paired_share_sd:.3f}"
 
 
 def pivot(frame: pd.DataFrame) -> str:
@@ -185,6 +234,7 @@ def main() -> None:
     parser.add_argument("--max-calls", type=int, help="leave out samplers that cost more calls")
     parser.add_argument("--members", type=int, help="default: the run's")
     parser.add_argument("--period", nargs=2, metavar=("FIRST", "LAST"), help="default: the run's")
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: the run's seed")
     parser.add_argument("--csv", type=Path)
     parser.add_argument("--resume", action="store_true", help="keep the rows already in --csv")
     parser.add_argument("--from-csv", type=Path, nargs="+", help="merge these, measure nothing")
@@ -193,8 +243,8 @@ def main() -> None:
                         help="with --from-csv: a row per sampler, a column per cell")  # fmt: skip
     args = parser.parse_args()
     if args.from_csv:
-        frame = pd.concat([pd.read_csv(p) for p in args.from_csv], ignore_index=True)
-        frame = frame.drop_duplicates(["method", "case", *SAMPLER, "steps"], keep="last")
+        frame = pd.concat([with_seed(pd.read_csv(p)) for p in args.from_csv], ignore_index=True)
+        frame = frame.drop_duplicates(["method", "case", *SAMPLER, "steps", "seed"], keep="last")
         frame = scored(frame)
         choose(frame)
         if args.table:
@@ -214,54 +264,54 @@ def main() -> None:
     rows = []
     if args.resume and args.csv and args.csv.exists():
         rows = pd.read_csv(args.csv).drop(columns=["crps_share_of_best", "good"], errors="ignore")
-        rows = rows.to_dict("records")
-    done = {(r["method"], r["case"], *_line(r), r["steps"]) for r in rows}
+        rows = with_seed(rows, config["seed"]).to_dict("records")
+    done = {(r["method"], r["case"], *_line(r), r["steps"], r["seed"]) for r in rows}
     print("| method | case | solver | corrections | σ min | τ reference | guidance | steps "
-          "| network calls | RMSE (K) | CRPS (K) | spread/skill | s |")  # fmt: skip
-    print("|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
-    for method in args.methods:
-        for case in args.cases:
-            for solver, corrections, guidance, min_sigma, reference, n in itertools.product(
-                args.solvers, args.corrections, args.guidance, args.correction_min_sigma,
-                references, sorted(args.steps),
-            ):  # fmt: skip
-                if corrections == 0 and (
-                    min_sigma != min(args.correction_min_sigma) or reference != references[0]
-                ):
-                    continue  # no correction to skip or to scale: the same sampler
-                calls = network_calls(n, corrections, min_sigma)
-                if args.max_calls and calls > args.max_calls:
-                    continue
-                key = (method, case, solver, corrections, guidance, min_sigma, reference, n)
-                if key in done:
-                    continue
-                assimilation = copy.deepcopy(section)
-                assimilation["sampler"].update(
-                    steps=n, corrections=corrections, guidance=guidance, solver=solver,
-                    correction_min_sigma=min_sigma, tau_reference_steps=reference or None,
-                )  # fmt: skip
-                start = time.perf_counter()
-                ds = assimilate_case(args.run, config, args.protocol, method, case, assimilation)
-                seconds = time.perf_counter() - start
-                mean = score_analysis(ds, observed_only=True).groupby("metric")["score"].mean()
-                row = {"method": method, "case": case, "solver": solver,
-                       "corrections": corrections, "min_sigma": min_sigma, "guidance": guidance,
-                       "tau_reference_steps": reference, "steps": n, "calls": calls,
-                       "rmse": mean["rmse"], "crps": mean["crps"],
-                       "spread_skill": mean["spread_skill"], "seconds": seconds}  # fmt: skip
-                rows.append(row)
-                print(f"| {method} | {case} | {solver} | {corrections} | {min_sigma:g} "
-                      f"| {reference or '-'} | {guidance} | {n} | {calls} | {row['rmse']:.3f} "
-                      f"| {row['crps']:.3f} | {row['spread_skill']:.3f} | {seconds:.0f} |",
-                      flush=True)  # fmt: skip
-                if args.csv:
-                    pd.DataFrame(rows).to_csv(args.csv, index=False)
+          "| seed | network calls | RMSE (K) | CRPS (K) | spread/skill | s |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for seed, method, case in itertools.product(
+        args.seeds or [config["seed"]], args.methods, args.cases
+    ):
+        for solver, corrections, guidance, min_sigma, reference, n in itertools.product(
+            args.solvers, args.corrections, args.guidance, args.correction_min_sigma,
+            references, sorted(args.steps),
+        ):  # fmt: skip
+            if corrections == 0 and (
+                min_sigma != min(args.correction_min_sigma) or reference != references[0]
+            ):
+                continue  # no correction to skip or to scale: the same sampler
+            calls = network_calls(n, corrections, min_sigma)
+            if args.max_calls and calls > args.max_calls:
+                continue
+            key = (method, case, solver, corrections, guidance, min_sigma, reference, n, seed)
+            if key in done:
+                continue
+            assimilation = copy.deepcopy(section)
+            assimilation["sampler"].update(
+                steps=n, corrections=corrections, guidance=guidance, solver=solver,
+                correction_min_sigma=min_sigma, tau_reference_steps=reference or None,
+            )  # fmt: skip
+            start = time.perf_counter()
+            ds = assimilate_case(args.run, config, args.protocol, method, case, assimilation,
+                                 seed)  # fmt: skip
+            seconds = time.perf_counter() - start
+            mean = score_analysis(ds, observed_only=True).groupby("metric")["score"].mean()
+            row = {"method": method, "case": case, "solver": solver,
+                   "corrections": corrections, "min_sigma": min_sigma, "guidance": guidance,
+                   "tau_reference_steps": reference, "steps": n, "seed": seed, "calls": calls,
+                   "rmse": mean["rmse"], "crps": mean["crps"],
+                   "spread_skill": mean["spread_skill"], "seconds": seconds}  # fmt: skip
+            rows.append(row)
+            print(f"| {method} | {case} | {solver} | {corrections} | {min_sigma:g} "
+                  f"| {reference or '-'} | {guidance} | {n} | {seed} | {calls} | {row['rmse']:.3f} "
+                  f"| {row['crps']:.3f} | {row['spread_skill']:.3f} | {seconds:.0f} |",
+                  flush=True)  # fmt: skip
+            if args.csv:
+                pd.DataFrame(rows).to_csv(args.csv, index=False)
     frame = scored(pd.DataFrame(rows))
     choose(frame)
-    if args.csv:
-        frame.to_csv(args.csv, index=False)
     if args.plot:
-        plot(rows, args.plot)
+        plot(frame.to_dict("records"), args.plot)
 
 
 if __name__ == "__main__":

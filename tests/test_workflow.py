@@ -236,7 +236,7 @@ def test_smoke_preset_regrids_with_xesmf(root, smoke_run, tmp_path):
 def test_steps_benchmark_on_the_smoke_run(root, smoke_run, tmp_path):
     """benchmarks/steps.py on the smoke run's networks: a named case and a grid cell given as
     axis-value, network calls counted with skipped corrections, --max-calls, --resume (nothing
-    measured twice) and --from-csv (the choice and the plot from the rows alone)."""
+    measured twice), --from-csv (the choice and the plot from the rows alone) and --seeds."""
     import subprocess
 
     run = smoke_run / "results" / "smoke"
@@ -268,6 +268,16 @@ def test_steps_benchmark_on_the_smoke_run(root, smoke_run, tmp_path):
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "- latent-none" in merged.stdout and (tmp_path / "steps.png").stat().st_size > 0
+    # a second seed, 1 + 0 steps only: the run's seed (0) is kept from the CSV, seed 1 measured
+    seeded = subprocess.run([*base[:-2], "--steps", "2", "--corrections", "0", "--seeds", "0",
+                             "1", "--csv", str(out), "--resume"], capture_output=True, text=True,
+                            check=True, cwd=smoke_run)  # fmt: skip
+    assert seeded.stdout.count("| latent-none |") == 2  # ideal and gap-4 at seed 1
+    rows2 = pd.read_csv(out)
+    assert len(rows2) == 2 * 4 + 2 and set(rows2.seed) == {0, 1}
+    pair = rows2[(rows2.steps == 2) & (rows2.corrections == 0)].set_index(["case", "seed"])
+    assert (pair.crps.xs(0, level="seed") != pair.crps.xs(1, level="seed")).all()  # new draws
+    assert "Means over 2 seeds" in seeded.stdout
     # the same samplers on the exact trajectory (benchmarks/langevin_tradeoff.py), resumable
     tradeoff = [sys.executable, str(root / "benchmarks" / "langevin_tradeoff.py"), str(out),
                 "--members", "64", "--csv", str(tmp_path / "exact.csv")]  # fmt: skip

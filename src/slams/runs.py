@@ -32,11 +32,15 @@ def cell_paths(run: str | Path, method: str, protocol: str) -> dict[str, str]:
     return {k: str(v) for k, v in paths.items()}
 
 
-def assimilate_case(run, config: dict, protocol: str, method: str, case: str, assimilation: dict):
+def assimilate_case(
+    run, config: dict, protocol: str, method: str, case: str, assimilation: dict,
+    seed: int | None = None,
+):  # fmt: skip
     """Assimilate the named ``case`` of ``config`` (``assimilation.cases``) again with
     ``method`` under ``protocol``, on the networks of the finished run ``run``, with the
     ``assimilation`` section given (a variant of the config's); returns the analysis dataset.
-    ``case`` may also be a cell of the grid itself, as ``axis-value`` (``gap-2``)."""
+    ``case`` may also be a cell of the grid itself, as ``axis-value`` (``gap-2``). ``seed``
+    (default: the config's) draws the observations' noise and the sampler's."""
     from slams.assimilate import run_cell
     from slams.config import setting_parameters
 
@@ -48,5 +52,5 @@ def assimilate_case(run, config: dict, protocol: str, method: str, case: str, as
     return run_cell(
         protocol, method, axis, value, setting_parameters(config, axis, float(value)),
         assimilation, config["score"]["window"], cell_paths(run, method, protocol),
-        seed=config["seed"], progress=False,
+        seed=config["seed"] if seed is None else seed, progress=False,
     )  # fmt: skip

@@ -1,0 +1,64 @@
+"""benchmarks/steps.py's means over seeds: paired shares of the best, and CSVs written before
+the seed column existed."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+steps = pytest.importorskip("steps")
+
+
+def _rows(crps_by_seed: dict[tuple[int, int], list[float]]) -> pd.DataFrame:
+    """Per-seed rows of ddim samplers (steps, corrections) -> CRPS at seeds 0, 1, ... in one
+    cell, with spread/skill 1 and RMSE twice the CRPS."""
+    rows = []
+    for (n, corrections), values in crps_by_seed.items():
+        for seed, crps in enumerate(values):
+            rows.append({"method": "pixel", "case": "ideal", "solver": "ddim",
+                         "corrections": corrections, "min_sigma": 0.0, "guidance": "sda",
+                         "tau_reference_steps": 16, "steps": n, "seed": seed,
+                         "calls": n * (1 + corrections), "rmse": 2 * crps, "crps": crps,
+                         "spread_skill": 1.0, "seconds": float(n)})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_means_over_seeds_with_the_paired_noise_of_the_share_of_the_best(capsys):
+    # 32 + 1 is the best on average; 16 + 0 is 1 % and 5 % worse at the same seeds, so its
+    # share of the best varies far less from seed to seed than its CRPS (1.01 against 1.26)
+    frame = steps.scored(_rows({(32, 1): [1.0, 1.2], (16, 0): [1.01, 1.26]}))
+    by = frame.set_index("steps")
+    assert (by.seeds == 2).all()
+    assert by.loc[16, "crps"] == pytest.approx(1.135)
+    assert by.loc[16, "rmse"] == pytest.approx(2.27)
+    assert by.loc[16, "crps_share_of_best"] == pytest.approx(1.135 / 1.1)
+    assert by.loc[16, "crps_sd"] == pytest.approx(np.std([1.01, 1.26], ddof=1))
+    assert by.loc[16, "paired_share_sd"] == pytest.approx(np.std([1.01, 1.05], ddof=1))
+    assert by.loc[32, "paired_share_sd"] == pytest.approx(0.0)
+    assert by.loc[32, "good"] and not by.loc[16, "good"]  # 3.2 % off the best on average
+    steps.choose(frame)
+    out = capsys.readouterr().out
+    assert "Means over 2 seeds" in out and "median sd 0.028, largest 0.028" in out
+    assert "- pixel, ideal: ddim 32 + 1 (sda, τ × 16 / steps): 64 calls" in out
+
+
+def test_rows_without_a_seed_column_are_the_runs_seed():
+    old = _rows({(16, 0): [1.0], (32, 0): [0.99]}).drop(columns="seed")
+    assert (steps.with_seed(old, 3).seed == 3).all()
+    new = pd.concat([steps.with_seed(old), _rows({(16, 0): [1.0, 1.1], (32, 0): [0.99, 1.0]})])
+    # the old rows are seed 0: the same measurement as the new rows' seed 0, kept once
+    merged = new.drop_duplicates(["method", "case", *steps.SAMPLER, "steps", "seed"])
+    frame = steps.scored(merged)
+    assert list(frame.seeds) == [2, 2]
+    assert frame.set_index("steps").loc[32, "crps"] == pytest.approx(0.995)
+
+
+def test_a_single_seed_has_no_noise_estimate(capsys):
+    frame = steps.scored(_rows({(16, 0): [1.0], (32, 0): [0.995]}))
+    assert frame.paired_share_sd.isna().all() and frame.good.all()
+    steps.choose(frame)
+    out = capsys.readouterr().out
+    assert "Means over" not in out and "- pixel, ideal: ddim 16 + 0 (sda): 16 calls" in out
