@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import pandas as pd
 import torch
 from gaussian_posterior import TrajectoryProblem, timed_sample
-from steps import _name, aggregate, with_seed
+from steps import _name, aggregate, read_rows
 
 KEY = ["solver", "steps", "corrections", "min_sigma", "tau_reference_steps"]
 FLOOR_GOAL, CRPS_GOAL = 0.92, 1.02  # issue 25: of the floor's closure; of the cell's best CRPS
@@ -119,9 +119,7 @@ def main() -> None:
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    learned = pd.concat([with_seed(pd.read_csv(p)) for p in args.steps_csv], ignore_index=True)
-    learned = learned.drop_duplicates(["method", "case", "guidance", *KEY, "seed"], keep="last")
-    table = learned_summary(learned, args.max_calls)
+    table = learned_summary(read_rows(args.steps_csv), args.max_calls)
     known = pd.DataFrame(columns=KEY)
     if args.resume and args.csv and args.csv.exists():
         known = pd.read_csv(args.csv)

@@ -76,6 +76,13 @@ def with_seed(frame: pd.DataFrame, default: int = 0) -> pd.DataFrame:
     return frame.assign(seed=frame.seed.fillna(default).astype(int))
 
 
+def read_rows(paths) -> pd.DataFrame:
+    """The per-seed rows of the ``steps.py`` CSVs ``paths``, a measurement repeated in several
+    kept once (the last)."""
+    frame = pd.concat([with_seed(pd.read_csv(p)) for p in paths], ignore_index=True)
+    return frame.drop_duplicates(["method", "case", *SAMPLER, "steps", "seed"], keep="last")
+
+
 def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per sampler and cell (``method``, ``case``) of the per-seed rows ``frame``: RMSE,
     CRPS, spread/skill and seconds averaged over its seeds, ``seeds`` measured, ``crps_sd`` (sd
@@ -243,9 +250,7 @@ def main() -> None:
                         help="with --from-csv: a row per sampler, a column per cell")  # fmt: skip
     args = parser.parse_args()
     if args.from_csv:
-        frame = pd.concat([with_seed(pd.read_csv(p)) for p in args.from_csv], ignore_index=True)
-        frame = frame.drop_duplicates(["method", "case", *SAMPLER, "steps", "seed"], keep="last")
-        frame = scored(frame)
+        frame = scored(read_rows(args.from_csv))
         choose(frame)
         if args.table:
             print("\nCRPS (K) (share of the cell's best) / spread/skill:\n")

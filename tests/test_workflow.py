@@ -268,7 +268,7 @@ def test_steps_benchmark_on_the_smoke_run(root, smoke_run, tmp_path):
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert "- latent-none" in merged.stdout and (tmp_path / "steps.png").stat().st_size > 0
-    # a second seed, 1 + 0 steps only: the run's seed (0) is kept from the CSV, seed 1 measured
+    # a second seed, 2 + 0 only: the run's seed (0) is kept from the CSV, seed 1 measured
     seeded = subprocess.run([*base[:-2], "--steps", "2", "--corrections", "0", "--seeds", "0",
                              "1", "--csv", str(out), "--resume"], capture_output=True, text=True,
                             check=True, cwd=smoke_run)  # fmt: skip
