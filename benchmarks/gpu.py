@@ -10,7 +10,9 @@ one table, in a few minutes (``make gpu-benchmark`` on a CUDA machine).
    ``members x (days - K + 1)`` windows through the network per evaluation; its time is the
    step time x (those windows / batch) x steps, at 512 steps + 1 correction (the paper) and
    at the sampler of ``--config`` (default ``config.yaml``, the paper configuration's chosen
-   sampler; ``--chosen-steps`` / ``--chosen-corrections`` override it). An analysis's time
+   sampler, each network at its own, ``assimilation.sampler_by_space``, the latent U-Net at
+   the costliest latent network's; ``--chosen-steps`` / ``--chosen-corrections`` override
+   it). An analysis's time
    scales with its network calls, ``steps + corrections x (corrected steps)``, the count
    ``benchmarks/steps.py`` reports (corrections skipped below ``correction_min_sigma`` cost
    nothing; one call is half the timed step of predictor + correction). Every window
@@ -40,10 +42,35 @@ import torch
 from sampler_step import problem, sizes, time_step
 from steps import network_calls
 
-from slams.config import load_config
+from slams.config import load_config, method_assimilation
 from slams.diffusion import VPSDE
 
 HERE = Path(__file__).resolve().parent
+
+
+# The timed networks (sampler_step.sizes) and the methods whose samplers each one projects:
+# the latent U-Net's time at the costliest of the latent networks' samplers.
+NETWORKS = {"pixel": ("pixel", "pixel-both"),
+            "latent": ("latent-none", "latent-insitu", "latent-exsitu", "latent-both")}  # fmt: skip
+
+
+def chosen(args, section: dict, methods) -> tuple[int, str]:
+    """Network calls and name of the costliest sampler of ``methods`` in the assimilation
+    section ``section`` (``assimilation.sampler_by_space`` applied; ``--chosen-steps`` /
+    ``--chosen-corrections`` override)."""
+    out = []
+    for method in methods:
+        sampler = method_assimilation(section, method)["sampler"]
+        steps = args.chosen_steps if args.chosen_steps is not None else sampler["steps"]
+        corrections = sampler["corrections"]
+        if args.chosen_corrections is not None:
+            corrections = args.chosen_corrections
+        min_sigma = sampler["correction_min_sigma"]
+        calls = network_calls(steps, corrections, min_sigma)
+        name = (f"{sampler['solver']} {steps} + {corrections}"
+                + (f" (σ ≥ {min_sigma:g})" if corrections and min_sigma else ""))  # fmt: skip
+        out.append((calls, f"{name}, {calls} calls"))
+    return max(out)
 
 
 def sampler_rows(args, device: torch.device) -> list[dict]:
@@ -85,7 +112,8 @@ def sampler_rows(args, device: torch.device) -> list[dict]:
                     "space": space, "state": f"{channels} x {height} x {width}", "dtype": dtype,
                     "guidance": name, "ms_per_step": 1000 * seconds,
                     "analysis_512_s": 512 * per_step,
-                    "analysis_chosen_s": args.chosen_calls * per_step / 2,
+                    "analysis_chosen_s": args.chosen[space][0] * per_step / 2,
+                    "chosen": args.chosen[space][1],
                     "peak_gb": torch.cuda.max_memory_allocated() / 2**30
                     if device.type == "cuda" else float("nan"),
                 })  # fmt: skip
@@ -129,7 +157,7 @@ def table(args, device, sampler, training, seconds: float) -> str:
         "ms/step = predictor + one correction (two guided network calls).",
         "",
         "| space | state | precision | guidance | ms/step | analysis, 512 + 1 (s) "
-        f"| analysis, {args.chosen_name} (s) | peak memory (GB) |",
+        "| analysis, the config's sampler (s) | peak memory (GB) |",
         "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in sampler:
@@ -141,7 +169,7 @@ def table(args, device, sampler, training, seconds: float) -> str:
         lines.append(
             f"| {r['space']} | {r['state']} | {r['dtype']} | {r['guidance']} "
             f"| {r['ms_per_step']:.1f} | {r['analysis_512_s']:.0f} "
-            f"| {r['analysis_chosen_s']:.0f} "
+            f"| {r['analysis_chosen_s']:.0f} ({r['chosen']}) "
             f"| {'–' if r['peak_gb'] != r['peak_gb'] else format(r['peak_gb'], '.1f')} |"
         )
     lines += [
@@ -181,18 +209,8 @@ def main() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu.py: no CUDA device here; use --device cpu --quick to check the script")
     schema = HERE.parent / "workflow" / "schemas" / "config.schema.yaml"
-    sampler = load_config(*args.config, schema_path=schema)["assimilation"]["sampler"]
-    steps = args.chosen_steps if args.chosen_steps is not None else sampler["steps"]
-    corrections = sampler["corrections"]
-    if args.chosen_corrections is not None:
-        corrections = args.chosen_corrections
-    min_sigma = sampler["correction_min_sigma"]
-    args.chosen_calls = network_calls(steps, corrections, min_sigma)
-    args.chosen_name = (
-        f"{sampler['solver']} {steps} + {corrections}"
-        + (f" (σ ≥ {min_sigma:g})" if corrections and min_sigma else "")
-        + f", {args.chosen_calls} calls"
-    )
+    section = load_config(*args.config, schema_path=schema)["assimilation"]
+    args.chosen = {space: chosen(args, section, methods) for space, methods in NETWORKS.items()}
     args.batch = args.batch or (8 if args.quick else 40)
     args.repeats = args.repeats or (1 if args.quick else 3)
     start = time.perf_counter()

@@ -43,7 +43,6 @@ observations for both), and its standard error over the seeds, against the 2 % m
 from __future__ import annotations
 
 import argparse
-import copy
 import itertools
 import time
 from pathlib import Path
@@ -51,7 +50,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from slams.config import run_config
+from slams.config import method_assimilation, run_config
 from slams.diffusion import VPSDE
 from slams.diffusion.sampler import corrected_steps
 from slams.metrics import score_analysis
@@ -291,7 +290,7 @@ def main() -> None:
             key = (method, case, solver, corrections, guidance, min_sigma, reference, n, seed)
             if key in done:
                 continue
-            assimilation = copy.deepcopy(section)
+            assimilation = method_assimilation(section, method)  # its network's sampler
             assimilation["sampler"].update(
                 steps=n, corrections=corrections, guidance=guidance, solver=solver,
                 correction_min_sigma=min_sigma, tau_reference_steps=reference or None,

@@ -9,6 +9,9 @@
 # grids, one after another, and stops. DESIGN=band measures instead the corrector's design at
 # <= 64 calls (corrections only where sigma >= 0.3, the Langevin time fixed, more corrections
 # per step; benchmarks/README.md, "Where the Langevin time goes"), without the paper's 512 + 1.
+# DESIGN=seeds measures the candidates for a sampler per network (assimilation.sampler_by_space)
+# at <= 64 calls, over seeds 0, 1 and 2 (PERIOD="2007-01-01 2007-01-16" for 4 observed days in
+# the ideal case); benchmarks/README.md, "A sampler per network".
 # Then, for the table and figure:
 #   python benchmarks/steps.py --from-csv OUT/*.csv --plot OUT/steps.png
 set -euo pipefail
@@ -34,9 +37,26 @@ band() {  # the corrector's design: one CSV per method
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
         --steps 8 --corrections 7 --correction-min-sigma 0.3 --tau-reference-steps 16 "${csv[@]}"
 }
+seeds() {  # the candidates for a sampler per network, over three seeds: one CSV per method
+    local m=(--methods "$1") csv=(--csv "$out/$1-seeds.csv") s=(--seeds 0 1 2)
+    local sda=(--guidance sda "${s[@]}" "${csv[@]}")
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim "${sda[@]}" \
+        --steps 32 --corrections 0
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim "${sda[@]}" \
+        --steps 16 32 --corrections 1 --tau-reference-steps 16
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim "${sda[@]}" \
+        --steps 16 --corrections 2 3 --correction-min-sigma 0.3 --tau-reference-steps 16
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim "${sda[@]}" \
+        --steps 16 --corrections 2 --correction-min-sigma 0.3 --tau-reference-steps 32
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim "${sda[@]}" \
+        --steps 8 --corrections 7 --correction-min-sigma 0.3 --tau-reference-steps 16
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers dpm2m "${sda[@]}" \
+        --steps 32 --corrections 1 --tau-reference-steps 16
+}
 one() {  # one method's grid, one CSV per block of the design
     local method=$1 m=(--methods "$1")
     if [ "${DESIGN:-grid}" = band ]; then band "$method"; return; fi
+    if [ "${DESIGN:-grid}" = seeds ]; then seeds "$method"; return; fi
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
         --steps 8 16 32 64 128 256 --corrections 0 --csv "$out/$method-ddim-0.csv"
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
@@ -62,8 +82,9 @@ else
     for method in pixel latent-none latent-both; do one "$method"; done > "$out/grid.log" 2>&1
 fi
 # the paper's 512 + 1 and 256 + 1 on one method and case, for the cost comparison
-[ "${DESIGN:-grid}" = band ] || "$python" "$here/steps.py" "$run" --methods latent-none \
+case ${DESIGN:-grid} in band | seeds) ;; *) "$python" "$here/steps.py" "$run" --methods latent-none \
     --cases ideal --members 4 --period "$first" "$last" --resume --solvers ddim --guidance sda \
     --steps 256 512 --corrections 1 --tau-reference-steps 0 --csv "$out/latent-none-paper.csv" \
-    > "$out/grid-paper.log" 2>&1
+    > "$out/grid-paper.log" 2>&1 ;;
+esac
 "$python" "$here/steps.py" --from-csv "$out"/*.csv --table --plot "$out/steps.png"

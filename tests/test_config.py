@@ -78,6 +78,7 @@ def test_paper_config_is_the_paper(root):
     )
     assert sampler["tau_reference_steps"] is None and sampler["solver"] == "ddim"
     assert sampler["correction_min_sigma"] == 0.0
+    assert not paper["assimilation"]["sampler_by_space"]  # one sampler for every network
     assert config["assimilation"]["axes"]["coarsen"]["values"] == [4, 8, 12, 15, 20]
     assert config["assimilation"]["members"] >= 8
 
@@ -227,3 +228,51 @@ def test_protocols_cases_only_and_physical_only_methods(paper, schema):
     unknown["assimilation"]["protocols"] = ["paper", "real"]
     with pytest.raises(ConfigError, match=r"assimilation\.protocols\[1\]"):
         validate_config(unknown, schema)
+
+
+def test_a_sampler_per_network_overlays_the_shared_one(paper, schema):
+    from slams.config import method_assimilation
+    from slams.methods import METHODS
+
+    config = copy.deepcopy(paper)
+    config["assimilation"]["sampler_by_space"] = {"latent-none": {"steps": 8, "corrections": 7}}
+    validate_config(config, schema)
+    section = config["assimilation"]
+    shared = section["sampler"]
+    # no defaults filled into the overlay: only the keys given replace the shared sampler's
+    assert section["sampler_by_space"] == {"latent-none": {"steps": 8, "corrections": 7}}
+    mine = method_assimilation(section, "latent-none")
+    assert mine["sampler"] == {**shared, "steps": 8, "corrections": 7}
+    assert "sampler_by_space" not in mine
+    for method in ("pixel", "pixel-both", "latent-both", "oi", "climatology"):
+        assert method_assimilation(section, method)["sampler"] == shared, method
+    # resolved once, a caller's change of the sampler holds (steps.py measures this way)
+    resolved = method_assimilation(section, "latent-none")
+    resolved["sampler"]["steps"] = 64
+    assert method_assimilation(resolved, "latent-none")["sampler"]["steps"] == 64
+    assert section["sampler_by_space"]["latent-none"]["steps"] == 8  # the input untouched
+    # null clears it (an overlay's {} would merge into config.yaml's, not replace it)
+    config["assimilation"]["sampler_by_space"] = None
+    validate_config(config, schema)
+    assert method_assimilation(config["assimilation"], "latent-none")["sampler"] == shared
+    # the schema's keys are the score networks, every one
+    spaces = yaml.safe_load(schema.read_text())["properties"]["assimilation"]["properties"][
+        "sampler_by_space"
+    ]["propertyNames"]["enum"]
+    assert set(spaces) == {spec.space for spec in METHODS.values() if spec.space}
+
+
+@pytest.mark.parametrize(
+    ("overlay", "key"),
+    [
+        ({"latent-nil": {"steps": 8}}, "assimilation.sampler_by_space"),
+        ({"pixel": {"stepz": 8}}, "assimilation.sampler_by_space.pixel"),
+        ({"pixel": {"solver": "heun"}}, "assimilation.sampler_by_space.pixel.solver"),
+    ],
+)
+def test_a_wrong_sampler_per_network_names_the_key(paper, schema, overlay, key):
+    config = copy.deepcopy(paper)
+    config["assimilation"]["sampler_by_space"] = overlay
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, schema)
+    assert str(info.value).startswith(f"config error at {key}:"), str(info.value)

@@ -320,3 +320,29 @@ def test_paper_scale_benchmark_measures_every_job_of_its_targets(root, tmp_path)
                            capture_output=True, text=True, check=True)  # fmt: skip
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "b.csv"), rows)
     assert "0.0 min of wall time" not in again.stdout and "job-seconds" in again.stdout
+
+
+@pytest.mark.slow
+def test_a_sampler_for_one_network_reruns_only_its_analyses(root, smoke_run, tmp_path):
+    """``assimilation.sampler_by_space`` reaches the assimilate rule's params for the methods
+    sampling with that network, and for no other: Snakemake's params trigger reruns exactly
+    their analyses (a dry run over the finished smoke run)."""
+    from slams.config import analysis_cells, analysis_sources, load_config
+
+    overlay = tmp_path / "latent-none-sampler.yaml"
+    overlay.write_text("assimilation:\n  sampler_by_space:\n    latent-none: {steps: 3}\n")
+    configs = [str(root / "presets/smoke.yaml"), str(overlay)]
+    result = snakemake(root, smoke_run, "-n", "--configfile", *configs)
+    jobs = re.findall(r"rule assimilate:\n(?:    .*\n)*?    output: (\S+)", result.stdout)
+    smoke = load_config(root / "config.yaml", root / "presets/smoke.yaml")
+    copies = analysis_sources(smoke)
+    expected = {
+        f"results/smoke/analysis/{p}/{m}/{a}-{v}.nc"
+        for p, m, a, v in analysis_cells(smoke)
+        if m == "latent-none" and (p, m, a, v) not in copies
+    }
+    assert expected and set(jobs) == expected
+    assert "params" in result.stdout  # the reason Snakemake gives
+    # and without the overlay nothing reruns
+    unchanged = snakemake(root, smoke_run, "-n", "--configfile", configs[0])
+    assert "rule assimilate:" not in unchanged.stdout

@@ -308,6 +308,19 @@ def merge(base: dict, overlay: dict) -> dict:
     return out
 
 
+def method_assimilation(section: dict, method: str) -> dict:
+    """The ``assimilation`` section ``section`` as ``method`` samples it: a copy whose
+    ``sampler`` is the shared one with the keys of ``sampler_by_space[<its network>]`` in
+    place, and without ``sampler_by_space`` (so that a caller's later change of ``sampler`` is
+    the one that holds). A section already resolved comes back as it is."""
+    out = copy.deepcopy(section)
+    by_space = out.pop("sampler_by_space", None) or {}
+    space = METHODS[method].space
+    if space in by_space:
+        out["sampler"] = {**out.get("sampler", {}), **by_space[space]}
+    return out
+
+
 def load_config(*paths: str | Path, schema_path: str | Path | None = None) -> dict:
     """Load config.yaml and overlays in order, then validate (as the Snakefile does)."""
     config: dict = {}

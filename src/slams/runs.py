@@ -38,11 +38,12 @@ def assimilate_case(
 ):  # fmt: skip
     """Assimilate the named ``case`` of ``config`` (``assimilation.cases``) again with
     ``method`` under ``protocol``, on the networks of the finished run ``run``, with the
-    ``assimilation`` section given (a variant of the config's); returns the analysis dataset.
+    ``assimilation`` section given (a variant of the config's; its ``sampler_by_space``, if
+    any, applied); returns the analysis dataset.
     ``case`` may also be a cell of the grid itself, as ``axis-value`` (``gap-2``). ``seed``
     (default: the config's) draws the observations' noise and the sampler's."""
     from slams.assimilate import run_cell
-    from slams.config import setting_parameters
+    from slams.config import method_assimilation, setting_parameters
 
     cell = config["assimilation"]["cases"].get(case, case)
     if "-" not in cell or cell.split("-", 1)[0] not in config["assimilation"]["axes"]:
@@ -51,6 +52,7 @@ def assimilate_case(
     axis, value = cell.split("-", 1)
     return run_cell(
         protocol, method, axis, value, setting_parameters(config, axis, float(value)),
-        assimilation, config["score"]["window"], cell_paths(run, method, protocol),
+        method_assimilation(assimilation, method), config["score"]["window"],
+        cell_paths(run, method, protocol),
         seed=config["seed"] if seed is None else seed, progress=False,
     )  # fmt: skip

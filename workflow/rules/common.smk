@@ -9,6 +9,7 @@ from slams.config import (
     analysis_cells,
     analysis_sources,
     format_value,
+    method_assimilation,
     setting_parameters,
     validate_config,
 )
@@ -178,7 +179,8 @@ def assimilation_params(wildcards):
         # in SamplerSettings' field order (the schema's keys, additionalProperties false),
         # whatever order the config files give them in: Snakemake compares params as text, so
         # an overlay listing them otherwise would rerun every analysis with the same sampler
-        sampler = section["sampler"]
+        # its network's sampler (assimilation.sampler_by_space over assimilation.sampler)
+        sampler = method_assimilation(section, method)["sampler"]
         fields = [f.name for f in dataclasses.fields(SamplerSettings)]
         params.update(
             window_days=section["window_days"],

@@ -1,0 +1,50 @@
+"""benchmarks/steps_grid.sh's designs: which steps.py measurements each one runs (a stand-in
+for Python records the command lines; steps.py itself is tested in test_steps_*.py)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commands(tmp_path, design: str, **env: str) -> list[list[str]]:
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(fake), "DESIGN": design, **env}
+    subprocess.run(["bash", str(ROOT / "benchmarks/steps_grid.sh"), "RUN", str(tmp_path / "out")],
+                   check=True, env=env, timeout=60)  # fmt: skip
+    return [line.split() for line in log.read_text().splitlines()]
+
+
+def test_the_seeds_design_measures_each_candidate_over_three_seeds(tmp_path):
+    commands = _commands(tmp_path, "seeds", METHODS="pixel latent-none")
+    measured = [c for c in commands if "--from-csv" not in c]
+    assert measured and all(c[1] == "RUN" for c in measured)
+    for method in ("pixel", "latent-none"):
+        mine = [c for c in measured if c[c.index("--methods") + 1] == method]
+        assert len(mine) == 6, method
+        for c in mine:
+            assert c[c.index("--seeds") + 1 : c.index("--seeds") + 4] == ["0", "1", "2"]
+            assert c[c.index("--csv") + 1].endswith(f"out/{method}-seeds.csv")
+            assert "--resume" in c and "512" not in c  # resumable, and no paper sampler
+    # and no other method, nor the paper's 512 + 1 block
+    assert {c[c.index("--methods") + 1] for c in measured} == {"pixel", "latent-none"}
+
+
+def test_the_default_design_ends_with_the_papers_sampler(tmp_path):
+    """Without METHODS: every method, then the paper's 512 + 1, then the table."""
+    commands = _commands(tmp_path, "grid")
+    paper = [c for c in commands if "latent-none-paper.csv" in " ".join(c)]
+    assert len(paper) == 1 and "512" in paper[0]
+    assert "--from-csv" in commands[-1]
+
+
+def test_the_seeds_design_over_every_method_leaves_out_the_papers_sampler(tmp_path):
+    commands = _commands(tmp_path, "seeds")
+    assert not [c for c in commands if "latent-none-paper.csv" in " ".join(c)]
+    methods = {c[c.index("--methods") + 1] for c in commands if "--methods" in c}
+    assert methods == {"pixel", "latent-none", "latent-both"}
+    assert "--from-csv" in commands[-1]
