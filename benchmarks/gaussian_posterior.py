@@ -41,17 +41,18 @@ from slams.sampling import SamplerSettings
 
 
 def timed_sample(eps_fn, shape, steps: int, corrections: int, args=None):
-    """One float64 ensemble (seed 0) and the seconds it took. ``args``: the sampler options
-    (``--tau``, ``--tau-reference-steps``, ``--solver``, ``--correction-min-sigma``); without,
-    tau 0.5 per step, DDIM, corrections at every noise level."""
+    """One float64 ensemble and the seconds it took. ``args``: the sampler options (``--tau``,
+    ``--tau-reference-steps``, ``--solver``, ``--correction-min-sigma``, ``--seed``); without,
+    tau 0.5 per step, DDIM, corrections at every noise level, seed 0."""
     tau, solver, min_sigma = 0.5, "ddim", 0.0
+    seed = getattr(args, "seed", 0)
     if args is not None:
         settings = SamplerSettings(steps=steps, corrections=corrections, tau=args.tau,
                                    tau_reference_steps=args.tau_reference_steps)  # fmt: skip
         tau, solver, min_sigma = settings.step_tau, args.solver, args.correction_min_sigma
     start = time.perf_counter()
     x = sample(eps_fn, shape, VPSDE(), steps=steps, corrections=corrections, tau=tau,
-               generator=torch.Generator().manual_seed(0), progress=False, dtype=F64,
+               generator=torch.Generator().manual_seed(seed), progress=False, dtype=F64,
                solver=solver, correction_min_sigma=min_sigma)  # fmt: skip
     return x, time.perf_counter() - start
 
@@ -141,6 +142,9 @@ def main() -> None:
     parser.add_argument("--tau-reference-steps", type=int, default=None,
                         help="Langevin step tau x this / steps (default: per step)")  # fmt: skip
     parser.add_argument("--correction-min-sigma", type=float, default=0.0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the sampler's noise (the floor's exact samples: 0)"
+    )
     args = parser.parse_args()
     print(f"solver {args.solver}, tau {args.tau:g}"
           + (f" x {args.tau_reference_steps} / steps" if args.tau_reference_steps else " per step")
