@@ -77,18 +77,27 @@ def plot(table: pd.DataFrame, path: Path, floor_goal: float, crps_goal: float) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7.5, 5))
     points = ax.scatter(table.exact_share, table.worst, c=table.calls, cmap="viridis", s=40,
                         zorder=3)  # fmt: skip
     lo, hi = table.exact_share.min(), table.exact_share.max()
     middle = lo + 0.75 * (hi - lo)
-    for i, row in enumerate(table.itertuples()):
-        right = row.exact_share > middle  # labels to the left of points on the right half
-        short = label(row).replace(" / steps", "").replace(" + ", "+")
-        ax.annotate(short, (row.exact_share, row.worst), fontsize=7,
-                    xytext=(-3 if right else 3, 3 if i % 2 else -8),
-                    textcoords="offset points", ha="right" if right else "left")  # fmt: skip
+    # samplers at the same point (to the printed digits) share one label
+    spots = table.assign(x=table.exact_share.round(3), y=table.worst.round(3))
+    for i, ((x, y), group) in enumerate(spots.groupby(["x", "y"], sort=True)):
+        right = x > middle  # labels to the left of points on the right half
+        text = "\n".join(label(row).replace(" / steps", "").replace(" + ", "+")
+                         for row in group.itertuples())  # fmt: skip
+        ax.annotate(text, (x, y), fontsize=7, xytext=(-4 if right else 4, 4 if i % 2 else -4),
+                    textcoords="offset points", ha="right" if right else "left",
+                    va="bottom" if i % 2 else "top")  # fmt: skip
+    ax.set_yscale("log")  # one bad sampler (CRPS twice the best) must not flatten the rest
+    ticks = [t for t in (1.0, 1.05, 1.1, 1.2, 1.5, 2.0, 3.0, 5.0) if t <= 1.1 * table.worst.max()]
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.2f"))
+    ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.margins(x=0.12, y=0.08)
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     ax.fill_between([floor_goal, max(x1, floor_goal)], min(y0, 1.0), crps_goal, color="tab:green",

@@ -111,8 +111,12 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(r["method"], r["case"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (method, case) in zip(axes[0], panels, strict=True):
+    columns = len(panels) if len(panels) <= 4 else 3  # rows of three beyond four panels
+    lines = -(-len(panels) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.6 * lines), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (method, case) in zip(axes.flat, panels, strict=False):
         mine = [r for r in rows if (r["method"], r["case"]) == (method, case)]
         for key in sorted({_line(r) for r in mine}):
             solver, corrections, guidance, min_sigma, reference = key
@@ -126,8 +130,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xlabel("network calls per analysis")
         ax.set_title(f"{method}, {case}")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("CRPS (K), observed days, level mean")
-    axes[0][-1].legend(fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("CRPS (K), observed days, level mean")
+    axes.flat[len(panels) - 1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
 

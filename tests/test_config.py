@@ -66,8 +66,17 @@ def test_paper_config_is_the_paper(root):
     assert config["score"]["latent"]["hidden"] == [32, 64, 128]
     # the sampler chosen by measurement (README, "Choosing the sampler"); the paper's own is
     # one overlay away
-    sampler = config["assimilation"]["sampler"]
-    assert (sampler["steps"], sampler["corrections"], sampler["tau_reference_steps"]) == (32, 1, 16)
+    from slams.config import method_assimilation
+
+    def chosen(method):
+        s = method_assimilation(config["assimilation"], method)["sampler"]
+        return s["steps"], s["corrections"], s["correction_min_sigma"], s["tau_reference_steps"]
+
+    # shared: 16 + 2 where sigma >= 0.3; pixel and latent-none: 16 + 1 at every step
+    for method in ("latent-both", "latent-insitu", "latent-exsitu", "pixel-both"):
+        assert chosen(method) == (16, 2, 0.3, 16), method
+    for method in ("pixel", "latent-none"):
+        assert chosen(method) == (16, 1, 0.0, 16), method
     paper = load_config(root / "config.yaml", root / "presets/paper-sampler.yaml")
     sampler = paper["assimilation"]["sampler"]
     assert (sampler["steps"], sampler["corrections"], sampler["tau"], sampler["gamma"]) == (
