@@ -109,6 +109,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = sorted({(r["method"], r["case"]) for r in rows})
     columns = len(panels) if len(panels) <= 4 else 3  # rows of three beyond four panels
@@ -127,6 +128,10 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot(*zip(*picked, strict=True), marker="o", ms=3,
                     ls="-" if solver == "dpm2m" else "--", label=label)  # fmt: skip
         ax.set_xscale("log", base=2)
+        calls = sorted({r["calls"] for r in mine})
+        if len(calls) <= 8:  # few costs (a narrow grid): each one named, not only powers of 2
+            ax.set_xticks(calls, [str(c) for c in calls])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("network calls per analysis")
         ax.set_title(f"{method}, {case}")
         ax.grid(alpha=0.3)
