@@ -79,20 +79,19 @@ def plot(table: pd.DataFrame, path: Path, floor_goal: float, crps_goal: float) -
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(10.5, 5.2))
     points = ax.scatter(table.exact_share, table.worst, c=table.calls, cmap="viridis", s=40,
                         zorder=3)  # fmt: skip
-    lo, hi = table.exact_share.min(), table.exact_share.max()
-    middle = lo + 0.75 * (hi - lo)
-    # samplers at the same point (to the printed digits) share one label
+    # each point numbered, the numbers keyed beside the axes: names at the points collide
+    # where samplers crowd; samplers at the same point (to the printed digits) share a number
     spots = table.assign(x=table.exact_share.round(3), y=table.worst.round(3))
-    for i, ((x, y), group) in enumerate(spots.groupby(["x", "y"], sort=True)):
-        right = x > middle  # labels to the left of points on the right half
-        text = "\n".join(label(row).replace(" / steps", "").replace(" + ", "+")
-                         for row in group.itertuples())  # fmt: skip
-        ax.annotate(text, (x, y), fontsize=7, xytext=(-4 if right else 4, 4 if i % 2 else -4),
-                    textcoords="offset points", ha="right" if right else "left",
-                    va="bottom" if i % 2 else "top")  # fmt: skip
+    key = []
+    for number, ((x, y), group) in enumerate(spots.groupby(["x", "y"], sort=True), start=1):
+        ax.annotate(str(number), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        names = ", ".join(label(row).replace(" / steps", "").replace(" + ", "+")
+                          for row in group.itertuples())  # fmt: skip
+        key.append(f"{number}: {names}")
+    fig.text(0.70, 0.5, "\n".join(key), fontsize=7, va="center", ha="left")
     ax.set_yscale("log")  # one bad sampler (CRPS twice the best) must not flatten the rest
     ticks = [t for t in (1.0, 1.05, 1.1, 1.2, 1.5, 2.0, 3.0, 5.0) if t <= 1.1 * table.worst.max()]
     ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
@@ -114,7 +113,7 @@ def plot(table: pd.DataFrame, path: Path, floor_goal: float, crps_goal: float) -
     ax.legend(loc="upper left", fontsize=8)
     fig.colorbar(points, ax=ax, label="network calls per analysis")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.69, 1))
     fig.savefig(path, dpi=130)
 
 

@@ -117,6 +117,10 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(lines, columns, figsize=(4.2 * columns, 3.6 * lines), squeeze=False)
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
+    # one colour per line over the whole figure (tab20 beyond the ten of the default cycle)
+    keys = sorted({_line(r) for r in rows})
+    palette = plt.get_cmap("tab10" if len(keys) <= 10 else "tab20")
+    colour = {key: palette(i % palette.N) for i, key in enumerate(keys)}
     for ax, (method, case) in zip(axes.flat, panels, strict=False):
         mine = [r for r in rows if (r["method"], r["case"]) == (method, case)]
         for key in sorted({_line(r) for r in mine}):
@@ -126,7 +130,8 @@ def plot(rows: list[dict], path: Path) -> None:
             label += f" σ≥{min_sigma:g}" if min_sigma and corrections else ""
             label += f" τ×{reference}/steps" if reference and corrections else ""
             ax.plot(*zip(*picked, strict=True), marker="o", ms=3,
-                    ls="-" if solver == "dpm2m" else "--", label=label)  # fmt: skip
+                    ls="-" if solver == "dpm2m" else "--", label=label,
+                    color=colour[key])  # fmt: skip
         ax.set_xscale("log", base=2)
         calls = sorted({r["calls"] for r in mine})
         if len(calls) <= 8:  # few costs (a narrow grid): each one named, not only powers of 2

@@ -52,6 +52,17 @@ seeds() {  # the candidates for a sampler per network, over three seeds: one CSV
         --steps 8 --corrections 7 --correction-min-sigma 0.3 --tau-reference-steps 16
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers dpm2m "${sda[@]}" \
         --steps 32 --corrections 1 --tau-reference-steps 16
+    # the third round: the second order and less Langevin time, for spread
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers dpm2m "${sda[@]}" \
+        --steps 16 32 --corrections 0
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim "${sda[@]}" \
+        --steps 64 --corrections 0
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers dpm2m "${sda[@]}" \
+        --steps 16 --corrections 1 --tau-reference-steps 4 8 16
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers dpm2m "${sda[@]}" \
+        --steps 32 --corrections 1 --tau-reference-steps 4 8
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim "${sda[@]}" \
+        --steps 16 --corrections 1 --tau-reference-steps 8
 }
 one() {  # one method's grid, one CSV per block of the design
     local method=$1 m=(--methods "$1")

@@ -70,13 +70,15 @@ def test_paper_config_is_the_paper(root):
 
     def chosen(method):
         s = method_assimilation(config["assimilation"], method)["sampler"]
-        return s["steps"], s["corrections"], s["correction_min_sigma"], s["tau_reference_steps"]
+        return (s["solver"], s["steps"], s["corrections"], s["correction_min_sigma"],
+                s["tau_reference_steps"])  # fmt: skip
 
-    # shared: 16 + 2 where sigma >= 0.3; pixel and latent-none: 16 + 1 at every step
+    # shared: 16 + 2 where sigma >= 0.3; pixel (second order) and latent-none: 16 + 1 at every
+    # step with half the Langevin time
     for method in ("latent-both", "latent-insitu", "latent-exsitu", "pixel-both"):
-        assert chosen(method) == (16, 2, 0.3, 16), method
-    for method in ("pixel", "latent-none"):
-        assert chosen(method) == (16, 1, 0.0, 16), method
+        assert chosen(method) == ("ddim", 16, 2, 0.3, 16), method
+    assert chosen("pixel") == ("dpm2m", 16, 1, 0.0, 8)
+    assert chosen("latent-none") == ("ddim", 16, 1, 0.0, 8)
     paper = load_config(root / "config.yaml", root / "presets/paper-sampler.yaml")
     sampler = paper["assimilation"]["sampler"]
     assert (sampler["steps"], sampler["corrections"], sampler["tau"], sampler["gamma"]) == (

@@ -25,6 +25,7 @@ def test_each_network_is_projected_at_its_own_sampler(tmp_path):
     overlay = """assimilation:
   sampler: {steps: 32, corrections: 1, correction_min_sigma: 0.0}
   sampler_by_space:
+    pixel: {solver: ddim}
     latent-none: {steps: 16, corrections: 0}
     latent-both: {steps: 64, corrections: 1}
 """

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from slams.diffusion import VPSDE, GaussianGuidance, MarkovBlanketDenoiser, MomentMatchingGuidance
+from slams.diffusion import (
+    VPSDE,
+    GaussianGuidance,
+    MarkovBlanketDenoiser,
+    MomentMatchingGuidance,
+    sample,
+)
 from slams.diffusion.analytic import GaussianTrajectory, posterior_agreement
 from slams.nn import ScoreUNet
 from slams.observations import Observations, ObservedField
@@ -74,15 +80,18 @@ def test_trajectory_posterior_through_the_blanket(guidance, steps, sampler):
 
 
 @pytest.mark.parametrize(
-    ("method", "share"), [("latent-both", 0.89), ("pixel", 0.86)], ids=["shared", "pixel"]
+    ("method", "share"),
+    [("latent-both", 0.89), ("pixel", 0.84), ("latent-none", 0.84)],
+    ids=["shared", "pixel", "latent-none"],
 )
 def test_trajectory_posterior_with_the_config_sampler(root, method, share):
     """config.yaml's samplers (chosen on learned networks, README "Choosing the sampler") on the
     exact trajectory: the shared one, 16 + 2 where sigma >= 0.3 with the Langevin time of 16
-    steps, closes 90.0 % of what the exact samples close (measured), and pixel's and
-    latent-none's 16 + 1 87.2 %, short of the 92 % that 64 + 1 reaches. Less Langevin time
-    composes the blanket less well; on learned scores more of it makes analyses worse. This
-    guards the measured values; it does not claim the 92 %."""
+    steps, closes 90.0 % of what the exact samples close (measured); pixel's dpm2m 16 + 1 and
+    latent-none's ddim 16 + 1, both at half that Langevin time, 85.5 % each; short of the 92 %
+    that 64 + 1 reaches. Less Langevin time composes the blanket less well; on learned scores
+    more of it makes analyses worse (and, for pixel, under-disperses them). This guards the
+    measured values; it does not claim the 92 %."""
     from slams.config import load_config, method_assimilation
 
     config = load_config(root / "config.yaml")
@@ -92,7 +101,8 @@ def test_trajectory_posterior_with_the_config_sampler(root, method, share):
     samples = analyse(prior, observations, "sda", sampler["steps"], sampler["corrections"],
                       members=members, window=5, tau=sampler["tau"],
                       tau_reference_steps=sampler["tau_reference_steps"],
-                      correction_min_sigma=sampler["correction_min_sigma"])  # fmt: skip
+                      correction_min_sigma=sampler["correction_min_sigma"],
+                      solver=sampler["solver"])  # fmt: skip
     exact = mean + torch.randn(members, len(mean), dtype=F64,
         generator=torch.Generator().manual_seed(2)) @ torch.linalg.cholesky(cov).T  # fmt: skip
     floor = posterior_agreement(exact, torch.zeros_like(mean), mean, cov)
@@ -245,3 +255,22 @@ def test_one_pass_carries_an_observation_across_a_former_window_boundary():
     assert one_pass > 0.3  # day 5 warms with the observation of day 6 (AR(1), a = 0.8)
     assert torch.equal(windowed[:6], torch.zeros_like(windowed[:6]))
     assert windowed[6].mean() > 1.0
+
+
+def test_the_first_order_predictor_under_disperses_the_prior_at_few_steps():
+    """Unconditional draws of the exact trajectory through the 5-day blanket at 16 steps and no
+    correction: DDIM keeps 0.88 of the prior's spread (its first-order error; an exact score is
+    not enough), DPM-Solver++(2M) 0.96 (measured, 2000 members, 16 days). Part of what a learned
+    network's prior seems to lack is the predictor's, and ``prior_spread.py`` prints this
+    exact ratio beside every network's for that reason."""
+    prior = GaussianTrajectory(length=16, height=4, width=8)
+    denoiser = MarkovBlanketDenoiser(prior.window_net(5), window=5)
+    spread = {}
+    for solver in ("ddim", "dpm2m"):
+        x = sample(denoiser, (2000, 16, *prior.state), VPSDE(), steps=16, corrections=0,
+                   generator=torch.Generator().manual_seed(0), progress=False, dtype=F64,
+                   solver=solver)  # fmt: skip
+        spread[solver] = x.reshape(2000, -1).std(dim=0).mean().item()
+    print(spread)
+    assert spread["ddim"] < 0.9
+    assert 0.93 < spread["dpm2m"] < 1.02
