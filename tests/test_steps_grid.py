@@ -25,7 +25,14 @@ def test_the_seeds_design_measures_each_candidate_over_three_seeds(tmp_path):
     assert measured and all(c[1] == "RUN" for c in measured)
     for method in ("pixel", "latent-none"):
         mine = [c for c in measured if c[c.index("--methods") + 1] == method]
-        assert len(mine) == 6, method
+        assert len(mine) == 11, method  # 6 blocks of the second round, 5 of the third
+        # the candidates config.yaml's sampler_by_space picked from are among them
+        picks = {
+            (c[c.index("--solvers") + 1], c[c.index("--steps") + 1])
+            for c in mine
+            if "--tau-reference-steps" in c and "8" in c[c.index("--tau-reference-steps") :]
+        }
+        assert {("dpm2m", "16"), ("ddim", "16")} <= picks, method
         for c in mine:
             assert c[c.index("--seeds") + 1 : c.index("--seeds") + 4] == ["0", "1", "2"]
             assert c[c.index("--csv") + 1].endswith(f"out/{method}-seeds.csv")

@@ -308,6 +308,20 @@ def merge(base: dict, overlay: dict) -> dict:
     return out
 
 
+def layer(layers: list[dict]) -> dict:
+    """The config the layers give, each merged over the ones before (:func:`merge`).
+
+    The Snakefile rebuilds its config this way from ``config.yaml``, each ``--configfile`` in
+    order and ``--config``: Snakemake itself merges the overlays among themselves first, then
+    over ``config.yaml``, so a key one overlay sets to null (``presets/smoke.yaml``'s
+    ``sampler_by_space``) and a later one fills with a mapping would get ``config.yaml``'s
+    entries back."""
+    config: dict = {}
+    for overlay in layers:
+        config = merge(config, overlay or {})
+    return config
+
+
 def method_assimilation(section: dict, method: str) -> dict:
     """The ``assimilation`` section ``section`` as ``method`` samples it: a copy whose
     ``sampler`` is the shared one with the keys of ``sampler_by_space[<its network>]`` in
@@ -323,9 +337,7 @@ def method_assimilation(section: dict, method: str) -> dict:
 
 def load_config(*paths: str | Path, schema_path: str | Path | None = None) -> dict:
     """Load config.yaml and overlays in order, then validate (as the Snakefile does)."""
-    config: dict = {}
-    for path in paths:
-        config = merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    config = layer([yaml.safe_load(Path(path).read_text()) for path in paths])
     if schema_path is None:
         schema_path = Path(paths[0]).parent / "workflow" / "schemas" / "config.schema.yaml"
     return validate_config(config, schema_path)

@@ -4,11 +4,14 @@ import dataclasses
 import re
 from pathlib import Path
 
+from snakemake.common.configfile import load_configfile
+
 from slams.config import (
     ConfigError,
     analysis_cells,
     analysis_sources,
     format_value,
+    layer,
     method_assimilation,
     setting_parameters,
     validate_config,
@@ -16,6 +19,22 @@ from slams.config import (
 from slams.methods import METHODS as METHOD_SPECS
 from slams.report import case_figure_stem
 from slams.sampling import SamplerSettings
+
+# config.yaml, then each --configfile over the one before, then --config, as load_config reads
+# them (slams.config.layer): Snakemake merges the overlays among themselves first, which would
+# undo a null in an earlier one (presets/smoke.yaml's sampler_by_space) by a later one's mapping.
+# Remote jobs get the same --configfiles and --config, so they rebuild the same config.
+if workflow.config_settings.configfiles:
+    _LAYERS = (
+        []
+        if workflow.config_settings.replace_workflow_config
+        else [load_configfile(f"{workflow.basedir}/config.yaml")]
+    )
+    _LAYERS += [load_configfile(path) for path in workflow.config_settings.configfiles]
+    _LAYERS.append(dict(workflow.config_settings.config))
+    _LAYERED = layer(_LAYERS)
+    config.clear()
+    config.update(_LAYERED)
 
 try:
     validate_config(
