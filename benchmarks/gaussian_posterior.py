@@ -17,7 +17,8 @@ posterior samples. Usage::
 
     python benchmarks/gaussian_posterior.py [--case state|trajectory] [--members 2000]
         [--steps 16 32 64 128 256 512] [--corrections 0 1 2] [--window 3]
-        [--guidance sda mmps]
+        [--guidance sda mmps] [--solver ddim] [--tau 0.5] [--tau-reference-steps N]
+        [--correction-min-sigma 0] [--correction-grid-steps N] [--seed 0]
 """
 
 from __future__ import annotations
@@ -42,18 +43,22 @@ from slams.sampling import SamplerSettings
 
 def timed_sample(eps_fn, shape, steps: int, corrections: int, args=None):
     """One float64 ensemble and the seconds it took. ``args``: the sampler options (``--tau``,
-    ``--tau-reference-steps``, ``--solver``, ``--correction-min-sigma``, ``--seed``); without,
-    tau 0.5 per step, DDIM, corrections at every noise level, seed 0."""
-    tau, solver, min_sigma = 0.5, "ddim", 0.0
-    seed = getattr(args, "seed", 0)
+    ``--tau-reference-steps``, ``--solver``, ``--correction-min-sigma``,
+    ``--correction-grid-steps``, ``--seed``); without, tau 0.5 per step, DDIM, corrections at
+    every noise level, seed 0."""
+    settings = SamplerSettings(steps=steps, corrections=corrections, tau=0.5)
     if args is not None:
-        settings = SamplerSettings(steps=steps, corrections=corrections, tau=args.tau,
-                                   tau_reference_steps=args.tau_reference_steps)  # fmt: skip
-        tau, solver, min_sigma = settings.step_tau, args.solver, args.correction_min_sigma
+        settings = SamplerSettings(
+            steps=steps, corrections=corrections, tau=args.tau, solver=args.solver,
+            tau_reference_steps=args.tau_reference_steps,
+            correction_min_sigma=args.correction_min_sigma,
+            correction_grid_steps=getattr(args, "correction_grid_steps", None),
+        )  # fmt: skip
+    seed = getattr(args, "seed", 0)
     start = time.perf_counter()
-    x = sample(eps_fn, shape, VPSDE(), steps=steps, corrections=corrections, tau=tau,
-               generator=torch.Generator().manual_seed(seed), progress=False, dtype=F64,
-               solver=solver, correction_min_sigma=min_sigma)  # fmt: skip
+    x = sample(eps_fn, shape, VPSDE(), **settings.sample_options(),
+               generator=torch.Generator().manual_seed(seed), progress=False,
+               dtype=F64)  # fmt: skip
     return x, time.perf_counter() - start
 
 
@@ -142,6 +147,8 @@ def main() -> None:
     parser.add_argument("--tau-reference-steps", type=int, default=None,
                         help="Langevin step tau x this / steps (default: per step)")  # fmt: skip
     parser.add_argument("--correction-min-sigma", type=float, default=0.0)
+    parser.add_argument("--correction-grid-steps", type=int, default=None,
+                        help="corrections only at the times of an N-step grid")  # fmt: skip
     parser.add_argument(
         "--seed", type=int, default=0, help="the sampler's noise (the floor's exact samples: 0)"
     )
@@ -149,7 +156,9 @@ def main() -> None:
     print(f"solver {args.solver}, tau {args.tau:g}"
           + (f" x {args.tau_reference_steps} / steps" if args.tau_reference_steps else " per step")
           + (f", corrections where sigma >= {args.correction_min_sigma:g}"
-             if args.correction_min_sigma else ""))  # fmt: skip
+             if args.correction_min_sigma else "")
+          + (f", corrections at the times of {args.correction_grid_steps} steps"
+             if args.correction_grid_steps else ""))  # fmt: skip
     torch.set_num_threads(1)
     if args.case == "trajectory":
         print(

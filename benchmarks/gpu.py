@@ -66,7 +66,7 @@ def chosen(args, section: dict, methods) -> tuple[int, str]:
         if args.chosen_corrections is not None:
             corrections = args.chosen_corrections
         min_sigma = sampler["correction_min_sigma"]
-        calls = network_calls(steps, corrections, min_sigma)
+        calls = network_calls(steps, corrections, min_sigma, sampler["correction_grid_steps"] or 0)
         name = (f"{sampler['solver']} {steps} + {corrections}"
                 + (f" (σ ≥ {min_sigma:g})" if corrections and min_sigma else ""))  # fmt: skip
         out.append((calls, f"{name}, {calls} calls"))

@@ -2,7 +2,8 @@
 SDA sampler of one or more ``steps.py`` CSVs (learned networks), its gap closure on the exact
 Gaussian trajectory through the Markov blanket (``gaussian_posterior.py --case trajectory``).
 
-For each sampler (solver, steps, corrections, ``correction_min_sigma``, ``tau_reference_steps``)
+For each sampler (solver, steps, corrections, ``correction_min_sigma``, ``tau_reference_steps``,
+``correction_grid_steps``)
 measured in every cell of the CSVs, it samples the trajectory case with the same settings
 (``--members`` float64 members, 5-day windows, seed 0) and prints one row: network calls, the
 mean gap closed as a share of what as many exact posterior samples close, the spread ratio,
@@ -28,7 +29,7 @@ import torch
 from gaussian_posterior import TrajectoryProblem, timed_sample
 from steps import _name, aggregate, read_rows
 
-KEY = ["solver", "steps", "corrections", "min_sigma", "tau_reference_steps"]
+KEY = ["solver", "steps", "corrections", "min_sigma", "tau_reference_steps", "grid_steps"]
 FLOOR_GOAL, CRPS_GOAL = 0.92, 1.02  # issue 25: of the floor's closure; of the cell's best CRPS
 
 
@@ -38,7 +39,7 @@ def learned_summary(frame: pd.DataFrame, max_calls: int | None) -> pd.DataFrame:
     spread/skill range."""
     frame = aggregate(frame)
     frame = frame[frame.guidance == "sda"].copy()
-    frame.loc[frame.corrections == 0, ["min_sigma", "tau_reference_steps"]] = 0
+    frame.loc[frame.corrections == 0, ["min_sigma", "tau_reference_steps", "grid_steps"]] = 0
     frame["cell"] = frame.method + "/" + frame.case
     frame["share"] = frame.crps / frame.groupby("cell").crps.transform("min")
     cells = frame.cell.nunique()
@@ -56,7 +57,8 @@ def exact_closure(problem: TrajectoryProblem, row) -> dict:
     """The sampler of ``row`` on the exact trajectory (``gaussian_posterior.timed_sample``, seed
     0): gap closed (its share of the floor's), spread ratio, seconds."""
     options = SimpleNamespace(tau=0.5, solver=row.solver, correction_min_sigma=float(row.min_sigma),
-                              tau_reference_steps=int(row.tau_reference_steps) or None)  # fmt: skip
+                              tau_reference_steps=int(row.tau_reference_steps) or None,
+                              correction_grid_steps=int(row.grid_steps) or None)  # fmt: skip
     x, seconds = timed_sample(problem.eps_fn("sda"), problem.shape, int(row.steps),
                               int(row.corrections), options)  # fmt: skip
     agreement = problem.agreement(x)
@@ -131,6 +133,8 @@ def main() -> None:
     known = pd.DataFrame(columns=KEY)
     if args.resume and args.csv and args.csv.exists():
         known = pd.read_csv(args.csv)
+        if "grid_steps" not in known:  # closures cached before the correction grid existed
+            known = known.assign(grid_steps=0)
     problem = TrajectoryProblem(window=5, members=args.members)
     print(f"exact trajectory, {args.members} members: the floor closes "
           f"{problem.floor['gap_closed']:.3f}\n")  # fmt: skip

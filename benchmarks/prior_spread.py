@@ -46,6 +46,7 @@ from slams.methods.latent import (
     validation_reconstruction,
 )
 from slams.models import for_sampling, load_model, states_of
+from slams.sampling import SamplerSettings
 
 
 def level_std(x: np.ndarray) -> np.ndarray:
@@ -54,19 +55,19 @@ def level_std(x: np.ndarray) -> np.ndarray:
     return np.moveaxis(x, -3, 0).reshape(channels, -1).std(axis=1)
 
 
-def step_tau(sampler: dict, steps: int) -> float:
-    """Each correction's Langevin step, as the analyses take it (``SamplerSettings.step_tau``)."""
-    reference = sampler.get("tau_reference_steps")
-    return sampler["tau"] * reference / steps if reference else sampler["tau"]
+def sample_options(sampler: dict, steps: int, corrections: int) -> dict:
+    """``sample``'s options for the config's ``sampler`` at ``steps`` + ``corrections``, as the
+    analyses take them (``SamplerSettings.sample_options``)."""
+    return SamplerSettings(
+        **{**sampler, "steps": steps, "corrections": corrections}
+    ).sample_options()
 
 
 def prior_draws(net, window: int, shape: tuple, steps: int, corrections: int, sampler: dict, seed):
     denoiser = MarkovBlanketDenoiser(net, window=window)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        return sample(denoiser, shape, VPSDE(), steps=steps, corrections=corrections,
-                      tau=step_tau(sampler, steps), solver=sampler["solver"],
-                      correction_min_sigma=sampler["correction_min_sigma"],
+        return sample(denoiser, shape, VPSDE(), **sample_options(sampler, steps, corrections),
                       generator=generator, progress=False)  # fmt: skip
 
 
@@ -78,10 +79,8 @@ def exact_ratio(days: int, window: int, steps: int, corrections: int, sampler: d
     trajectory = GaussianTrajectory(length=days)
     denoiser = MarkovBlanketDenoiser(trajectory.window_net(window), window=window)
     generator = torch.Generator().manual_seed(0)
-    draws = sample(denoiser, (2000, days, *trajectory.state), VPSDE(), steps=steps,
-                   corrections=corrections, tau=step_tau(sampler, steps),
-                   solver=sampler["solver"],
-                   correction_min_sigma=sampler["correction_min_sigma"], generator=generator,
+    draws = sample(denoiser, (2000, days, *trajectory.state), VPSDE(),
+                   **sample_options(sampler, steps, corrections), generator=generator,
                    progress=False, dtype=torch.float64)  # fmt: skip
     return draws.reshape(2000, -1).std(dim=0).mean().item()
 

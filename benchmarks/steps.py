@@ -19,11 +19,14 @@ solver x corrections x guidance). Usage::
         [--cases ideal coarse] [--steps 8 16 32 64 128 256 512] [--corrections 0 1 2]
         [--solvers ddim dpm2m] [--guidance sda mmps] [--correction-min-sigma 0]
         [--members 4] [--period 2007-01-01 2007-01-08] [--csv steps.csv] [--plot steps.png]
-        [--tau-reference-steps 0 16 64] [--max-calls 512] [--seeds 0 1 2] [--resume]
+        [--tau-reference-steps 0 16 64] [--correction-grid-steps 0 16] [--max-calls 512]
+        [--seeds 0 1 2] [--resume]
     python benchmarks/steps.py --from-csv a.csv b.csv [--plot steps.png]
 
 ``--tau-reference-steps`` is an axis too (0: the paper's Langevin step, ``tau`` per step;
-N: ``tau x N / steps``, a Langevin time that does not grow with the steps). ``--max-calls``
+N: ``tau x N / steps``, a Langevin time that does not grow with the steps), and so is
+``--correction-grid-steps`` (0: corrections after every step; N: only at the noise levels of an
+N-step grid, whatever the steps, with ``tau x reference / min(steps, N)``). ``--max-calls``
 leaves out the combinations that cost more network calls; ``--resume`` keeps the rows already
 in ``--csv`` and measures only the others, so a long grid can be stopped and continued.
 ``--from-csv`` measures nothing: it merges the CSVs of earlier runs, prints the choice and
@@ -57,19 +60,25 @@ from slams.metrics import score_analysis
 from slams.runs import assimilate_case
 
 
-def network_calls(steps: int, corrections: int, min_sigma: float) -> int:
+def network_calls(steps: int, corrections: int, min_sigma: float, grid_steps: int = 0) -> int:
     """Guided evaluations of one sampling: one per step and one per correction at the steps
-    whose noise level ``sigma(t - dt)`` is at least ``min_sigma``."""
-    return steps + corrections * sum(corrected_steps(steps, min_sigma, VPSDE()))
+    whose noise level ``sigma(t - dt)`` is at least ``min_sigma`` (and, with ``grid_steps``,
+    that reach the times of a grid of that many steps)."""
+    corrected = corrected_steps(steps, min_sigma, VPSDE(), grid_steps or None)
+    return steps + corrections * sum(corrected)
 
 
-SAMPLER = ["solver", "corrections", "guidance", "min_sigma", "tau_reference_steps"]
+SAMPLER = ["solver", "corrections", "guidance", "min_sigma", "tau_reference_steps", "grid_steps"]
 MEASURED = ["method", "case", *SAMPLER, "steps", "calls"]  # one sampler in one cell
 
 
 def with_seed(frame: pd.DataFrame, default: int = 0) -> pd.DataFrame:
     """``frame`` with a ``seed`` column: rows written before ``--seeds`` existed were measured
-    at the run's seed, ``default``."""
+    at the run's seed, ``default``; and a ``grid_steps`` column: rows written before
+    ``--correction-grid-steps`` existed corrected after every step (0)."""
+    if "grid_steps" not in frame:
+        frame = frame.assign(grid_steps=0)
+    frame = frame.assign(grid_steps=frame.grid_steps.fillna(0).astype(int))
     if "seed" not in frame:
         return frame.assign(seed=default)
     return frame.assign(seed=frame.seed.fillna(default).astype(int))
@@ -124,11 +133,12 @@ def plot(rows: list[dict], path: Path) -> None:
     for ax, (method, case) in zip(axes.flat, panels, strict=False):
         mine = [r for r in rows if (r["method"], r["case"]) == (method, case)]
         for key in sorted({_line(r) for r in mine}):
-            solver, corrections, guidance, min_sigma, reference = key
+            solver, corrections, guidance, min_sigma, reference, grid = key
             picked = sorted((r["calls"], r["crps"]) for r in mine if _line(r) == key)
             label = f"{solver} +{corrections}" + (f" {guidance}" if guidance != "sda" else "")
             label += f" σ≥{min_sigma:g}" if min_sigma and corrections else ""
             label += f" τ×{reference}/steps" if reference and corrections else ""
+            label += f" at {grid} steps' σ" if grid and corrections else ""
             ax.plot(*zip(*picked, strict=True), marker="o", ms=3,
                     ls="-" if solver == "dpm2m" else "--", label=label,
                     color=colour[key])  # fmt: skip
@@ -236,6 +246,8 @@ def _name(row) -> str:
         text += f", σ ≥ {row.min_sigma:g}"
     if row.corrections and row.tau_reference_steps:
         text += f", τ × {row.tau_reference_steps} / steps"
+    if row.corrections and row.grid_steps:
+        text += f", corrections at {row.grid_steps} steps' σ"
     return text + ")"
 
 
@@ -252,6 +264,8 @@ def main() -> None:
     parser.add_argument("--correction-min-sigma", type=float, nargs="+", default=[0.0])
     parser.add_argument("--tau-reference-steps", type=int, nargs="+",
                         help="0: tau per step (the paper's); default: the run's")  # fmt: skip
+    parser.add_argument("--correction-grid-steps", type=int, nargs="+", default=[0],
+                        help="corrections at the times of N steps (0: every step)")  # fmt: skip
     parser.add_argument("--max-calls", type=int, help="leave out samplers that cost more calls")
     parser.add_argument("--members", type=int, help="default: the run's")
     parser.add_argument("--period", nargs=2, metavar=("FIRST", "LAST"), help="default: the run's")
@@ -285,30 +299,34 @@ def main() -> None:
         rows = pd.read_csv(args.csv).drop(columns=["crps_share_of_best", "good"], errors="ignore")
         rows = with_seed(rows, config["seed"]).to_dict("records")
     done = {(r["method"], r["case"], *_line(r), r["steps"], r["seed"]) for r in rows}
-    print("| method | case | solver | corrections | σ min | τ reference | guidance | steps "
-          "| seed | network calls | RMSE (K) | CRPS (K) | spread/skill | s |")  # fmt: skip
-    print("|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| method | case | solver | corrections | σ min | τ reference | correction grid "
+          "| guidance | steps | seed | network calls | RMSE (K) | CRPS (K) | spread/skill "
+          "| s |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for seed, method, case in itertools.product(
         args.seeds or [config["seed"]], args.methods, args.cases
     ):
-        for solver, corrections, guidance, min_sigma, reference, n in itertools.product(
+        for solver, corrections, guidance, min_sigma, reference, grid, n in itertools.product(
             args.solvers, args.corrections, args.guidance, args.correction_min_sigma,
-            references, sorted(args.steps),
+            references, args.correction_grid_steps, sorted(args.steps),
         ):  # fmt: skip
             if corrections == 0 and (
                 min_sigma != min(args.correction_min_sigma) or reference != references[0]
-            ):
+                or grid != args.correction_grid_steps[0]
+            ):  # fmt: skip
                 continue  # no correction to skip or to scale: the same sampler
-            calls = network_calls(n, corrections, min_sigma)
+            calls = network_calls(n, corrections, min_sigma, grid)
             if args.max_calls and calls > args.max_calls:
                 continue
-            key = (method, case, solver, corrections, guidance, min_sigma, reference, n, seed)
+            key = (method, case, solver, corrections, guidance, min_sigma, reference, grid, n,
+                   seed)  # fmt: skip
             if key in done:
                 continue
             assimilation = method_assimilation(section, method)  # its network's sampler
             assimilation["sampler"].update(
                 steps=n, corrections=corrections, guidance=guidance, solver=solver,
                 correction_min_sigma=min_sigma, tau_reference_steps=reference or None,
+                correction_grid_steps=grid or None,
             )  # fmt: skip
             start = time.perf_counter()
             ds = assimilate_case(args.run, config, args.protocol, method, case, assimilation,
@@ -317,12 +335,14 @@ def main() -> None:
             mean = score_analysis(ds, observed_only=True).groupby("metric")["score"].mean()
             row = {"method": method, "case": case, "solver": solver,
                    "corrections": corrections, "min_sigma": min_sigma, "guidance": guidance,
-                   "tau_reference_steps": reference, "steps": n, "seed": seed, "calls": calls,
+                   "tau_reference_steps": reference, "grid_steps": grid, "steps": n,
+                   "seed": seed, "calls": calls,
                    "rmse": mean["rmse"], "crps": mean["crps"],
                    "spread_skill": mean["spread_skill"], "seconds": seconds}  # fmt: skip
             rows.append(row)
             print(f"| {method} | {case} | {solver} | {corrections} | {min_sigma:g} "
-                  f"| {reference or '-'} | {guidance} | {n} | {seed} | {calls} | {row['rmse']:.3f} "
+                  f"| {reference or '-'} | {grid or '-'} | {guidance} | {n} | {seed} | {calls} "
+                  f"| {row['rmse']:.3f} "
                   f"| {row['crps']:.3f} | {row['spread_skill']:.3f} | {seconds:.0f} |",
                   flush=True)  # fmt: skip
             if args.csv:

@@ -11,7 +11,11 @@
 # per step; benchmarks/README.md, "Where the Langevin time goes"), without the paper's 512 + 1.
 # DESIGN=seeds measures the candidates for a sampler per network (assimilation.sampler_by_space)
 # at <= 64 calls, over seeds 0, 1 and 2 (PERIOD="2007-01-01 2007-01-16" for 4 observed days in
-# the ideal case); benchmarks/README.md, "A sampler per network".
+# the ideal case); benchmarks/README.md, "A sampler per network". DESIGN=safe measures the
+# corrector as the steps grow (16, 64, 256; 2 corrections where sigma >= 0.3 with the Langevin
+# time of 40 steps, the exact goal's, and of 16, config.yaml's), with its corrections on a
+# 16-step grid (correction_grid_steps) and, at 40, after every step; benchmarks/README.md, "A
+# corrector that does not grow with the steps".
 # Then, for the table and figure:
 #   python benchmarks/steps.py --from-csv OUT/*.csv --plot OUT/steps.png
 set -euo pipefail
@@ -64,10 +68,19 @@ seeds() {  # the candidates for a sampler per network, over three seeds: one CSV
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim "${sda[@]}" \
         --steps 16 --corrections 1 --tau-reference-steps 8
 }
+safe() {  # the corrector as the steps grow: its corrections on a 16-step grid, or after every step
+    local m=(--methods "$1") csv=(--csv "$out/$1-safe.csv")
+    local sda=(--solvers ddim --guidance sda --corrections 2 --correction-min-sigma 0.3)
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" "${sda[@]}" --steps 16 64 256 \
+        --tau-reference-steps 40 16 --correction-grid-steps 16 "${csv[@]}"
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" "${sda[@]}" --steps 16 64 256 \
+        --tau-reference-steps 40 --correction-grid-steps 0 "${csv[@]}"
+}
 one() {  # one method's grid, one CSV per block of the design
     local method=$1 m=(--methods "$1")
     if [ "${DESIGN:-grid}" = band ]; then band "$method"; return; fi
     if [ "${DESIGN:-grid}" = seeds ]; then seeds "$method"; return; fi
+    if [ "${DESIGN:-grid}" = safe ]; then safe "$method"; return; fi
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
         --steps 8 16 32 64 128 256 --corrections 0 --csv "$out/$method-ddim-0.csv"
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
@@ -93,7 +106,7 @@ else
     for method in pixel latent-none latent-both; do one "$method"; done > "$out/grid.log" 2>&1
 fi
 # the paper's 512 + 1 and 256 + 1 on one method and case, for the cost comparison
-case ${DESIGN:-grid} in band | seeds) ;; *) "$python" "$here/steps.py" "$run" --methods latent-none \
+case ${DESIGN:-grid} in band | seeds | safe) ;; *) "$python" "$here/steps.py" "$run" --methods latent-none \
     --cases ideal --members 4 --period "$first" "$last" --resume --solvers ddim --guidance sda \
     --steps 256 512 --corrections 1 --tau-reference-steps 0 --csv "$out/latent-none-paper.csv" \
     > "$out/grid-paper.log" 2>&1 ;;

@@ -71,14 +71,14 @@ def test_paper_config_is_the_paper(root):
     def chosen(method):
         s = method_assimilation(config["assimilation"], method)["sampler"]
         return (s["solver"], s["steps"], s["corrections"], s["correction_min_sigma"],
-                s["tau_reference_steps"])  # fmt: skip
+                s["tau_reference_steps"], s["correction_grid_steps"])  # fmt: skip
 
     # shared: 16 + 2 where sigma >= 0.3; pixel (second order) and latent-none: 16 + 1 at every
-    # step with half the Langevin time
+    # step with half the Langevin time; all with their corrections on the 16-step grid
     for method in ("latent-both", "latent-insitu", "latent-exsitu", "pixel-both"):
-        assert chosen(method) == ("ddim", 16, 2, 0.3, 16), method
-    assert chosen("pixel") == ("dpm2m", 16, 1, 0.0, 8)
-    assert chosen("latent-none") == ("ddim", 16, 1, 0.0, 8)
+        assert chosen(method) == ("ddim", 16, 2, 0.3, 16, 16), method
+    assert chosen("pixel") == ("dpm2m", 16, 1, 0.0, 8, 16)
+    assert chosen("latent-none") == ("ddim", 16, 1, 0.0, 8, 16)
     paper = load_config(root / "config.yaml", root / "presets/paper-sampler.yaml")
     sampler = paper["assimilation"]["sampler"]
     assert (sampler["steps"], sampler["corrections"], sampler["tau"], sampler["gamma"]) == (
@@ -88,7 +88,7 @@ def test_paper_config_is_the_paper(root):
         0.01,
     )
     assert sampler["tau_reference_steps"] is None and sampler["solver"] == "ddim"
-    assert sampler["correction_min_sigma"] == 0.0
+    assert sampler["correction_min_sigma"] == 0.0 and sampler["correction_grid_steps"] is None
     assert not paper["assimilation"]["sampler_by_space"]  # one sampler for every network
     assert config["assimilation"]["axes"]["coarsen"]["values"] == [4, 8, 12, 15, 20]
     assert config["assimilation"]["members"] >= 8
@@ -109,6 +109,7 @@ def test_defaults_are_filled(paper, schema):
         "solver": "ddim",
         "correction_min_sigma": 0.0,
         "tau_reference_steps": None,
+        "correction_grid_steps": None,
     }
     assert config["seed"] == 0
 

@@ -284,6 +284,51 @@ def test_the_langevin_step_keeps_the_total_langevin_time_of_the_reference_steps(
         SamplerSettings(tau_reference_steps=0)
 
 
+def test_corrections_on_a_grid_stay_at_its_noise_levels_whatever_the_steps():
+    """``correction_grid_steps = N``: the steps that end on the times ``1 - k / N`` are
+    corrected, so 64 steps correct where 16 do (after every 4th step), fewer steps than N
+    correct after each, and a step count that is no multiple of N corrects N times, at the first
+    step to reach each time."""
+    from slams.diffusion.sampler import corrected_steps
+
+    assert corrected_steps(64, 0.0, SDE, 16) == [i % 4 == 3 for i in range(64)]
+    assert corrected_steps(8, 0.0, SDE, 16) == [True] * 8
+    assert corrected_steps(16, 0.0, SDE, 16) == corrected_steps(16, 0.0, SDE) == [True] * 16
+    uneven = corrected_steps(24, 0.0, SDE, 16)
+    assert sum(uneven) == 16 and uneven[-1]
+    # with a noise threshold, the grid's steps above it: the same ones at 16 and 256 steps
+    sigma = float(SDE.sigma(torch.tensor(0.5)))
+    coarse, fine = corrected_steps(16, sigma, SDE, 16), corrected_steps(256, sigma, SDE, 16)
+    assert [i for i, c in enumerate(fine) if c] == [16 * i + 15 for i, c in enumerate(coarse) if c]
+    with pytest.raises(ValueError, match="correction_grid_steps"):
+        sample(lambda x, t: x, (1, 2), SDE, steps=2, correction_grid_steps=0)
+
+
+def test_a_correction_grid_of_the_step_count_changes_nothing(prior):
+    """At ``steps == correction_grid_steps`` every step is corrected, as without a grid: the
+    same draws, bit for bit."""
+
+    def draw(grid):
+        return sample(prior.eps, (64, *prior.shape), SDE, steps=16, corrections=2, tau=0.3,
+                      generator=torch.Generator().manual_seed(3), progress=False, dtype=F64,
+                      correction_grid_steps=grid)  # fmt: skip
+
+    assert torch.equal(draw(None), draw(16))
+
+
+def test_the_langevin_step_on_a_correction_grid_is_that_of_the_grid():
+    from slams.sampling import SamplerSettings
+
+    grid = SamplerSettings(steps=256, tau=0.5, tau_reference_steps=32, correction_grid_steps=16)
+    assert grid.step_tau == 0.5 * 32 / 16  # the corrections of 16 steps, at their size
+    assert grid.sample_options()["correction_grid_steps"] == 16
+    few = SamplerSettings(steps=8, tau=0.5, tau_reference_steps=32, correction_grid_steps=16)
+    assert few.step_tau == 0.5 * 32 / 8  # fewer steps than the grid: each corrected
+    assert SamplerSettings(steps=256, tau=0.5, correction_grid_steps=16).step_tau == 0.5
+    with pytest.raises(ValueError, match="correction_grid_steps"):
+        SamplerSettings(correction_grid_steps=0)
+
+
 def test_an_unknown_solver_is_refused():
     with pytest.raises(ValueError, match="solver must be one of"):
         sample(lambda x, t: x, (1, 2), SDE, steps=2, solver="heun")

@@ -48,7 +48,10 @@ def test_means_over_seeds_with_the_paired_noise_of_the_share_of_the_best(capsys)
 def test_rows_without_a_seed_column_are_the_runs_seed():
     old = _rows({(16, 0): [1.0], (32, 0): [0.99]}).drop(columns="seed")
     assert (steps.with_seed(old, 3).seed == 3).all()
-    new = pd.concat([steps.with_seed(old), _rows({(16, 0): [1.0, 1.1], (32, 0): [0.99, 1.0]})])
+    # nor a correction grid column (older still): corrections after every step
+    assert (steps.with_seed(old).grid_steps == 0).all()
+    recent = _rows({(16, 0): [1.0, 1.1], (32, 0): [0.99, 1.0]}).assign(grid_steps=0)
+    new = pd.concat([steps.with_seed(old), steps.with_seed(recent)])
     # the old rows are seed 0: the same measurement as the new rows' seed 0, kept once
     merged = new.drop_duplicates(["method", "case", *steps.SAMPLER, "steps", "seed"])
     frame = steps.scored(merged)

@@ -102,6 +102,7 @@ def test_trajectory_posterior_with_the_config_sampler(root, method, share):
                       members=members, window=5, tau=sampler["tau"],
                       tau_reference_steps=sampler["tau_reference_steps"],
                       correction_min_sigma=sampler["correction_min_sigma"],
+                      correction_grid_steps=sampler["correction_grid_steps"],
                       solver=sampler["solver"])  # fmt: skip
     exact = mean + torch.randn(members, len(mean), dtype=F64,
         generator=torch.Generator().manual_seed(2)) @ torch.linalg.cholesky(cov).T  # fmt: skip
@@ -129,6 +130,27 @@ def test_trajectory_posterior_with_the_second_order_sampler_at_64_calls():
     agreement = posterior_agreement(samples.reshape(len(samples), -1), torch.zeros_like(mean),
                                     mean, cov)  # fmt: skip
     print(agreement, floor)
+    assert agreement["gap_closed"] > 0.92 * floor["gap_closed"]
+    assert 0.85 < agreement["spread_ratio"] < 1.15
+
+
+def test_trajectory_posterior_with_the_corrections_of_16_steps_at_64():
+    """Issue 25's safe corrector on the exact answer: 2 corrections where sigma >= 0.3 with the
+    Langevin time of 32 steps, on the noise levels of a 16-step grid (``correction_grid_steps``)
+    while the predictor takes 64 steps, closes > 92 % of what the exact samples close (here
+    0.923 of it, spread 1.02; with 2000 members 0.924 at 16, 64 and 256 steps alike,
+    benchmarks/README.md). The corrections are those of 16 steps whatever the steps."""
+    prior, observations, mean, cov = trajectory_case()
+    members = 1000
+    samples = analyse(prior, observations, "sda", 64, 2, members=members, window=5,
+                      correction_min_sigma=0.3, tau_reference_steps=32,
+                      correction_grid_steps=16)  # fmt: skip
+    exact = mean + torch.randn(members, len(mean), dtype=F64,
+        generator=torch.Generator().manual_seed(2)) @ torch.linalg.cholesky(cov).T  # fmt: skip
+    floor = posterior_agreement(exact, torch.zeros_like(mean), mean, cov)
+    agreement = posterior_agreement(samples.reshape(len(samples), -1), torch.zeros_like(mean),
+                                    mean, cov)  # fmt: skip
+    print(agreement["gap_closed"] / floor["gap_closed"], agreement["spread_ratio"])
     assert agreement["gap_closed"] > 0.92 * floor["gap_closed"]
     assert 0.85 < agreement["spread_ratio"] < 1.15
 

@@ -40,6 +40,10 @@ class SamplerSettings:
     corrections only at noise levels at least this. ``tau_reference_steps``: the Langevin step
     of a correction is ``tau * tau_reference_steps / steps`` (:attr:`step_tau`), so that the
     total Langevin time does not grow with the steps (``None``: ``tau`` per step, the paper's).
+    ``correction_grid_steps``: corrections only where the steps reach the times of a grid of
+    this many steps, so that more steps refine the predictor without adding corrections
+    (``None``: after every step, the paper's); ``tau_reference_steps`` then scales by the
+    grid's step count instead of ``steps``.
     """
 
     steps: int = 512
@@ -51,6 +55,7 @@ class SamplerSettings:
     solver: str = "ddim"
     correction_min_sigma: float = 0.0
     tau_reference_steps: int | None = None
+    correction_grid_steps: int | None = None
 
     def __post_init__(self):
         if self.guidance not in ("sda", "mmps"):
@@ -59,15 +64,35 @@ class SamplerSettings:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
         if self.tau_reference_steps is not None and self.tau_reference_steps < 1:
             raise ValueError(f"tau_reference_steps must be >= 1, got {self.tau_reference_steps}")
+        if self.correction_grid_steps is not None and self.correction_grid_steps < 1:
+            raise ValueError(
+                f"correction_grid_steps must be >= 1, got {self.correction_grid_steps}"
+            )
 
     @property
     def step_tau(self) -> float:
         """The Langevin step of one correction: ``tau``, or with ``tau_reference_steps`` set,
         ``tau * tau_reference_steps / steps``, so that the corrections' total Langevin time is
-        that of ``tau_reference_steps`` steps whatever the step count."""
+        that of ``tau_reference_steps`` steps whatever the step count; with
+        ``correction_grid_steps = N`` as well, ``tau * tau_reference_steps / min(steps, N)``
+        (the corrections are those of ``min(steps, N)`` steps)."""
         if self.tau_reference_steps is None:
             return self.tau
-        return self.tau * self.tau_reference_steps / self.steps
+        corrected = self.steps
+        if self.correction_grid_steps is not None:
+            corrected = min(self.steps, self.correction_grid_steps)
+        return self.tau * self.tau_reference_steps / corrected
+
+    def sample_options(self) -> dict:
+        """The keyword arguments of :func:`slams.diffusion.sample` that these settings set."""
+        return {
+            "steps": self.steps,
+            "corrections": self.corrections,
+            "tau": self.step_tau,
+            "solver": self.solver,
+            "correction_min_sigma": self.correction_min_sigma,
+            "correction_grid_steps": self.correction_grid_steps,
+        }
 
     def make_guidance(self, observe, y: Tensor, variance: Tensor | float, mask=None, days=None):
         if self.guidance == "mmps":
@@ -114,6 +139,7 @@ def sampler_attrs(context: Context) -> dict:
         "solver": sampler.solver,
         "correction_min_sigma": sampler.correction_min_sigma,
         "tau_reference_steps": sampler.tau_reference_steps or 0,
+        "correction_grid_steps": sampler.correction_grid_steps or 0,
         "step_tau": sampler.step_tau,
         "cg_iterations": sampler.cg_iterations if sampler.guidance == "mmps" else 0,
     }
@@ -210,11 +236,7 @@ def assimilate_states(
             eps_fn,
             shape,
             sde,
-            steps=settings.steps,
-            corrections=settings.corrections,
-            tau=settings.step_tau,
-            solver=settings.solver,
-            correction_min_sigma=settings.correction_min_sigma,
+            **settings.sample_options(),
             generator=generator,
             device=device,
             progress=context.progress,

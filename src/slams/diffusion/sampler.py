@@ -18,12 +18,24 @@ _MIN_MEAN_SQUARE = 1e-4
 SOLVERS = ("ddim", "dpm2m")
 
 
-def corrected_steps(steps: int, correction_min_sigma: float, sde: VPSDE) -> list[bool]:
+def corrected_steps(
+    steps: int, correction_min_sigma: float, sde: VPSDE, correction_grid_steps: int | None = None
+) -> list[bool]:
     """Whether each of the ``steps`` steps ends with its corrections: where the noise level it
     steps to, ``sigma(t - dt)``, is at least ``correction_min_sigma`` (from the float64
-    schedule, on the CPU)."""
+    schedule, on the CPU), and, with ``correction_grid_steps = N`` set, where the step reaches
+    or passes one of the ends ``t = 1 - k / N`` (k = 1 ... N) of an N-step grid: step ``i``
+    (from ``1 - i / steps`` to ``1 - (i + 1) / steps``) if ``floor((i + 1) N / steps) >
+    floor(i N / steps)``, in integers. With ``steps`` a multiple of N these are the steps that
+    end on the grid's times, so the corrections run at the same noise levels, as many of them,
+    whatever the step count; with ``steps <= N`` every step is corrected."""
     sigma = sde.sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)[1:])
-    return (sigma >= correction_min_sigma).tolist()
+    above = (sigma >= correction_min_sigma).tolist()
+    if correction_grid_steps is None:
+        return above
+    grid = correction_grid_steps
+    on_grid = [(i + 1) * grid // steps > i * grid // steps for i in range(steps)]
+    return [a and g for a, g in zip(above, on_grid, strict=True)]
 
 
 def _randn(shape: tuple, generator: torch.Generator | None, device, dtype: torch.dtype) -> Tensor:
@@ -46,6 +58,7 @@ def sample(
     dtype: torch.dtype | None = None,
     solver: str = "ddim",
     correction_min_sigma: float = 0.0,
+    correction_grid_steps: int | None = None,
 ) -> Tensor:
     """Draw ``x(0)`` by integrating the reverse SDE from ``x(1) ~ N(0, I)`` (paper eqs. 10-11).
 
@@ -68,7 +81,11 @@ def sample(
     - ``corrections`` Langevin steps at ``t`` with the score ``-eps / sigma``:
       ``x <- x - delta sigma eps + sqrt(2 delta) sigma z``, ``delta = tau / mean(eps^2)``
       per batch member (mean over all non-batch elements), ``z ~ N(0, I)``; only at the
-      steps where ``sigma(t) >= correction_min_sigma`` (0: at every step, the paper's).
+      steps where ``sigma(t) >= correction_min_sigma`` (0: at every step, the paper's) and,
+      with ``correction_grid_steps = N``, only at the steps that reach the times ``1 - k / N``
+      of an N-step grid (:func:`corrected_steps`): the corrections then stay where and as many
+      as at N steps when the predictor takes more, so raising ``steps`` refines the predictor
+      without changing the Langevin dynamics (``tau`` is per correction either way).
 
     The predictors take ``x0`` from ``eps_fn``, so a guided ``eps_fn`` (SDA or MMPS, through
     the Markov blanket, in chunks) works with either unchanged.
@@ -92,6 +109,8 @@ def sample(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if correction_grid_steps is not None and correction_grid_steps < 1:
+        raise ValueError(f"correction_grid_steps must be >= 1, got {correction_grid_steps}")
     dtype = dtype if dtype is not None else torch.get_default_dtype()
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
@@ -105,7 +124,7 @@ def sample(
         mu, sigma = (v.to(dtype=dtype, device=device) for v in (sde.mu(t), sde.sigma(t)))
         return t_batch, mu, sigma
 
-    correct = corrected_steps(steps, correction_min_sigma, sde)
+    correct = corrected_steps(steps, correction_min_sigma, sde, correction_grid_steps)
     x = _randn(shape, generator, device, dtype)
     previous = None  # (x0 at the start of the last step's segment, its end's x0 or None, h)
     with torch.no_grad():
