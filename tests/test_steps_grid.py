@@ -55,3 +55,28 @@ def test_the_seeds_design_over_every_method_leaves_out_the_papers_sampler(tmp_pa
     methods = {c[c.index("--methods") + 1] for c in commands if "--methods" in c}
     assert methods == {"pixel", "latent-none", "latent-both"}
     assert "--from-csv" in commands[-1]
+
+
+def test_the_safe_design_measures_the_grid_and_every_step_at_the_same_langevin_time(tmp_path):
+    """DESIGN=safe: 16, 64 and 256 steps, 2 corrections where sigma >= 0.3, with the Langevin
+    time of 40 steps (the exact goal's) and 16 (config.yaml's) on the 16-step grid, and of 40
+    after every step; no paper sampler."""
+    commands = _commands(tmp_path, "safe", METHODS="pixel")
+    measured = [c for c in commands if "--from-csv" not in c]
+    assert len(measured) == 2 and not [c for c in commands if "512" in c]
+
+    def values(c, flag):
+        start = c.index(flag) + 1
+        end = next((i for i in range(start, len(c)) if c[i].startswith("--")), len(c))
+        return c[start:end]
+
+    grid, every = measured
+    for c in measured:
+        assert values(c, "--steps") == ["16", "64", "256"]
+        assert values(c, "--corrections") == ["2"]
+        assert values(c, "--correction-min-sigma") == ["0.3"]
+        assert values(c, "--csv")[0].endswith("out/pixel-safe.csv") and "--resume" in c
+    assert values(grid, "--correction-grid-steps") == ["16"]
+    assert values(grid, "--tau-reference-steps") == ["40", "16"]
+    assert values(every, "--correction-grid-steps") == ["0"]
+    assert values(every, "--tau-reference-steps") == ["40"]
