@@ -65,10 +65,12 @@ def chosen(args, section: dict, methods) -> tuple[int, str]:
         corrections = sampler["corrections"]
         if args.chosen_corrections is not None:
             corrections = args.chosen_corrections
-        min_sigma = sampler["correction_min_sigma"]
-        calls = network_calls(steps, corrections, min_sigma, sampler["correction_grid_steps"] or 0)
+        min_sigma, grid = sampler["correction_min_sigma"], sampler["correction_grid_steps"]
+        calls = network_calls(steps, corrections, min_sigma, grid or 0)
         name = (f"{sampler['solver']} {steps} + {corrections}"
-                + (f" (σ ≥ {min_sigma:g})" if corrections and min_sigma else ""))  # fmt: skip
+                + (f" (σ ≥ {min_sigma:g})" if corrections and min_sigma else "")
+                + (f" (at {grid} steps' σ)" if corrections and grid and grid < steps
+                   else ""))  # fmt: skip
         out.append((calls, f"{name}, {calls} calls"))
     return max(out)
 

@@ -23,7 +23,7 @@ def _section(tmp_path, overlay: str) -> dict:
 def test_each_network_is_projected_at_its_own_sampler(tmp_path):
     args = argparse.Namespace(chosen_steps=None, chosen_corrections=None)
     overlay = """assimilation:
-  sampler: {steps: 32, corrections: 1, correction_min_sigma: 0.0}
+  sampler: {steps: 32, corrections: 1, correction_min_sigma: 0.0, correction_grid_steps: null}
   sampler_by_space:
     pixel: {solver: ddim}
     latent-none: {steps: 16, corrections: 0}
@@ -39,6 +39,15 @@ def test_each_network_is_projected_at_its_own_sampler(tmp_path):
     # the command line's override holds for every network
     args = argparse.Namespace(chosen_steps=512, chosen_corrections=1)
     assert gpu.chosen(args, section, gpu.NETWORKS["latent"])[0] == 1024
+    # corrections on a 16-step grid: 32 steps + 16 corrections
+    args = argparse.Namespace(chosen_steps=None, chosen_corrections=None)
+    grid = _section(
+        tmp_path, overlay.replace("correction_grid_steps: null", "correction_grid_steps: 16")
+    )
+    assert gpu.chosen(args, grid, gpu.NETWORKS["pixel"]) == (
+        48,
+        "ddim 32 + 1 (at 16 steps' σ), 48 calls",
+    )
     # every method that samples with a network is projected by one of the timed U-Nets
     from slams.methods import METHODS
 
