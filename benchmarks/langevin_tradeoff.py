@@ -90,8 +90,9 @@ def plot(table: pd.DataFrame, path: Path, floor_goal: float, crps_goal: float) -
     key = []
     for number, ((x, y), group) in enumerate(spots.groupby(["x", "y"], sort=True), start=1):
         ax.annotate(str(number), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        names = ", ".join(label(row).replace(" / steps", "").replace(" + ", "+")
-                          for row in group.itertuples())  # fmt: skip
+        names = "\n    ".join(label(row).replace(" / steps", "").replace(" + ", "+")
+                               .replace("corrections at ", "at ")
+                               for row in group.itertuples())  # fmt: skip
         key.append(f"{number}: {names}")
     fig.text(0.70, 0.5, "\n".join(key), fontsize=7, va="center", ha="left")
     ax.set_yscale("log")  # one bad sampler (CRPS twice the best) must not flatten the rest
@@ -116,7 +117,7 @@ def plot(table: pd.DataFrame, path: Path, floor_goal: float, crps_goal: float) -
     fig.colorbar(points, ax=ax, label="network calls per analysis")
     ax.grid(alpha=0.3)
     fig.tight_layout(rect=(0, 0, 0.69, 1))
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")  # the key's longest line may pass the edge
 
 
 def main() -> None:

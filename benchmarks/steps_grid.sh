@@ -14,8 +14,8 @@
 # the ideal case); benchmarks/README.md, "A sampler per network". DESIGN=safe measures the
 # corrector as the steps grow (16, 64, 256; 2 corrections where sigma >= 0.3 with the Langevin
 # time of 40 steps, the exact goal's, and of 16, config.yaml's), with its corrections on a
-# 16-step grid (correction_grid_steps) and, at 40, after every step; benchmarks/README.md, "A
-# corrector that does not grow with the steps".
+# 16-step grid (correction_grid_steps) and, at 40, after every step; benchmarks/README.md, "The
+# fourth round: a corrector that does not grow with the steps".
 # Then, for the table and figure:
 #   python benchmarks/steps.py --from-csv OUT/*.csv --plot OUT/steps.png
 set -euo pipefail
