@@ -46,14 +46,12 @@ def timed_sample(eps_fn, shape, steps: int, corrections: int, args=None):
     ``--tau-reference-steps``, ``--solver``, ``--correction-min-sigma``,
     ``--correction-grid-steps``, ``--seed``); without, tau 0.5 per step, DDIM, corrections at
     every noise level, seed 0."""
-    settings = SamplerSettings(steps=steps, corrections=corrections, tau=0.5)
-    if args is not None:
-        settings = SamplerSettings(
-            steps=steps, corrections=corrections, tau=args.tau, solver=args.solver,
-            tau_reference_steps=args.tau_reference_steps,
-            correction_min_sigma=args.correction_min_sigma,
-            correction_grid_steps=getattr(args, "correction_grid_steps", None),
-        )  # fmt: skip
+    options = {} if args is None else {
+        "tau": args.tau, "solver": args.solver, "tau_reference_steps": args.tau_reference_steps,
+        "correction_min_sigma": args.correction_min_sigma,
+        "correction_grid_steps": getattr(args, "correction_grid_steps", None),
+    }  # fmt: skip
+    settings = SamplerSettings(steps=steps, corrections=corrections, **{"tau": 0.5, **options})
     seed = getattr(args, "seed", 0)
     start = time.perf_counter()
     x = sample(eps_fn, shape, VPSDE(), **settings.sample_options(),

@@ -66,7 +66,7 @@ def chosen(args, section: dict, methods) -> tuple[int, str]:
         if args.chosen_corrections is not None:
             corrections = args.chosen_corrections
         min_sigma, grid = sampler["correction_min_sigma"], sampler["correction_grid_steps"]
-        calls = network_calls(steps, corrections, min_sigma, grid or 0)
+        calls = network_calls(steps, corrections, min_sigma, grid)
         name = (f"{sampler['solver']} {steps} + {corrections}"
                 + (f" (σ ≥ {min_sigma:g})" if corrections and min_sigma else "")
                 + (f" (at {grid} steps' σ)" if corrections and grid and grid < steps

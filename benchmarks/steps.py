@@ -26,7 +26,8 @@ solver x corrections x guidance). Usage::
 ``--tau-reference-steps`` is an axis too (0: the paper's Langevin step, ``tau`` per step;
 N: ``tau x N / steps``, a Langevin time that does not grow with the steps), and so is
 ``--correction-grid-steps`` (0: corrections after every step; N: only at the noise levels of an
-N-step grid, whatever the steps, with ``tau x reference / min(steps, N)``). ``--max-calls``
+N-step grid, whatever the steps, with ``tau x reference / min(steps, N)``; both default to the
+run's). ``--max-calls``
 leaves out the combinations that cost more network calls; ``--resume`` keeps the rows already
 in ``--csv`` and measures only the others, so a long grid can be stopped and continued.
 ``--from-csv`` measures nothing: it merges the CSVs of earlier runs, prints the choice and
@@ -60,10 +61,12 @@ from slams.metrics import score_analysis
 from slams.runs import assimilate_case
 
 
-def network_calls(steps: int, corrections: int, min_sigma: float, grid_steps: int = 0) -> int:
+def network_calls(
+    steps: int, corrections: int, min_sigma: float, grid_steps: int | None = None
+) -> int:
     """Guided evaluations of one sampling: one per step and one per correction at the steps
     whose noise level ``sigma(t - dt)`` is at least ``min_sigma`` (and, with ``grid_steps``,
-    that reach the times of a grid of that many steps)."""
+    that reach the times of a grid of that many steps; 0 or ``None``: every step)."""
     corrected = corrected_steps(steps, min_sigma, VPSDE(), grid_steps or None)
     return steps + corrections * sum(corrected)
 
@@ -264,8 +267,9 @@ def main() -> None:
     parser.add_argument("--correction-min-sigma", type=float, nargs="+", default=[0.0])
     parser.add_argument("--tau-reference-steps", type=int, nargs="+",
                         help="0: tau per step (the paper's); default: the run's")  # fmt: skip
-    parser.add_argument("--correction-grid-steps", type=int, nargs="+", default=[0],
-                        help="corrections at the times of N steps (0: every step)")  # fmt: skip
+    parser.add_argument("--correction-grid-steps", type=int, nargs="+",
+                        help="corrections at the times of N steps (0: every step); default: "
+                             "the run's")  # fmt: skip
     parser.add_argument("--max-calls", type=int, help="leave out samplers that cost more calls")
     parser.add_argument("--members", type=int, help="default: the run's")
     parser.add_argument("--period", nargs=2, metavar=("FIRST", "LAST"), help="default: the run's")
@@ -294,6 +298,7 @@ def main() -> None:
     if args.period:
         section["period"] = list(args.period)
     references = args.tau_reference_steps or [section["sampler"].get("tau_reference_steps") or 0]
+    grids = args.correction_grid_steps or [section["sampler"].get("correction_grid_steps") or 0]
     rows = []
     if args.resume and args.csv and args.csv.exists():
         rows = pd.read_csv(args.csv).drop(columns=["crps_share_of_best", "good"], errors="ignore")
@@ -308,11 +313,11 @@ def main() -> None:
     ):
         for solver, corrections, guidance, min_sigma, reference, grid, n in itertools.product(
             args.solvers, args.corrections, args.guidance, args.correction_min_sigma,
-            references, args.correction_grid_steps, sorted(args.steps),
+            references, grids, sorted(args.steps),
         ):  # fmt: skip
             if corrections == 0 and (
                 min_sigma != min(args.correction_min_sigma) or reference != references[0]
-                or grid != args.correction_grid_steps[0]
+                or grid != grids[0]
             ):  # fmt: skip
                 continue  # no correction to skip or to scale: the same sampler
             calls = network_calls(n, corrections, min_sigma, grid)
