@@ -73,6 +73,8 @@ def network_calls(
 
 SAMPLER = ["solver", "corrections", "guidance", "min_sigma", "tau_reference_steps", "grid_steps"]
 MEASURED = ["method", "case", *SAMPLER, "steps", "calls"]  # one sampler in one cell
+MARGIN = 1.02  # the rule: within 2 % of the cell's best mean CRPS ...
+WINDOW = (0.8, 1.2)  # ... with spread/skill in this window
 
 
 def with_seed(frame: pd.DataFrame, default: int = 0) -> pd.DataFrame:
@@ -168,7 +170,7 @@ def scored(frame: pd.DataFrame) -> pd.DataFrame:
     best = frame.groupby(["method", "case"])["crps"].transform("min")
     return frame.assign(
         crps_share_of_best=frame["crps"] / best,
-        good=(frame["crps"] / best <= 1.02) & frame.spread_skill.between(0.8, 1.2),
+        good=(frame["crps"] / best <= MARGIN) & frame.spread_skill.between(*WINDOW),
     )
 
 
@@ -206,14 +208,34 @@ def choose(frame: pd.DataFrame) -> None:
                        ss_low=("spread_skill", "min"), ss_high=("spread_skill", "max"))  # fmt: skip
         table = table[table.cases == cases].reset_index()
         fine = table[table.good == cases].sort_values(["calls", "worst"])
-        if fine.empty:
-            near = table.sort_values("worst").iloc[0]
-            spread = f"{near.ss_low:.2f}-{near.ss_high:.2f}"
-            print(f"- {method}: none; the nearest is {_name(near)} ({near.calls} calls, worst "
-                  f"{near.worst:.3f}, spread/skill {spread})")  # fmt: skip
-        else:
+        if not fine.empty:
             best = fine.iloc[0]
             print(f"- {method}: {_name(best)}: {best.calls} calls ({best.worst:.3f})")
+            continue
+        near = fallback(table)
+        spread = f"{near.ss_low:.2f}-{near.ss_high:.2f}"
+        if near.worst <= MARGIN:
+            print(f"- {method}: none in the spread/skill window; the fallback, within 2 % and "
+                  f"nearest the window, is {_name(near)} ({near.calls} calls, worst "
+                  f"{near.worst:.3f}, spread/skill {spread})")  # fmt: skip
+        else:
+            print(f"- {method}: none; the nearest is {_name(near)} ({near.calls} calls, worst "
+                  f"{near.worst:.3f}, spread/skill {spread})")  # fmt: skip
+
+
+def fallback(table: pd.DataFrame) -> pd.Series:
+    """The rule's choice when no sampler of ``table`` (one row per sampler: ``worst`` share of
+    the best CRPS over the cells, lowest and highest spread/skill ``ss_low``, ``ss_high``,
+    ``calls``) meets it in every cell: among the samplers within 2 % of the best in every
+    cell, the one whose spread/skill lies nearest the 0.8-1.2 window (its distance rounded to
+    0.01, as printed), then the fewest calls, then the smallest worst share; with none within
+    2 %, the smallest worst share."""
+    within = table[table.worst <= MARGIN]
+    if within.empty:
+        return table.sort_values("worst").iloc[0]
+    outside = pd.concat([WINDOW[0] - within.ss_low, within.ss_high - WINDOW[1]], axis=1)
+    distance = outside.max(axis=1).clip(lower=0).round(2)
+    return within.assign(distance=distance).sort_values(["distance", "calls", "worst"]).iloc[0]
 
 
 def _noise(row) -> str:

@@ -15,7 +15,10 @@
 # corrector as the steps grow (16, 64, 256; 2 corrections where sigma >= 0.3 with the Langevin
 # time of 40 steps, the exact goal's, and of 16, config.yaml's), with its corrections on a
 # 16-step grid (correction_grid_steps) and, at 40, after every step; benchmarks/README.md, "The
-# fourth round: a corrector that does not grow with the steps".
+# fourth round: a corrector that does not grow with the steps". DESIGN=final measures the
+# candidates of every earlier round that were within reach of the rule (each cell's best among
+# them) over seeds 0-5, for the choice of config.yaml's samplers; benchmarks/README.md, "The
+# fifth round: the choice over six seeds".
 # Then, for the table and figure:
 #   python benchmarks/steps.py --from-csv OUT/*.csv --plot OUT/steps.png
 set -euo pipefail
@@ -76,11 +79,27 @@ safe() {  # the corrector as the steps grow: its corrections on a 16-step grid, 
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" "${sda[@]}" --steps 16 64 256 \
         --tau-reference-steps 40 --correction-grid-steps 0 "${csv[@]}"
 }
+final() {  # the candidates within reach of the rule, over six seeds: one CSV per method
+    local m=(--methods "$1") s=(--guidance sda --seeds 0 1 2 3 4 5 --csv "$out/$1-final.csv")
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" "${s[@]}" --solvers ddim \
+        --steps 32 --corrections 0
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" "${s[@]}" --solvers ddim \
+        --steps 16 --corrections 1 --tau-reference-steps 8 16
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" "${s[@]}" --solvers dpm2m \
+        --steps 16 --corrections 1 --tau-reference-steps 4 8
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" "${s[@]}" --solvers dpm2m \
+        --steps 32 --corrections 1 --tau-reference-steps 8
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" "${s[@]}" --solvers ddim \
+        --steps 16 --corrections 2 --correction-min-sigma 0.3 --tau-reference-steps 8 12 16
+    "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" "${s[@]}" --solvers dpm2m \
+        --steps 16 --corrections 2 --correction-min-sigma 0.3 --tau-reference-steps 8
+}
 one() {  # one method's grid, one CSV per block of the design
     local method=$1 m=(--methods "$1")
     if [ "${DESIGN:-grid}" = band ]; then band "$method"; return; fi
     if [ "${DESIGN:-grid}" = seeds ]; then seeds "$method"; return; fi
     if [ "${DESIGN:-grid}" = safe ]; then safe "$method"; return; fi
+    if [ "${DESIGN:-grid}" = final ]; then final "$method"; return; fi
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
         --steps 8 16 32 64 128 256 --corrections 0 --csv "$out/$method-ddim-0.csv"
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
@@ -106,7 +125,7 @@ else
     for method in pixel latent-none latent-both; do one "$method"; done > "$out/grid.log" 2>&1
 fi
 # the paper's 512 + 1 and 256 + 1 on one method and case, for the cost comparison
-case ${DESIGN:-grid} in band | seeds | safe) ;; *) "$python" "$here/steps.py" "$run" --methods latent-none \
+case ${DESIGN:-grid} in band | seeds | safe | final) ;; *) "$python" "$here/steps.py" "$run" --methods latent-none \
     --cases ideal --members 4 --period "$first" "$last" --resume --solvers ddim --guidance sda \
     --steps 256 512 --corrections 1 --tau-reference-steps 0 --csv "$out/latent-none-paper.csv" \
     > "$out/grid-paper.log" 2>&1 ;;

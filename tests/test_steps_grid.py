@@ -19,6 +19,13 @@ def _commands(tmp_path, design: str, **env: str) -> list[list[str]]:
     return [line.split() for line in log.read_text().splitlines()]
 
 
+def values(command: list[str], flag: str) -> list[str]:
+    """The values that follow ``flag`` in ``command``, up to the next flag."""
+    start = command.index(flag) + 1
+    end = next((i for i in range(start, len(command)) if command[i].startswith("--")), None)
+    return command[start:end]
+
+
 def test_the_seeds_design_measures_each_candidate_over_three_seeds(tmp_path):
     commands = _commands(tmp_path, "seeds", METHODS="pixel latent-none")
     measured = [c for c in commands if "--from-csv" not in c]
@@ -65,11 +72,6 @@ def test_the_safe_design_measures_the_grid_and_every_step_at_the_same_langevin_t
     measured = [c for c in commands if "--from-csv" not in c]
     assert len(measured) == 2 and not [c for c in commands if "512" in c]
 
-    def values(c, flag):
-        start = c.index(flag) + 1
-        end = next((i for i in range(start, len(c)) if c[i].startswith("--")), len(c))
-        return c[start:end]
-
     grid, every = measured
     for c in measured:
         assert values(c, "--steps") == ["16", "64", "256"]
@@ -80,3 +82,27 @@ def test_the_safe_design_measures_the_grid_and_every_step_at_the_same_langevin_t
     assert values(grid, "--tau-reference-steps") == ["40", "16"]
     assert values(every, "--correction-grid-steps") == ["0"]
     assert values(every, "--tau-reference-steps") == ["40"]
+
+
+def test_the_final_design_measures_config_picks_and_their_rivals_over_six_seeds(tmp_path):
+    """DESIGN=final: each network's pick in config.yaml and the rivals it was chosen over, over
+    seeds 0-5, in one resumable CSV per method; no paper sampler."""
+    commands = _commands(tmp_path, "final", METHODS="latent-both")
+    measured = [c for c in commands if "--from-csv" not in c]
+    assert len(measured) == 6 and not [c for c in commands if "512" in c]
+
+    samplers = set()
+    for c in measured:
+        assert values(c, "--seeds") == ["0", "1", "2", "3", "4", "5"]
+        assert values(c, "--csv")[0].endswith("out/latent-both-final.csv") and "--resume" in c
+        assert values(c, "--guidance") == ["sda"]
+        sigma = values(c, "--correction-min-sigma") if "--correction-min-sigma" in c else ["0"]
+        taus = values(c, "--tau-reference-steps") if "--tau-reference-steps" in c else ["-"]
+        for corrections in values(c, "--corrections"):
+            for tau in taus:
+                samplers.add((values(c, "--solvers")[0], values(c, "--steps")[0], corrections,
+                              sigma[0], tau))  # fmt: skip
+    # config.yaml's three picks (shared, pixel, latent-none) are among the candidates
+    assert {("ddim", "16", "2", "0.3", "16"), ("dpm2m", "16", "1", "0", "8"),
+            ("ddim", "16", "1", "0", "8")} <= samplers  # fmt: skip
+    assert len(samplers) == 10

@@ -65,3 +65,25 @@ def test_a_single_seed_has_no_noise_estimate(capsys):
     steps.choose(frame)
     out = capsys.readouterr().out
     assert "Means over" not in out and "- pixel, ideal: ddim 16 + 0 (sda): 16 calls" in out
+
+
+def test_the_fallback_takes_the_sampler_nearest_the_spread_window_within_two_percent(capsys):
+    """No sampler meets the window: among those within 2 % of the best, the one nearest the
+    window (then the fewest calls); one 3 % off the best is not considered however well spread."""
+    table = pd.DataFrame({
+        "steps": [16, 32, 64, 8], "calls": [16, 32, 64, 8],
+        "worst": [1.00, 1.015, 1.01, 1.03],
+        "ss_low": [0.72, 0.78, 0.781, 0.95], "ss_high": [0.9, 0.9, 0.9, 1.0],
+    })  # fmt: skip
+    # 32 and 64 are both 0.02 outside the window (as printed): the fewer calls wins
+    assert steps.fallback(table).steps == 32
+    assert steps.fallback(table.assign(worst=1.05)).steps == 16  # none within 2 %: the nearest
+    frame = _rows({(16, 0): [1.0], (32, 1): [1.01]})
+    frame.loc[frame.steps == 16, "spread_skill"] = 0.7
+    frame.loc[frame.steps == 32, "spread_skill"] = 0.75
+    steps.choose(steps.scored(frame))
+    out = capsys.readouterr().out
+    assert (
+        "- pixel: none in the spread/skill window; the fallback, within 2 % and nearest the "
+        "window, is ddim 32 + 1 (sda, τ × 16 / steps) (64 calls, worst 1.010" in out
+    )
