@@ -73,10 +73,10 @@ def test_paper_config_is_the_paper(root):
         return (s["solver"], s["steps"], s["corrections"], s["correction_min_sigma"],
                 s["tau_reference_steps"], s["correction_grid_steps"])  # fmt: skip
 
-    # shared: 16 + 2 where sigma >= 0.3; pixel (second order) and latent-none: 16 + 1 at every
-    # step with half the Langevin time; all with their corrections on the 16-step grid
+    # shared: dpm2m 32 + 1; pixel (the same at 16 steps) and latent-none (DDIM): 16 + 1; all at
+    # the Langevin time of 8 steps, with their corrections on a grid of their own steps
     for method in ("latent-both", "latent-insitu", "latent-exsitu", "pixel-both"):
-        assert chosen(method) == ("ddim", 16, 2, 0.3, 16, 16), method
+        assert chosen(method) == ("dpm2m", 32, 1, 0.0, 8, 32), method
     assert chosen("pixel") == ("dpm2m", 16, 1, 0.0, 8, 16)
     assert chosen("latent-none") == ("ddim", 16, 1, 0.0, 8, 16)
     paper = load_config(root / "config.yaml", root / "presets/paper-sampler.yaml")

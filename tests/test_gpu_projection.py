@@ -23,7 +23,8 @@ def _section(tmp_path, overlay: str) -> dict:
 def test_each_network_is_projected_at_its_own_sampler(tmp_path):
     args = argparse.Namespace(chosen_steps=None, chosen_corrections=None)
     overlay = """assimilation:
-  sampler: {steps: 32, corrections: 1, correction_min_sigma: 0.0, correction_grid_steps: null}
+  sampler: {steps: 32, corrections: 1, correction_min_sigma: 0.0, correction_grid_steps: null,
+            solver: ddim}
   sampler_by_space:
     pixel: {solver: ddim}
     latent-none: {steps: 16, corrections: 0}
