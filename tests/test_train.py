@@ -18,6 +18,7 @@ from slams.train import (
     epochs_since_best,
     fit,
     plateau_scale,
+    stop_reason,
     train_autoencoder,
     train_score,
     window_samples,
@@ -261,6 +262,21 @@ def test_an_improvement_is_a_relative_fall_beyond_min_improvement():
     assert epochs_since_best(history[:4], min_improvement=0.01) == 2
     assert epochs_since_best(history, min_improvement=0.01) == 0
     assert epochs_since_best([]) == 0
+
+
+def test_the_stop_message_names_the_threshold_that_made_the_best_epoch_stale():
+    """With min_improvement the best epoch can be one of the stale ones (a fall under the
+    threshold): the message says what did not happen, so it does not contradict itself."""
+    settings = TrainSettings(epochs=10, batch_size=8, learning_rate=1.0, weight_decay=0.0,
+                             patience=3, min_improvement=0.01)  # fmt: skip
+    history = _history([1.0, 0.9, 0.899, 0.898, 0.897])
+    assert stop_reason(history[:4], settings) is None
+    assert stop_reason(history, settings) == (
+        "stopped early after epoch 5 of at most 10: no validation improvement of more than 0.01 "
+        "for 3 epochs (patience 3; best epoch 5, 0.89700)"
+    )
+    settings.min_improvement = 0.0
+    assert stop_reason(history, settings) is None  # every fall counts: epoch 5 improved
 
 
 def test_the_plateau_schedule_halves_the_rate_after_lr_patience_stale_epochs():

@@ -165,8 +165,10 @@ def stop_reason(history: list[dict], settings: TrainSettings) -> str | None:
         stale = epochs_since_best(history, settings.min_improvement)
         if stale >= settings.patience:
             best = min(history, key=_selection_score)
+            # with a threshold the best epoch may be among the stale ones (a fall below it)
+            by = f" of more than {settings.min_improvement:g}" if settings.min_improvement else ""
             return (f"stopped early after epoch {len(history)} of at most {settings.epochs}: "
-                    f"no validation improvement for {stale} epochs (patience "
+                    f"no validation improvement{by} for {stale} epochs (patience "
                     f"{settings.patience}; best epoch {best['epoch']}, "
                     f"{_selection_score(best):.5f})")  # fmt: skip
     if len(history) >= settings.epochs:
