@@ -16,6 +16,7 @@ from slams.train import (
     day_samples,
     encode_splits,
     epochs_since_best,
+    export_model,
     fit,
     plateau_scale,
     stop_reason,
@@ -428,6 +429,19 @@ def test_checkpoint_rebuilds_a_frozen_model_in_eval_mode(tmp_path):
     x = torch.randn(2, 3, 8, 16)
     model.eval()
     torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_the_exported_model_counts_every_epoch_trained_not_only_those_up_to_the_best(tmp_path):
+    """best.pt's history ends at its epoch; the model file says how many epochs ran in all (an
+    autoencoder that ran all 60 and was best at 59 was logged as "epoch 59 of 59")."""
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": v}
+               for e, v in [(1, 0.9), (2, 0.5)]]  # fmt: skip
+    state = {"kind": "score", "kwargs": {}, "meta": {"space": "pixel"}, "model": {}, "epoch": 2,
+             "history": history}  # fmt: skip
+    torch.save(state, tmp_path / "best.pt")
+    meta = export_model(tmp_path / "best.pt", tmp_path / "m.pt", epochs=4)
+    assert (meta["epoch"], meta["epochs"], meta["val_loss"]) == (2, 4, 0.5)
+    assert torch.load(tmp_path / "m.pt", weights_only=False)["meta"] == meta
 
 
 def test_train_score_exports_the_best_window_network(tmp_path):

@@ -425,14 +425,16 @@ def evaluate_loss(
 # --------------------------------------------------------------------------- model files
 
 
-def export_model(checkpoint_path: str | Path, model_path: str | Path) -> dict:
+def export_model(checkpoint_path: str | Path, model_path: str | Path, epochs: int) -> dict:
     """Write the model file the workflow consumes from a training checkpoint (``best.pt``):
-    kind, constructor arguments, metadata (with the epoch and its losses) and the weights."""
+    kind, constructor arguments, metadata (the exported epoch and its losses, and ``epochs``:
+    how many were trained in all, which ``best.pt``'s own history, cut at its epoch, cannot
+    tell) and the weights."""
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     epoch = state["epoch"]
     row = next(r for r in state["history"] if r["epoch"] == epoch)
     meta = {**state["meta"], "epoch": epoch, "train_loss": row["train_loss"],
-            "val_loss": row["val_loss"], "epochs": len(state["history"])}  # fmt: skip
+            "val_loss": row["val_loss"], "epochs": epochs}  # fmt: skip
     save_atomic(
         {"kind": state["kind"], "kwargs": state["kwargs"], "meta": meta,
          "state_dict": state["model"]},
@@ -459,9 +461,9 @@ def _train_and_export(
     export = {"kind": kind, "kwargs": kwargs, "meta": meta}
     if checkpoint_dir is None:
         checkpoint_dir = Path(model_path).parent / "checkpoints" / Path(model_path).stem
-    fit(model, loss_fn, train_data, validation_data, settings, losses_csv, checkpoint_dir,
-        description, export)  # fmt: skip
-    exported = export_model(Path(checkpoint_dir) / "best.pt", model_path)
+    history = fit(model, loss_fn, train_data, validation_data, settings, losses_csv,
+                  checkpoint_dir, description, export)  # fmt: skip
+    exported = export_model(Path(checkpoint_dir) / "best.pt", model_path, len(history))
     log.info(
         "%s: exported epoch %d of %d (validation loss %.5f) to %s",
         description, exported["epoch"], exported["epochs"], exported["val_loss"], model_path,
