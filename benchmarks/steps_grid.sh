@@ -96,10 +96,7 @@ final() {  # the candidates within reach of the rule, over six seeds: one CSV pe
 }
 one() {  # one method's grid, one CSV per block of the design
     local method=$1 m=(--methods "$1")
-    if [ "${DESIGN:-grid}" = band ]; then band "$method"; return; fi
-    if [ "${DESIGN:-grid}" = seeds ]; then seeds "$method"; return; fi
-    if [ "${DESIGN:-grid}" = safe ]; then safe "$method"; return; fi
-    if [ "${DESIGN:-grid}" = final ]; then final "$method"; return; fi
+    case ${DESIGN:-grid} in band | seeds | safe | final) "$DESIGN" "$method"; return ;; esac
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
         --steps 8 16 32 64 128 256 --corrections 0 --csv "$out/$method-ddim-0.csv"
     "$python" "$here/steps.py" "$run" "${m[@]}" "${common[@]}" --solvers ddim --guidance sda \
