@@ -38,7 +38,7 @@ def analysis_dataset(
     dims = ("time", "level", "lat", "lon")
     ds = xr.Dataset(coords=coords)
     ds["analysis"] = xr.DataArray(
-        analysis_k.astype(np.float32),
+        np.asarray(analysis_k, dtype=np.float32),  # no copy of a float32 ensemble
         dims=("member", *dims),
         coords={"member": np.arange(analysis_k.shape[0]), **coords},
         attrs={"units": "K", "long_name": "analysed air temperature (ensemble)"},
@@ -66,14 +66,17 @@ class AnalysisDiverged(FloatingPointError):
 def check_finite(analysis: np.ndarray, times: np.ndarray, cell: str) -> None:
     """Raise :class:`AnalysisDiverged` in one line naming the cell, the first member and day
     that are not finite, so a diverged member fails its job instead of being scored."""
-    bad = ~np.isfinite(analysis)
-    if bad.any():
-        member, day = np.argwhere(bad)[0][:2]
-        date = np.datetime_as_string(times[day], unit="D") if len(times) > day else day
-        raise AnalysisDiverged(
-            f"{cell}: member {member}, day {date} is not finite ({int(bad.sum())} values in "
-            "all); the sampler diverged: try more steps, or larger observation variances"
-        )
+    # a member at a time: the ensemble's worth of booleans would be a quarter of its size
+    for member, values in enumerate(analysis):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            day = np.argwhere(bad)[0][0]
+            count = sum(int((~np.isfinite(m)).sum()) for m in analysis)
+            date = np.datetime_as_string(times[day], unit="D") if len(times) > day else day
+            raise AnalysisDiverged(
+                f"{cell}: member {member}, day {date} is not finite ({count} values in "
+                "all); the sampler diverged: try more steps, or larger observation variances"
+            )
 
 
 NOISE_UNITS = {

@@ -217,8 +217,10 @@ def assimilate_states(
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(context.seed + 1)
     n_days = observations.observed.shape[0]
-    pieces = []
-    for window in window_slices(n_days, context.window_days or n_days, denoiser.window):
+    slices = window_slices(n_days, context.window_days or n_days, denoiser.window)
+    # the analysis itself, filled window by window (one pass: the sampler's own state)
+    ensemble = None if len(slices) == 1 else torch.empty(context.members, n_days, *state_shape)
+    for window in slices:
         shape = (context.members, window.stop - window.start, *state_shape)
         likelihood = window_likelihood(observations, window.start, window.stop, state_fields)
         if likelihood is None:
@@ -241,8 +243,11 @@ def assimilate_states(
             device=device,
             progress=context.progress,
         )
-        pieces.append(x.detach().cpu())
-    return torch.cat(pieces, dim=1)
+        if ensemble is None:
+            return x.detach().cpu()
+        ensemble[:, window] = x.detach()
+        del x
+    return ensemble
 
 
 def select_period(ds: xr.Dataset, period: list[str] | None) -> xr.Dataset:

@@ -587,9 +587,14 @@ def to_anomaly(t_k, climatology_k, stats: dict):
     return (t_k - climatology_k) / _anomaly_std(t_k, stats)
 
 
-def from_anomaly(x, climatology_k, stats: dict):
-    """The state -> kelvin: ``x anomaly_std_level + climatology`` (numpy or torch, axis -3)."""
-    return x * _anomaly_std(x, stats) + climatology_k
+def from_anomaly(x, climatology_k, stats: dict, out=None):
+    """The state -> kelvin: ``x anomaly_std_level + climatology`` (numpy or torch, axis -3).
+    ``out`` (numpy): the array to write into, which may be ``x`` itself (an ensemble converted
+    in place, without a second copy of it)."""
+    if out is None:
+        return x * _anomaly_std(x, stats) + climatology_k
+    np.multiply(x, _anomaly_std(x, stats), out=out)
+    return np.add(out, climatology_k, out=out, casting="same_kind")
 
 
 def noise_to_state_units(variance: float, stats: dict) -> np.ndarray:

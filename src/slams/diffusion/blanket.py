@@ -90,12 +90,14 @@ class MarkovBlanketDenoiser(nn.Module):
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         t = self._times(x, t)
         if self.chunked(x):
-            return torch.cat(
-                [
-                    torch.cat(list(self._chunks(x[b : b + 1], t[b : b + 1])), 1)
-                    for b in range(len(x))
-                ]
-            )
+            out = torch.empty_like(x)  # filled chunk by chunk: no list of pieces to join
+            count = x.shape[1] - self.window + 1
+            for b in range(len(x)):
+                for first, last in self._spans(count):
+                    part = x[b : b + 1, first : last + self.window]
+                    (start, stop), owned = self._owned(part, t[b : b + 1], first, last, count)
+                    out[b : b + 1, start:stop] = owned
+            return out
         count = x.shape[1] - self.window + 1
         eps = self.net(windows(x, self.window), t.repeat_interleave(count))
         return self._assemble(eps.reshape(len(x), count, self.window, *x.shape[2:]))
@@ -129,14 +131,6 @@ class MarkovBlanketDenoiser(nn.Module):
             t.repeat_interleave(len(starts)),
         )
         return eps.reshape(batch, len(starts), self.window, *state)
-
-    def _chunks(self, x: Tensor, t: Tensor):
-        """For one trajectory ``x (1, L, C, H, W)``: the noise ``(1, owned, C, H, W)`` of the
-        days each chunk of consecutive windows owns, in order (together: every day)."""
-        window = self.window
-        count = x.shape[1] - window + 1
-        for first, last in self._spans(count):
-            yield self._owned(x[:, first : last + window], t, first, last, count)[1]
 
     def _spans(self, count: int):
         """``(first, last)`` of each chunk of ``count`` consecutive windows."""

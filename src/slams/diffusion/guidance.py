@@ -50,9 +50,36 @@ class _Likelihood:
         )
         if (self.variance < 0).any():
             raise ValueError("observation variance must be non-negative")
+        # observations given per batch member (y of shape (B, N)) tie the guidance to the whole
+        # batch; the workflow's are shared by every member
+        self._batched = len(shape) > 1 and shape[0] > 1
 
     def _on(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.y.to(like), self.variance.to(like), self.mask.to(like.device)
+
+    def guided_eps(
+        self,
+        denoiser: Callable[[Tensor, Tensor], Tensor],
+        x: Tensor,
+        t: Tensor,
+        sde: VPSDE,
+    ) -> Tensor:
+        """The guided noise prediction shaped like ``x``, detached, written into one new tensor
+        a group of batch members at a time (:func:`members_per_call`): the members are
+        independent, so the result is that of the whole batch at once, while the guidance's
+        own temporaries (the data prediction, the likelihood's gradient, the vector-Jacobian
+        products) are those of one group, not of the ensemble. ``t`` is a scalar or ``(B,)``.
+        """
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t.reshape(x.shape[0])
+        size = x.shape[0] if self._batched else members_per_call(denoiser, x)
+        if size >= x.shape[0]:
+            return self._guided_eps(denoiser, x, t, sde)
+        out = torch.empty_like(x)
+        for first in range(0, x.shape[0], size):
+            group = slice(first, first + size)
+            out[group] = self._guided_eps(denoiser, x[group], t[group], sde)
+        return out
 
     @staticmethod
     def _per_member(x: Tensor, t: Tensor, sde: VPSDE) -> tuple[Tensor, Tensor, Tensor]:
@@ -110,7 +137,7 @@ class GaussianGuidance(_Likelihood):
         residual = torch.where(mask, y - predicted, torch.zeros((), dtype=predicted.dtype))
         return -0.5 * (residual.square() / (variance + self.gamma * ratio**2)).sum()
 
-    def guided_eps(
+    def _guided_eps(
         self,
         denoiser: Callable[[Tensor, Tensor], Tensor],
         x: Tensor,
@@ -175,7 +202,7 @@ class MomentMatchingGuidance(_Likelihood):
             raise ValueError("moment-matching guidance needs a positive observation variance")
         self.cg_iterations = cg_iterations
 
-    def guided_eps(
+    def _guided_eps(
         self,
         denoiser: Callable[[Tensor, Tensor], Tensor],
         x: Tensor,
@@ -211,6 +238,16 @@ class MomentMatchingGuidance(_Likelihood):
 
         u = _conjugate_gradient(matvec, residual, self.cg_iterations)
         return eps - sigma * pullback(u)
+
+
+def members_per_call(denoiser: Callable[[Tensor, Tensor], Tensor], x: Tensor) -> int:
+    """How many members of ``x (B, L, ...)`` the guidance takes at once: those whose
+    Markov-blanket windows fit in one of the denoiser's network calls (its ``chunk``; at
+    least one), or the whole batch for a denoiser that is not chunked."""
+    chunk, window = getattr(denoiser, "chunk", None), getattr(denoiser, "window", None)
+    if chunk is None or window is None or x.ndim != 5:
+        return x.shape[0]
+    return max(1, chunk // (x.shape[1] - window + 1))
 
 
 def linearise(

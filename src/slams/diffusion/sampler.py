@@ -3,7 +3,9 @@ plus Langevin corrections)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -15,7 +17,6 @@ from slams.diffusion.sde import VPSDE
 # eps has mean square ~1; the floor only matters for degenerate predictions (e.g. a
 # network that outputs zeros), where the step would otherwise be infinite.
 _MIN_MEAN_SQUARE = 1e-4
-SOLVERS = ("ddim", "dpm2m")
 
 
 def corrected_steps(
@@ -45,6 +46,125 @@ def _randn(shape: tuple, generator: torch.Generator | None, device, dtype: torch
     return torch.randn(shape, generator=generator, device=source, dtype=dtype).to(device)
 
 
+def _randn_into(out: Tensor, generator: torch.Generator | None) -> Tensor:
+    """:func:`_randn` written into ``out`` (the same numbers), without a second buffer where
+    the generator lives on ``out``'s device."""
+    source = generator.device if generator is not None else out.device
+    if torch.device(source) == out.device:
+        return torch.randn(out.shape, generator=generator, out=out)
+    return out.copy_(_randn(tuple(out.shape), generator, out.device, out.dtype))
+
+
+@dataclass(frozen=True)
+class Level:
+    """The schedule at one time ``t`` of the sampler's grid: ``mu(t)``, ``sigma(t)`` (from the
+    float64 schedule, rounded to the sampling dtype) and ``lambda(t) = log(mu / sigma)``."""
+
+    t: float
+    mu: float
+    sigma: float
+
+    @classmethod
+    def at(cls, sde: VPSDE, t: Tensor, dtype: torch.dtype) -> Level:
+        # the schedule in float64: 1 - mu^2 near t = 0 cancels badly in float32
+        return cls(float(t), float(sde.mu(t).to(dtype)), float(sde.sigma(t).to(dtype)))
+
+    @property
+    def log_snr(self) -> float:
+        return math.log(self.mu / self.sigma)
+
+
+class DDIM:
+    """The paper's predictor, the first-order exponential integrator (DDIM), from ``s`` to
+    ``t < s``:
+
+        ``x <- r x + (sigma(t) - r sigma(s)) eps(x, s)``,  ``r = mu(t) / mu(s)``,
+
+    which is ``x <- (sigma(t) / sigma(s)) x + mu(t) (1 - e^-h) x0(x, s)`` with the data
+    prediction ``x0(x, s) = (x - sigma(s) eps) / mu(s)`` and ``h = lambda(t) - lambda(s)``.
+    In place: ``x`` and ``eps`` are the only ensemble-sized tensors it touches."""
+
+    def step(self, x: Tensor, eps: Tensor, s: Level, t: Level, last: bool) -> None:
+        ratio = t.mu / s.mu
+        x.mul_(ratio).add_(eps, alpha=t.sigma - ratio * s.sigma)
+
+    def end_of_segment(self, x: Tensor, eps: Tensor, t: Level) -> None:
+        """Nothing to remember (a one-step method)."""
+
+
+class DPMSolver2M:
+    """DPM-Solver++(2M) (Lu et al. 2022), multistep in the data prediction, from ``s`` to
+    ``t``: the DDIM update with ``x0`` replaced by
+
+        ``D = x0_i + (x0_i - x0_(i-1)) / (2 q)``,  ``q = h_(i-1) / h_i``,
+
+    ``x <- (sigma(t) / sigma(s)) x - mu(t) expm1(-h) D``, where ``x0_(i-1)`` is the previous
+    step's data prediction; the first and the last step are DDIM's (``D = x0_i``). Second
+    order at one network call per step. After Langevin corrections the slope ``x0_i -
+    x0_(i-1)`` is taken along the previous step's deterministic segment instead (its end's
+    data prediction comes from the first correction's call, before the Langevin noise; see
+    :meth:`end_of_segment`), so that the correction's noise is not extrapolated into the next
+    step: ``D = x0_i + (x0_end - x0_(i-1)) / (2 q)``.
+
+    Memory: one ensemble-sized tensor of history (``x0_(i-1)``, or the slope ``x0_end -
+    x0_(i-1)``), which :meth:`step` takes over from ``eps`` in place; the steps themselves
+    work in place on ``x``, ``eps`` and the history."""
+
+    def __init__(self) -> None:
+        self.history: Tensor | None = None
+        self.is_slope = False  # history holds x0_end - x0_(i-1) rather than x0_(i-1)
+        self.h_previous = 0.0
+
+    def step(self, x: Tensor, eps: Tensor, s: Level, t: Level, last: bool) -> None:
+        h = t.log_snr - s.log_snr
+        x0 = eps.mul_(-s.sigma).add_(x).div_(s.mu)  # eps's buffer now holds x0_i
+        direction = x0
+        if self.history is not None and not last:
+            scale = self.h_previous / h * 2  # 2 q
+            direction = self.history
+            if self.is_slope:
+                direction.div_(scale).add_(x0)
+            else:
+                direction.sub_(x0).div_(-scale).add_(x0)
+        x.mul_(t.sigma / s.sigma).add_(direction, alpha=-t.mu * math.expm1(-h))
+        self.history, self.is_slope, self.h_previous = x0, False, h
+
+    def end_of_segment(self, x: Tensor, eps: Tensor, t: Level) -> None:
+        """The first correction's ``eps`` at the segment's end ``t``: keep the slope
+        ``x0_end - x0_i``, ``x0_end = (x - sigma(t) eps) / mu(t)``, in the history's buffer."""
+        if self.history is not None:
+            self.history.mul_(-t.mu).add_(x).sub_(eps, alpha=t.sigma).div_(t.mu)
+            self.is_slope = True
+
+
+PREDICTORS = {"ddim": DDIM, "dpm2m": DPMSolver2M}
+SOLVERS = tuple(PREDICTORS)
+
+
+class LangevinCorrector:
+    """One Langevin step at ``t`` with the score ``-eps / sigma``:
+
+        ``x <- x - delta sigma eps + sqrt(2 delta) sigma z``,  ``z ~ N(0, I)``,
+        ``delta = tau / mean(eps^2)`` per batch member (mean over its non-batch elements),
+
+    with ``mean(eps^2)`` floored at 1e-4, so that a network predicting (almost) zero noise
+    cannot produce an infinite step. In place on ``x``; ``eps`` is spent (the noise ``z`` is
+    drawn into its buffer)."""
+
+    def __init__(self, tau: float, generator: torch.Generator | None):
+        self.tau = tau
+        self.generator = generator
+
+    def step(self, x: Tensor, eps: Tensor, t: Level) -> None:
+        batch = x.shape[0]
+        per_member = (batch,) + (1,) * (x.ndim - 1)
+        mean_square = torch.stack([member.square().mean() for member in eps])
+        delta = (self.tau / mean_square.clamp(min=_MIN_MEAN_SQUARE)).reshape(per_member)
+        x.addcmul_(eps, delta, value=-t.sigma)
+        noise = _randn_into(eps, self.generator)
+        x.addcmul_(noise, torch.sqrt(2 * delta), value=t.sigma)
+
+
 def sample(
     eps_fn: Callable[[Tensor, Tensor], Tensor],
     shape: tuple,
@@ -62,45 +182,31 @@ def sample(
 ) -> Tensor:
     """Draw ``x(0)`` by integrating the reverse SDE from ``x(1) ~ N(0, I)`` (paper eqs. 10-11).
 
-    With ``steps`` uniform steps ``s = t_i -> t = t_(i+1)`` from ``t = 1`` to ``0``, writing
-    ``mu``, ``sigma`` for the schedule, ``x0(x, s) = (x - sigma(s) eps(x, s)) / mu(s)`` for the
-    data prediction, ``lambda = log(mu / sigma)`` and ``h = lambda(t) - lambda(s) > 0``:
-
-    - predictor ``solver="ddim"`` (first-order exponential integrator, the paper's):
-      ``x <- r x + (sigma(t) - r sigma(s)) eps(x, s)``, ``r = mu(t) / mu(s)``, which is
-      ``x <- (sigma(t) / sigma(s)) x + mu(t) (1 - e^-h) x0(x, s)``;
-    - predictor ``solver="dpm2m"`` (DPM-Solver++(2M), Lu et al. 2022, multistep in the data
-      prediction): the same update with ``x0`` replaced by
-      ``D = (1 + 1 / (2 q)) x0_i - (1 / (2 q)) x0_(i-1)``, ``q = h_(i-1) / h_i``, where
-      ``x0_(i-1)`` is the data prediction of the previous step (the first step is DDIM's).
-      Second order at one network call per step, since it reuses the previous call. After
-      Langevin corrections the slope ``x0_i - x0_(i-1)`` is taken along the previous step's
-      deterministic segment instead (its end's data prediction comes from the first
-      correction's call, before the Langevin noise), so that the correction's noise is not
-      extrapolated into the next step: ``D = x0_i + (x0_end - x0_(i-1)) / (2 q)``;
-    - ``corrections`` Langevin steps at ``t`` with the score ``-eps / sigma``:
-      ``x <- x - delta sigma eps + sqrt(2 delta) sigma z``, ``delta = tau / mean(eps^2)``
-      per batch member (mean over all non-batch elements), ``z ~ N(0, I)``; only at the
-      steps where ``sigma(t) >= correction_min_sigma`` (0: at every step, the paper's) and,
-      with ``correction_grid_steps = N``, only at the steps that reach the times ``1 - k / N``
-      of an N-step grid (:func:`corrected_steps`): the corrections then stay where and as many
-      as at N steps when the predictor takes more, so raising ``steps`` refines the predictor
-      without changing the Langevin dynamics (``tau`` is per correction either way).
+    ``steps`` uniform steps ``s = t_i -> t = t_(i+1)`` from ``t = 1`` to ``0``, each a
+    predictor step (``solver``: :class:`DDIM`, the paper's, or :class:`DPMSolver2M`) and
+    then, where :func:`corrected_steps` says so, ``corrections`` steps of the
+    :class:`LangevinCorrector` at ``t``: only at the steps where ``sigma(t) >=
+    correction_min_sigma`` (0: at every step, the paper's) and, with ``correction_grid_steps
+    = N``, only at the steps that reach the times ``1 - k / N`` of an N-step grid, so that
+    raising ``steps`` refines the predictor without changing the Langevin dynamics (``tau``
+    is per correction either way).
 
     The predictors take ``x0`` from ``eps_fn``, so a guided ``eps_fn`` (SDA or MMPS, through
-    the Markov blanket, in chunks) works with either unchanged.
+    the Markov blanket, in chunks) works with either unchanged. ``eps_fn(x, t)`` gets ``x``
+    of ``shape`` (batch first) and ``t`` of shape ``(B,)``, returns a new tensor shaped like
+    ``x`` (the sampler writes into it) and may be guided (it then enables autograd itself;
+    the loop runs under ``no_grad``).
 
-    ``eps_fn(x, t)`` gets ``x`` of ``shape`` (batch first) and ``t`` of shape ``(B,)``; it
-    may be guided (it then enables autograd itself; the loop runs under ``no_grad``).
+    Memory: the ensemble state ``x``, the network's output and, for DPM-Solver++(2M), one
+    tensor of history: at most three ensemble-sized tensors at any time, besides what
+    ``eps_fn`` holds while it runs; every update is in place.
 
     Numerics: ``mu`` and ``sigma`` are bounded below by ``eta`` (``mu(1) = eta``,
     ``sigma(0) = eta``), so ``r <= 1 / eta`` is finite at every step. The largest ``r`` is
     the first step (``mu`` rises fastest near ``t = 1``): 1.2 for 512 steps, but ``1 / eta``
     for ``steps = 1``, where the update becomes Tweedie's ``x0 = (x - sigma eps) / mu`` and
-    amplifies the network's error by ``1 / eta``; use many steps. ``mean(eps^2)`` is floored
-    at 1e-4 so that a network predicting (almost) zero noise cannot produce an infinite
-    Langevin step. The last correction runs at ``t = 0`` where ``sigma = eta``, so it only
-    moves ``x`` by ``O(eta)``.
+    amplifies the network's error by ``1 / eta``; use many steps. The last correction runs
+    at ``t = 0`` where ``sigma = eta``, so it only moves ``x`` by ``O(eta)``.
 
     ``generator`` makes the result reproducible (same seed -> identical output); noise is
     drawn on its device. ``dtype`` defaults to ``torch.get_default_dtype()``.
@@ -115,47 +221,26 @@ def sample(
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
     batch = shape[0]
-    per_member = (batch,) + (1,) * (len(shape) - 1)
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    levels = [Level.at(sde, t, dtype) for t in times]
+    predictor = PREDICTORS[solver]()
+    corrector = LangevinCorrector(tau, generator)
 
-    def at(t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        t_batch = torch.full((batch,), float(t), dtype=dtype, device=device)
-        # Schedule in float64: 1 - mu^2 near t = 0 cancels badly in float32.
-        mu, sigma = (v.to(dtype=dtype, device=device) for v in (sde.mu(t), sde.sigma(t)))
-        return t_batch, mu, sigma
+    def eps_at(x: Tensor, level: Level) -> Tensor:
+        return eps_fn(x, torch.full((batch,), level.t, dtype=dtype, device=device))
 
     correct = corrected_steps(steps, correction_min_sigma, sde, correction_grid_steps)
     x = _randn(shape, generator, device, dtype)
-    previous = None  # (x0 at the start of the last step's segment, its end's x0 or None, h)
     with torch.no_grad():
         for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
-            t, mu, sigma = at(times[i])
-            t_next, mu_next, sigma_next = at(times[i + 1])
-            eps = eps_fn(x, t)
-            if solver == "ddim":
-                ratio = mu_next / mu
-                x = ratio * x + (sigma_next - ratio * sigma) * eps
-            else:
-                x0 = (x - sigma * eps) / mu
-                h = torch.log(mu_next / sigma_next) - torch.log(mu / sigma)
-                direction = x0
-                if previous is not None and i < steps - 1:
-                    start, end, h_previous = previous
-                    q = h_previous / h
-                    change = (x0 if end is None else end) - start
-                    direction = x0 + change / (2 * q)
-                x = (sigma_next / sigma) * x - mu_next * torch.expm1(-h) * direction
-                previous = (x0, None, h)
+            s, t = levels[i], levels[i + 1]
+            predictor.step(x, eps_at(x, s), s, t, last=i == steps - 1)
             if not correct[i]:
                 continue
             for correction in range(corrections):
-                eps = eps_fn(x, t_next)
-                if solver == "dpm2m" and correction == 0:
-                    # the data prediction at the segment's deterministic end, before the
-                    # Langevin noise: the next step's slope, free of that noise
-                    previous = (previous[0], (x - sigma_next * eps) / mu_next, previous[2])
-                mean_square = eps.square().reshape(batch, -1).mean(dim=1)
-                delta = (tau / mean_square.clamp(min=_MIN_MEAN_SQUARE)).reshape(per_member)
-                z = _randn(shape, generator, device, dtype)
-                x = x - delta * sigma_next * eps + torch.sqrt(2 * delta) * sigma_next * z
+                eps = eps_at(x, t)
+                if correction == 0:
+                    predictor.end_of_segment(x, eps, t)
+                corrector.step(x, eps, t)
+                del eps
     return x

@@ -26,6 +26,7 @@ import netCDF4
 import numpy as np
 import torch
 import xarray as xr
+from torch.utils.checkpoint import checkpoint
 
 from slams.data.dataset import from_anomaly
 from slams.diffusion import MarkovBlanketDenoiser
@@ -48,14 +49,29 @@ def paper_latents(method: str, context) -> torch.Tensor:
     return (states_of(latents, ["z"]) - z_mean) / z_std
 
 
-def decoded_fields(decoder, outputs, z_mean, z_std):
+def decoded_fields(decoder, outputs, z_mean, z_std, chunk: int | None = None):
     """The observed fields of a standardised latent state ``(B, n, C, h, w)``: the decoder's
-    output channels (temperature levels, then each modality), split by name."""
+    output channels (temperature levels, then each modality), split by name.
+
+    ``chunk``: where autograd records the decoding (the guidance's gradient), the most states
+    whose decoder activations are kept at once: the states are decoded ``chunk`` at a time
+    under activation checkpointing, which keeps each chunk's input and recomputes its
+    activations in the backward pass, one chunk at a time (the same gradient, for a second
+    forward pass of the decoder). ``None``: all states at once."""
     sizes = [n for _, n in outputs]
+
+    def run(codes):
+        return decoder(codes * z_std + z_mean)
 
     def decode(x):
         batch, days = x.shape[:2]
-        decoded = decoder((x * z_std + z_mean).flatten(0, 1))
+        codes = x.flatten(0, 1)
+        if chunk is None or len(codes) <= chunk or not (torch.is_grad_enabled() and
+                                                         codes.requires_grad):  # fmt: skip
+            decoded = run(codes)
+        else:
+            decoded = torch.cat([checkpoint(run, part, use_reentrant=False)
+                                 for part in codes.split(chunk)])  # fmt: skip
         decoded = decoded.reshape(batch, days, *decoded.shape[1:])
         parts = torch.split(decoded, sizes, dim=2)
         return {name: part for (name, _), part in zip(outputs, parts, strict=True)}
@@ -111,12 +127,14 @@ def decoder_error_variance(reconstruction, observations) -> dict[str, torch.Tens
     return variances
 
 
-def add_decoder_residuals(members: torch.Tensor, residuals: torch.Tensor, seed: int):
+def add_decoder_residuals(
+    members: torch.Tensor, residuals: torch.Tensor, seed: int, inplace: bool = False
+):
     """Each member ``(M, T, L, H, W)`` plus a residual field of a randomly drawn validation day
     (independently per member and day), centred over the members, so that the ensemble mean
     is unchanged and the members' sample variance (``M - 1`` in the denominator, as the
     spread is scored) gains the decoder's error variance in expectation; a single member gets
-    the residual as drawn.
+    the residual as drawn. ``inplace``: added to ``members`` itself, a day at a time.
 
     A decoded member ``D(z)`` lacks what the decoder cannot reconstruct: the spread of the
     codes reaches the temperature field, but the reconstruction error (the larger part of the
@@ -124,10 +142,31 @@ def add_decoder_residuals(members: torch.Tensor, residuals: torch.Tensor, seed: 
     generator = torch.Generator().manual_seed(seed)
     count, days = members.shape[:2]
     picked = torch.randint(len(residuals), (count, days), generator=generator)
-    noise = residuals[picked]
-    if count > 1:
-        noise = noise - noise.mean(0, keepdim=True)
-    return members + noise.to(members)
+    out = members.clone() if not inplace else members
+    for day in range(days):  # a day at a time: no ensemble-sized draw of residuals
+        noise = residuals[picked[:, day]]
+        if count > 1:
+            noise = noise - noise.mean(0, keepdim=True)
+        out[:, day] += noise.to(out)
+    return out
+
+
+def decode_members(autoencoder, ensemble, z_mean, z_std, levels: int, days: int | None = None):
+    """The temperature ``(M, T, levels, H, W)`` of sampled codes ``(M, T, C, h, w)``,
+    decoded ``days`` days at a time (``None``: a member's whole period at once) into one
+    tensor on the CPU: the decoder's activations are those of a chunk, not of the period."""
+    members, length = ensemble.shape[:2]
+    out = None
+    step = days or length
+    with torch.no_grad():
+        for m in range(members):
+            for first in range(0, length, step):
+                codes = ensemble[m, first : first + step].to(z_mean.device) * z_std + z_mean
+                decoded = autoencoder.decode(codes)[:, :levels].cpu()
+                if out is None:
+                    out = decoded.new_empty((members, length, *decoded.shape[1:]))
+                out[m, first : first + step] = decoded
+    return out
 
 
 def analyse(method, observations, context):
@@ -158,7 +197,7 @@ def analyse(method, observations, context):
                 f"{sorted(needed)} under the physical protocol: retrain it (the decoder must "
                 "reconstruct every modality its encoder reads)"
             )
-        state_fields = decoded_fields(autoencoder.decode, outputs, z_mean, z_std)
+        state_fields = decoded_fields(autoencoder.decode, outputs, z_mean, z_std, context.chunk)
         if context.decoder_error:
             extra = decoder_error_variance(reconstruction(), observations)
             observations = replace(
@@ -181,18 +220,14 @@ def analyse(method, observations, context):
         shape,
         context,
     )
-    with torch.no_grad():
-        decoded_t = torch.stack(
-            [
-                autoencoder.decode(member.to(device) * z_std + z_mean)[:, :levels].cpu()
-                for member in ensemble
-            ]
-        )
+    decoded_t = decode_members(autoencoder, ensemble, z_mean, z_std, levels, context.chunk)
+    del ensemble
     if context.decoder_residuals:
         split, parts = reconstruction()
         residuals = states_of(split, ["t"]) - parts["t"]  # x - D(E(x)), standardised anomaly
-        decoded_t = add_decoder_residuals(decoded_t, residuals, context.seed + 2)
-    analysis_k = from_anomaly(decoded_t.numpy(), context.climatology_k, context.stats)
+        add_decoder_residuals(decoded_t, residuals, context.seed + 2, inplace=True)
+    temperature = decoded_t.numpy()
+    analysis_k = from_anomaly(temperature, context.climatology_k, context.stats, out=temperature)
     attrs = {
         **sampler_attrs(context),
         "latent_channels": shape[0],

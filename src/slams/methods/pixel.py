@@ -45,5 +45,6 @@ def analyse(method, observations, context):
         (channels, *context.climatology_k.shape[-2:]),
         context,
     )
-    analysis_k = from_anomaly(ensemble[:, :, :levels].numpy(), context.climatology_k, context.stats)
+    temperature = ensemble[:, :, :levels].numpy()  # a view: converted in place
+    analysis_k = from_anomaly(temperature, context.climatology_k, context.stats, out=temperature)
     return analysis_k, sampler_attrs(context)
