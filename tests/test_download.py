@@ -492,7 +492,10 @@ def test_paper_dry_run_lists_the_download_jobs(root, tmp_path):
     # coarsen-4's setting, and pixel, oi and climatology observe the same way under both
     # protocols: 13 distinct settings x (3 + pixel-both + oi-both + 4 latent x 2 protocols)
     # computed, the rest are copies
-    assert counts["assimilate"] == 13 * (3 + 2 + 8)
+    # (pixel, oi and climatology once for both protocols): the diffusion methods on a GPU, OI
+    # and the climatology (rule assimilate_classical) on CPUs
+    assert counts["assimilate"] == 13 * (1 + 1 + 8)
+    assert counts["assimilate_classical"] == 13 * (2 + 1)
     assert counts["same_analysis"] == 14 * (7 + 9) - 13 * 13
     assert counts["oi_background"] == 2
     assert counts["train_autoencoder"] == counts["encode"] == 4 and counts["train_score"] == 6

@@ -19,8 +19,11 @@ def test_demo_dry_run_lists_every_job(root, tmp_path):
     # physical protocol: 9 methods x 9 cells; paper protocol (named cases only): 7 methods x 4.
     # One analysis per distinct setting (noise-0.1 is coarsen-2's: noise 0.1, every 4th day)
     # and method, and pixel, oi and climatology once for both protocols: 3 x 8 + pixel-both
-    # 8 + oi-both 8 + latent 4 x 8 (physical) + 4 x 4 (paper) = 88; 109 - 88 copies
-    assert counts["assimilate"] == 88 and counts["same_analysis"] == 21
+    # 8 + oi-both 8 + latent 4 x 8 (physical) + 4 x 4 (paper) = 88; 109 - 88 copies. The
+    # diffusion methods' 64 are rule assimilate's, oi's, oi-both's and climatology's 24 rule
+    # assimilate_classical's
+    assert counts["assimilate"] == 8 + 8 + 4 * 8 + 4 * 4
+    assert counts["assimilate_classical"] == 3 * 8 and counts["same_analysis"] == 21
     assert counts["oi_background"] == 2  # oi and oi-both
     assert counts["regrid"] == 15
     assert counts["train_autoencoder"] == 4 and counts["encode"] == 4
@@ -168,7 +171,7 @@ def test_smoke_preset_runs_the_whole_dag(root, smoke_run):
                        str(overlay))  # fmt: skip
     counts = job_counts(result.stdout)
     # 4 distinct settings: pixel 4, pixel-both 4, 4 latent sets x 4 x 2 protocols
-    assert counts["assimilate"] == 4 + 4 + 4 * 4 * 2
+    assert counts["assimilate"] == 4 + 4 + 4 * 4 * 2 and "assimilate_classical" not in counts
     # the copies of them: pixel 6 (noise-0.1, and the 5 physical cells), pixel-both 1,
     # latent 4 x 2 (noise-0.1 in each protocol)
     assert counts["same_analysis"] == 6 + 1 + 8
@@ -315,7 +318,8 @@ def test_paper_scale_benchmark_measures_every_job_of_its_targets(root, tmp_path)
     computed = rows[rows.stage != "same_analysis"]  # copies have no benchmark
     assert computed.seconds.notna().all()
     assert (rows.loc[rows.stage.isin(["synthetic", "regrid", "dataset"]), "output_gb"] > 0).all()
-    assert "| assimilate | 4 |" in first.stdout  # the stage table: pixel, latent, oi, climatology
+    # the stage table: pixel and latent-none, oi and climatology
+    assert "| assimilate | 2 |" in first.stdout and "| assimilate_classical | 2 |" in first.stdout
     again = subprocess.run([*script, "--table-only", "--csv", str(tmp_path / "b.csv")],
                            capture_output=True, text=True, check=True)  # fmt: skip
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "b.csv"), rows)

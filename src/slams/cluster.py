@@ -7,9 +7,10 @@ runs `snakemake -n --profile slurm --cores 8 ...` and prints one row per kind of
 rule's threads), memory (`--mem`), GPUs (`--gpus`) and time limit (`-t`). Group jobs are sized
 by Snakemake's own rule (snakemake.resources.GroupResources.basic_layered): the jobs are
 packed into layers that fit the run's `--resources` and `--cores`, a layer's jobs run side by
-side, the group asks for its widest layer and the sum of the layers' runtimes. The test
-against a real Slurm controller (tests/cluster/test_slurm.py) checks these rows against what
-`scontrol` shows.
+side, the group asks for its widest layer and the sum of the layers' runtimes. A group job's
+row is named by its group (`analyses` for the group jobs `analyses-0`, `analyses-1`, ...: see
+:func:`balanced_groups`). The test against a real Slurm controller (tests/cluster/test_slurm.py)
+checks these rows against what `scontrol` shows.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
 # the site flag of a cluster without conda: no rule declares modules, so nothing is deployed
 NO_CONDA = ("--sdm", "env-modules")
+GROUP_INDEX = re.compile(r"-(\d+)$")  # the index a group job's id ends with: analyses-3
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class Request:
     mem_mb: int
     gpus: int
     runtime_min: int
-    members: str = field(default="", compare=False)  # a group job's: e.g. "6 assimilate"
+    members: str = ""  # a group job's: e.g. "6 assimilate" (scontrol does not show it)
 
 
 @dataclass
@@ -47,6 +50,26 @@ class DryJob:
     threads: int
     resources: dict[str, int | str]
     group: tuple[int, str] | None  # the group block it was listed in: (index, group id)
+
+
+def balanced_groups(items: Sequence[Hashable], largest: int) -> dict[Hashable, int]:
+    """Each of ``items`` -> the index of its group: ``ceil(n / largest)`` groups of consecutive
+    items whose sizes differ by at most one, so none is a remainder (Snakemake's
+    ``group-components`` alone cuts 13 jobs into 6 + 6 + 1; these are 5 + 4 + 4)."""
+    if largest < 1:
+        raise ValueError(f"a group holds at least one job, got largest={largest}")
+    count = -(-len(items) // largest)
+    return {item: i * count // len(items) for i, item in enumerate(items)}
+
+
+def group_id(name: str, index: int) -> str:
+    """The id of group job ``index`` of group ``name`` (the profile's ``group-components`` key)."""
+    return f"{name}-{index}"
+
+
+def group_name(groupid: str) -> str:
+    """The group a group job's id belongs to: ``analyses`` for ``analyses-3``."""
+    return GROUP_INDEX.sub("", groupid)
 
 
 def rule_blocks(rules_dir: Path = ROOT / "workflow" / "rules"):
@@ -138,7 +161,7 @@ def slurm_requests(jobs: list[DryJob], cores: int, limits: dict[str, int]) -> Co
             requests[_request(job.rule, _scheduled(job))] += 1
         else:
             grouped.setdefault(job.group, []).append(job)
-    for (_, group_id), members in grouped.items():
+    for (_, groupid), members in grouped.items():
         fake = [SimpleNamespace(resources=_scheduled(j), pipe_group=None) for j in members]
         sized = GroupResources.basic_layered(
             toposorted_jobs=[fake],  # an analysis never needs another one of its group
@@ -148,7 +171,7 @@ def slurm_requests(jobs: list[DryJob], cores: int, limits: dict[str, int]) -> Co
             sortby=["runtime"],
         )
         rules = "+".join(sorted({j.rule for j in members}))
-        requests[_request(group_id, sized, f"{len(members)} {rules}")] += 1
+        requests[_request(group_name(groupid), sized, f"{len(members)} {rules}")] += 1
     return requests
 
 
@@ -187,8 +210,14 @@ def dry_run(args: list[str], cores: int = 8, profile: Path = ROOT / "slurm",
 
 def main(argv: list[str]) -> int:
     profile = ROOT / "slurm"
-    text = dry_run(argv, profile=profile)
-    print(table(slurm_requests(parse_dry_run(text), 8, profile_limits(profile))))
+    readme = "--readme" in argv  # README.md's table: config.yaml's jobs
+    text = dry_run([a for a in argv if a != "--readme"], profile=profile)
+    rows = table(slurm_requests(parse_dry_run(text), 8, profile_limits(profile)))
+    if readme:
+        from slams.generated import write_block
+
+        write_block(ROOT / "README.md", "python -m slams.cluster", rows)
+    print(rows)
     return 0
 
 

@@ -1,11 +1,18 @@
 # One ensemble analysis per protocol, method and ablation setting. An analysis that two cells
 # share (a setting two axes meet in; a method that observes the same way under both protocols)
-# is computed once (rule assimilate) and copied under the later cell's name (same_analysis).
+# is computed once (rule assimilate: the diffusion methods, on a GPU; assimilate_classical:
+# optimal interpolation and the climatology, on CPUs) and copied under the later cell's name
+# (same_analysis). Under a cluster profile each rule's analyses are bundled into group jobs of
+# near-equal size (analysis_group).
+
+# the protocol of a computed cell: not one of the copied cells
+COMPUTED_PROTOCOL = rf"(?!(?:{COPIED_CELLS})\.nc$)(?:paper|physical)"
 
 
 rule assimilate:
-    """Guided diffusion sampling, optimal interpolation or the climatology over the test
-    period, under one observation protocol."""
+    """One analysis of the test period under one observation protocol: guided diffusion
+    sampling (rule assimilate), or optimal interpolation or the climatology (rule
+    assimilate_classical, this rule on CPUs)."""
     input:
         unpack(analysis_inputs),
     output:
@@ -15,7 +22,10 @@ rule assimilate:
     benchmark:
         f"{BENCHMARKS}/assimilate/{{protocol}}/{{method}}/{{axis}}-{{value}}.tsv"
     wildcard_constraints:
-        protocol=rf"(?!(?:{COPIED_CELLS})\.nc$)(?:paper|physical)",
+        protocol=COMPUTED_PROTOCOL,
+        method=one_of(DIFFUSION_METHODS),
+    group:
+        analysis_group("analyses", DIFFUSION_METHODS)
     conda:
         "../../envs/torch.yaml"
     threads: config["resources"]["assimilate_threads"]
@@ -31,6 +41,18 @@ rule assimilate:
         seed=config["seed"],
     script:
         "../scripts/assimilate.py"
+
+
+# Optimal interpolation and the climatology: no network, no GPU.
+use rule assimilate as assimilate_classical with:
+    wildcard_constraints:
+        protocol=COMPUTED_PROTOCOL,
+        method=one_of(CLASSICAL_METHODS),
+    group:
+        analysis_group("classical", CLASSICAL_METHODS)
+    resources:
+        mem_mb=config["resources"]["classical_mem_mb"],
+        runtime=60,
 
 
 rule oi_background:

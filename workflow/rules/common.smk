@@ -6,6 +6,7 @@ from pathlib import Path
 
 from snakemake.common.configfile import load_configfile
 
+from slams.cluster import balanced_groups, group_id
 from slams.config import (
     ConfigError,
     analysis_cells,
@@ -16,6 +17,7 @@ from slams.config import (
     setting_parameters,
     validate_config,
 )
+from slams.methods import DIFFUSION_METHODS
 from slams.methods import METHODS as METHOD_SPECS
 from slams.report import case_figure_stem
 from slams.sampling import SamplerSettings
@@ -58,7 +60,7 @@ CELLS = analysis_cells(
     config
 )  # every analysis file, as (protocol, method, axis, value)
 # Cells whose analysis another cell already computes -> that cell, as wildcards; a regex of
-# their paths (<protocol>/<method>/<axis>-<value>) keeps them apart from rule assimilate.
+# their paths (<protocol>/<method>/<axis>-<value>) keeps them from assimilate(_classical).
 SAME_ANALYSIS = {
     cell: dict(zip(CELL_KEYS, source))
     for cell, source in analysis_sources(config).items()
@@ -98,6 +100,16 @@ LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 
 SPACES = [METHOD_SPECS[m].space for m in METHODS if METHOD_SPECS[m].space]
+# The methods that sample with a score network (DIFFUSION_METHODS: rule assimilate, on a GPU)
+# and those that need none: optimal interpolation and the climatology (rule
+# assimilate_classical, on CPUs). Their alternations are the two rules' `method` constraints:
+# exactly one rule makes each analysis.
+CLASSICAL_METHODS = tuple(m for m in METHOD_SPECS if m not in DIFFUSION_METHODS)
+# The analyses a rule computes (the rest are copies, rule same_analysis), method by method.
+COMPUTED_CELLS = sorted(
+    (cell for cell in CELLS if cell not in SAME_ANALYSIS),
+    key=lambda cell: list(METHOD_SPECS).index(cell[1]),
+)
 LATENT_SETS = sorted({METHOD_SPECS[m].modalities for m in METHODS} - {None})
 for _set in LATENT_SETS:
     if _set not in MODALITIES:
@@ -181,6 +193,36 @@ def gpu_resources(kind):
     if res["gpu_rules_use_gpu"]:
         resources["gpu"] = 1
     return resources
+
+
+def one_of(names):
+    """A wildcard constraint that matches exactly one of ``names``."""
+    return "|".join(re.escape(name) for name in names)
+
+
+def analysis_group(name, methods):
+    """The `group:` of the analyses of ``methods``: group jobs ``<name>-0``, ``<name>-1``, ...
+    of near-equal size (slams.cluster.balanced_groups over the run's analyses of these
+    methods, in COMPUTED_CELLS' order), each of at most the cluster profile's
+    `group-components: <name>=n`; no group where the profile sets none. Balanced over every
+    analysis of the config: a run that computes only some of them groups what is left of each
+    group job."""
+    cells = [cell for cell in COMPUTED_CELLS if cell[1] in methods]
+
+    def group_of(wildcards):
+        # the profile's settings reach the workflow after the Snakefile is read: look now
+        settings = workflow.group_settings
+        largest = settings.group_components.get(name) if settings is not None else None
+        cell = tuple(wildcards[key] for key in CELL_KEYS)
+        if not largest or cell not in cells:
+            return None
+        group = group_id(name, balanced_groups(cells, largest)[cell])
+        # group-components finds a group id's size under its parent's name, as it does for a
+        # group named with wildcards
+        workflow.parent_groupids[group] = name
+        return group
+
+    return group_of
 
 
 def assimilation_params(wildcards):
