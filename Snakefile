@@ -6,6 +6,8 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
+from slams.preflight import preflight
+
 min_version("9.0")
 
 
@@ -21,6 +23,21 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/assimilate.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
+
+
+# Before any job is submitted (slams.preflight): free disk for the downloads, the packages of
+# the chosen data routes and, under Slurm, memory requests against predicted peaks. A dry run
+# prints what it finds; a run stops on it (onstart: after the DAG, before the first job).
+# --config preflight=False skips it.
+PREFLIGHT_PATHS = dict(
+    raw=RAW, era5_month=ERA5_MONTH, olr_all=OLR_ALL, regridded=REGRIDDED
+)
+if workflow.output_settings.dryrun:
+    preflight(workflow, config, PREFLIGHT_PATHS)
+
+
+onstart:
+    preflight(workflow, config, PREFLIGHT_PATHS)
 
 
 rule all:
