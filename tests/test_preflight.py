@@ -3,6 +3,7 @@
 import calendar
 import copy
 import importlib.util
+import os
 import re
 import sys
 import types
@@ -120,6 +121,18 @@ def test_a_disk_too_small_is_one_line_with_what_to_free(paper, tmp_path):
     assert "CPC 8.7 GB" in line and "OLR " in line and "regridded " in line
     assert line.endswith(f": free {pf.human_bytes(need - 120e9)} more or set data.years")
     assert pf.check_disk(paper, paths, disk_usage=lambda _: SimpleNamespace(free=need)) == []
+
+
+def test_a_run_of_some_targets_counts_only_the_files_its_jobs_make(paper, tmp_path):
+    """Once the DAG is built, only the outputs of the jobs that will run count: a run of one
+    CPC year fits a disk far smaller than the whole paper's downloads."""
+    paths = paths_under(tmp_path)
+    planned = pf.planned_files(paper, paths)
+    cpc = [i for i in planned if i.source == "CPC" and i.year == 2001]
+    needed = {os.path.normpath(i.path) for i in cpc}
+    small = SimpleNamespace(free=sum(i.nbytes for i in cpc) + 1)
+    assert pf.check_disk(paper, paths, disk_usage=lambda _: small, needed=needed) == []
+    assert pf.check_disk(paper, paths, disk_usage=lambda _: small)  # every file: short
 
 
 def test_the_free_space_is_that_of_the_nearest_existing_folder(paper, tmp_path):

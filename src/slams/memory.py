@@ -40,8 +40,8 @@ FLOAT = 4  # bytes of float32
 # and the library (the climatology of a demo cell, 364 MB; a data stage's, 326-347 MB).
 TORCH_PROCESS_MB = 360
 DATA_PROCESS_MB = 330
-# What running a network adds whatever its size (oneDNN's primitives and scratch buffers, the
-# allocator's arenas per thread): the demo's training, encoding and analysis jobs, 140-200 MB.
+# What running a network or a large linear solve adds whatever its size (oneDNN's primitives
+# and scratch buffers, the allocator's arenas per thread): 140-250 MB in the demo's jobs.
 COMPUTE_MB = 200
 # Float32 values a window's forward pass keeps for its backward pass, and the backward pass's
 # own peak, per channel and pixel of a residual block (ACTIVATION_FACTOR) and per channel
@@ -70,8 +70,6 @@ DATASET_YEAR_COPIES = 4.0
 # fourth day (36 MB a day).
 OI_COPIES = 0.8
 OI_OBSERVED_COPIES = 12.5
-# Copies of an analysis file (members, truth, observations) a scoring or figure job holds.
-SCORING_COPIES = 2.0
 
 
 @dataclass(frozen=True)
@@ -232,6 +230,7 @@ def analysis(config: Mapping, method: str, wildcards: Mapping[str, str] | None =
     }
     if spec.space is None:  # optimal interpolation or the climatology
         if spec.family == "oi":
+            parts["compute"] = COMPUTE_MB * MB
             rank = int(config["assimilation"].get("oi", {}).get("rank", 200))
             channels = sizes.levels + 2 * (method == "oi-both")
             parts["background"] = 2 * rank * channels * sizes.grid * FLOAT
@@ -308,7 +307,8 @@ def encoding(config: Mapping) -> Prediction:
     parts = {
         "process": TORCH_PROCESS_MB * MB,
         "compute": COMPUTE_MB * MB,
-        "activations": 2 * FLOAT * batch * _autoencoder_features(config, sizes.grid),
+        # no graph: a few of a batch's hidden layers alive at once
+        "activations": 4 * FLOAT * batch * int(config["autoencoder"]["hidden"]) * sizes.grid,
         "latents": sizes.train_days * latent * sizes.grid // down**2 * FLOAT,
     }
     return Prediction(_mb(parts), _mb({"a": parts["activations"], "c": 500 * MB}),
@@ -362,18 +362,10 @@ def oi_background(config: Mapping, method: str) -> Prediction:
     dim = channels * sizes.grid
     parts = {
         "process": TORCH_PROCESS_MB * MB,
+        "compute": COMPUTE_MB * MB,
         "range": 3 * (rank + 10) * dim * 8,
         "days": 64 * dim * 8 * 2,
     }
-    return Prediction(_mb(parts), 0, tuple(parts.items()))
-
-
-def scoring(config: Mapping) -> Prediction:
-    """A job that reads analyses one at a time (evaluate, the figures): the largest analysis
-    file and the truth and observations beside it, a few copies while scoring."""
-    sizes = Sizes.of(config)
-    analysis_bytes = (sizes.members + 3) * sizes.test_days * sizes.levels * sizes.grid * FLOAT
-    parts = {"process": TORCH_PROCESS_MB * MB, "analysis": SCORING_COPIES * analysis_bytes}
     return Prediction(_mb(parts), 0, tuple(parts.items()))
 
 
@@ -398,8 +390,8 @@ def predicted(rule: str, wildcards: Mapping[str, str], config: Mapping) -> Predi
         return dataset_building(config)
     if rule == "oi_background":
         return oi_background(config, wildcards.get("method", "oi"))
-    if rule in SCORING_RULES:
-        return scoring(config)
+    # the scoring and figure jobs (SCORING_RULES) have no prediction: none of them has run at
+    # the paper's size, and a guess could stop the run there for nothing
     if rule == "report_config":
         return Prediction(DATA_PROCESS_MB)
     return None

@@ -219,12 +219,17 @@ def check_disk(
     paths: Mapping[str, str],
     exists: Callable[[str], bool] = os.path.exists,
     disk_usage: Callable[[str], object] | None = None,
+    needed: set[str] | None = None,
 ) -> list[str]:
     """One line per file system that cannot hold the planned files (:func:`planned_files`):
     ``shutil.disk_usage`` of the nearest existing folder above each file, the files grouped by
-    the device that folder is on (``resources/`` or a part of it may be a link elsewhere)."""
+    the device that folder is on (``resources/`` or a part of it may be a link elsewhere).
+    ``needed``: the outputs of the jobs the run will execute (known once the DAG is built),
+    so that a run of some targets counts only their downloads; ``None``: every planned file."""
     disk_usage = disk_usage or shutil.disk_usage
     planned = planned_files(config, paths, exists)
+    if needed is not None:
+        planned = [item for item in planned if os.path.normpath(item.path) in needed]
     groups: dict[int, tuple[Path, list[PlannedFile]]] = {}
     folders: dict[Path, tuple[int, Path]] = {}
     for item in planned:
@@ -522,10 +527,11 @@ def run_checks(
     *,
     conda_envs: str | Path | None = None,
     rules: Iterable[RuleView] | None = None,
+    needed: set[str] | None = None,
 ) -> list[str]:
-    """Every finding, one line each: disk, packages, and memory where ``rules`` are given
-    (the Slurm executor)."""
-    lines = check_disk(config, paths) + check_packages(config, conda_envs)
+    """Every finding, one line each: disk (of the ``needed`` files where given), packages,
+    and memory where ``rules`` are given (the Slurm executor)."""
+    lines = check_disk(config, paths, needed=needed) + check_packages(config, conda_envs)
     if rules is not None:
         lines += check_memory(config, rules)
     return lines
@@ -589,6 +595,15 @@ def _rule_views(workflow) -> list[RuleView]:
     return views
 
 
+def _needed_outputs(workflow) -> set[str] | None:
+    """The outputs of every job the run will execute (``onstart``: the DAG is built), or None
+    where Snakemake does not show them."""
+    try:
+        return {os.path.normpath(str(f)) for job in workflow.dag.needrun_jobs() for f in job.output}
+    except Exception:  # an internal of Snakemake's: without it, plan every file
+        return None
+
+
 def preflight(workflow, config: Mapping, paths: Mapping[str, str]) -> None:
     """The Snakefile's hook (see the module's docstring): a dry run logs each finding as a
     warning; a real run raises a WorkflowError listing them, before any job is submitted, and
@@ -609,6 +624,7 @@ def preflight(workflow, config: Mapping, paths: Mapping[str, str]) -> None:
         paths,
         conda_envs=workflow.basedir if conda else None,
         rules=_rule_views(workflow) if slurm else None,
+        needed=None if dry_run else _needed_outputs(workflow),
     )
     skip = "--config preflight=False skips these checks"
     if dry_run:
