@@ -136,7 +136,7 @@ def graph_windows(sizes: Sizes, every: int) -> int:
     windows fit in ``chunk``: as many members as fit; else a member, ``chunk`` windows at a
     time)."""
     count = max(1, sizes.test_days - sizes.window + 1)
-    owned = min(count, max(1, math.ceil(count / max(1, every))) + 2)
+    owned = min(count, max(1, math.ceil(count / max(1, every))) + 1)
     if count <= sizes.chunk:
         group = min(sizes.members, max(1, sizes.chunk // count))
         return group * owned
@@ -230,10 +230,10 @@ def analysis(config: Mapping, method: str, wildcards: Mapping[str, str] | None =
     }
     if spec.space is None:  # optimal interpolation or the climatology
         if spec.family == "oi":
-            parts["compute"] = COMPUTE_MB * MB
             rank = int(config["assimilation"].get("oi", {}).get("rank", 200))
             channels = sizes.levels + 2 * (method == "oi-both")
-            parts["background"] = 2 * rank * channels * sizes.grid * FLOAT
+            # its EOFs and their float64 copy
+            parts["background"] = 4 * rank * channels * sizes.grid * FLOAT
             # every member-day at once, in float64, with the observed days' increments
             every = _observed_every(config, wildcards)
             copies = OI_COPIES + OI_OBSERVED_COPIES / every
