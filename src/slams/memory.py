@@ -27,6 +27,7 @@ that use one (the network's parameters, activations and state on the device).
 
 from __future__ import annotations
 
+import calendar
 import math
 import sys
 from collections.abc import Mapping
@@ -112,8 +113,7 @@ class Sizes:
 
 
 def _days_in_years(first: int, last: int) -> int:
-    return sum(366 if (y % 4 == 0 and y % 100 != 0) or y % 400 == 0 else 365
-               for y in range(int(first), int(last) + 1))  # fmt: skip
+    return sum(366 if calendar.isleap(y) else 365 for y in range(int(first), int(last) + 1))
 
 
 def _days_between(first: str, last: str) -> int:
