@@ -49,6 +49,11 @@ report: $(STAMP)
 gpu-benchmark: $(STAMP)
 	$(BIN)/python benchmarks/gpu.py --device cuda --out results/gpu-benchmark.md
 
+# The documentation site (mkdocs.yml, docs/) into site/; any warning fails it (--strict).
+.PHONY: docs
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n --configfile presets/demo.yaml
 

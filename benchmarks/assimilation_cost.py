@@ -17,12 +17,14 @@ from pathlib import Path
 import pandas as pd
 import xarray as xr
 
+from slams.paths import analysis_path, benchmarks_dir
+
 
 def costs(run: Path) -> pd.DataFrame:
     rows = []
-    for tsv in sorted((run / "benchmarks" / "assimilate").glob("*/*/*.tsv")):
+    for tsv in sorted((Path(benchmarks_dir(run)) / "assimilate").glob("*/*/*.tsv")):
         protocol, method, setting = tsv.parent.parent.name, tsv.parent.name, tsv.stem
-        analysis = run / "analysis" / protocol / method / f"{setting}.nc"
+        analysis = Path(analysis_path(run, protocol, method, *setting.split("-", 1)))
         if not analysis.exists():
             continue
         bench = pd.read_csv(tsv, sep="\t")

@@ -24,10 +24,10 @@ import argparse
 import time
 
 import torch
-from sampler_step import sizes
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from slams.benchmark import network_sizes
 from slams.models import for_sampling
 from slams.nn import ScoreUNet
 
@@ -92,7 +92,7 @@ def main() -> None:
           "| ceiling: convolutions at that rate too |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for preset in args.preset:
-        for space, (channels, (height, width), network) in sizes(preset).items():
+        for space, (channels, (height, width), network) in network_sizes(preset).items():
             torch.manual_seed(0)
             net = ScoreUNet(args.window * channels, network["hidden"], network["blocks"])
             net = net.eval().requires_grad_(False)

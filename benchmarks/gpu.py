@@ -14,7 +14,7 @@ one table, in a few minutes (``make gpu-benchmark`` on a CUDA machine).
    the costliest latent network's; ``--chosen-steps`` / ``--chosen-corrections`` override
    it). An analysis's time
    scales with its network calls, ``steps + corrections x (corrected steps)``, the count
-   ``benchmarks/steps.py`` reports (corrections skipped below ``correction_min_sigma`` cost
+   ``studies/steps.py`` reports (corrections skipped below ``correction_min_sigma`` cost
    nothing; one call is half the timed step of predictor + correction). Every window
    of the timed batch is observed, so where observations skip days (only the windows that
    own an observed day need the backward pass) the projection is an upper bound.
@@ -39,47 +39,26 @@ import time
 from pathlib import Path
 
 import torch
-from sampler_step import problem, sizes, time_step
-from steps import network_calls
 
-from slams.config import load_config, method_assimilation
+from slams.benchmark import (
+    PROJECTED_NETWORKS,
+    costliest_sampler,
+    guided_problem,
+    network_sizes,
+    time_step,
+)
+from slams.config import load_config
 from slams.diffusion import VPSDE
+from slams.paths import PROJECT_ROOT, schema_path
 
 HERE = Path(__file__).resolve().parent
-
-
-# The timed networks (sampler_step.sizes) and the methods whose samplers each one projects:
-# the latent U-Net's time at the costliest of the latent networks' samplers.
-NETWORKS = {"pixel": ("pixel", "pixel-both"),
-            "latent": ("latent-none", "latent-insitu", "latent-exsitu", "latent-both")}  # fmt: skip
-
-
-def chosen(args, section: dict, methods) -> tuple[int, str]:
-    """Network calls and name of the costliest sampler of ``methods`` in the assimilation
-    section ``section`` (``assimilation.sampler_by_space`` applied; ``--chosen-steps`` /
-    ``--chosen-corrections`` override)."""
-    out = []
-    for method in methods:
-        sampler = method_assimilation(section, method)["sampler"]
-        steps = args.chosen_steps if args.chosen_steps is not None else sampler["steps"]
-        corrections = sampler["corrections"]
-        if args.chosen_corrections is not None:
-            corrections = args.chosen_corrections
-        min_sigma, grid = sampler["correction_min_sigma"], sampler["correction_grid_steps"]
-        calls = network_calls(steps, corrections, min_sigma, grid)
-        name = (f"{sampler['solver']} {steps} + {corrections}"
-                + (f" (σ ≥ {min_sigma:g})" if corrections and min_sigma else "")
-                + (f" (at {grid} steps' σ)" if corrections and grid and grid < steps
-                   else ""))  # fmt: skip
-        out.append((calls, f"{name}, {calls} calls"))
-    return max(out)
 
 
 def sampler_rows(args, device: torch.device) -> list[dict]:
     preset = "demo" if args.quick else "paper"
     rows = []
-    for space, (channels, (height, width), network) in sizes(preset).items():
-        denoiser, shape, guidances = problem(
+    for space, (channels, (height, width), network) in network_sizes(preset).items():
+        denoiser, shape, guidances = guided_problem(
             channels, height, width, network, args.window, args.batch, device
         )
         for dtype in ("fp32", "bf16"):
@@ -199,7 +178,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--days", type=int, default=29)
-    parser.add_argument("--config", type=Path, nargs="+", default=[HERE.parent / "config.yaml"],
+    parser.add_argument("--config", type=Path, nargs="+", default=[PROJECT_ROOT / "config.yaml"],
                         help="project this config's sampler (default: config.yaml; overlays "
                         "after it, as --configfile)")  # fmt: skip
     parser.add_argument("--chosen-steps", type=int, help="default: the config's")
@@ -210,9 +189,11 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu.py: no CUDA device here; use --device cpu --quick to check the script")
-    schema = HERE.parent / "workflow" / "schemas" / "config.schema.yaml"
-    section = load_config(*args.config, schema_path=schema)["assimilation"]
-    args.chosen = {space: chosen(args, section, methods) for space, methods in NETWORKS.items()}
+    section = load_config(*args.config, schema_path=schema_path())["assimilation"]
+    args.chosen = {
+        space: costliest_sampler(section, methods, args.chosen_steps, args.chosen_corrections)
+        for space, methods in PROJECTED_NETWORKS.items()
+    }
     args.batch = args.batch or (8 if args.quick else 40)
     args.repeats = args.repeats or (1 if args.quick else 3)
     start = time.perf_counter()

@@ -46,15 +46,16 @@ def child(args: argparse.Namespace) -> dict:
     """One analysis in this process; its peak resident memory and sizes."""
     import torch
 
+    from slams.assimilation import assimilate_case
     from slams.config import method_assimilation, run_config
-    from slams.runs import assimilate_case
+    from slams.paths import dataset_path
     from slams.workflow import set_threads
 
     set_threads(args.threads)
     config = run_config(args.run)
     section = method_assimilation(config["assimilation"], args.method)
-    section.update(members=args.members, chunk_windows=args.chunk, window_days=None)
-    with __import__("xarray").open_dataset(Path(args.run) / "dataset" / "test.nc") as test:
+    section.update(members=args.members, windows_per_call=args.chunk, segment_days=None)
+    with __import__("xarray").open_dataset(dataset_path(args.run, "test")) as test:
         times = test["time"].values
     days = min(args.days or len(times), len(times))
     section["period"] = [str(times[0])[:10], str(times[days - 1])[:10]]
@@ -88,9 +89,9 @@ def _state_bytes(args, config, analysis, days: int) -> int:
         channels = levels + 2 * (args.method == "pixel-both")
         return days * channels * height * width * 4
     from slams.models import load_model
+    from slams.paths import autoencoder_name, model_path
 
-    autoencoder, _ = load_model(Path(args.run) / f"models/autoencoder-{spec.modalities}.pt",
-                                "cpu")  # fmt: skip
+    autoencoder, _ = load_model(model_path(args.run, autoencoder_name(spec.modalities)), "cpu")
     down = autoencoder.downsample
     channels = config["autoencoder"]["latent_channels"]
     return days * channels * (height // down) * (width // down) * 4

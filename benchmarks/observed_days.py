@@ -22,10 +22,10 @@ import time
 from functools import partial
 
 import torch
-from sampler_step import problem, sizes
 
+from slams.benchmark import guided_problem, network_sizes
 from slams.diffusion import VPSDE, GaussianGuidance, MomentMatchingGuidance
-from slams.observe import MeasurementOperator, observed_days
+from slams.observations import MeasurementOperator, observed_days
 
 
 def seconds(calls, repeats: int) -> list[float]:
@@ -61,10 +61,10 @@ def main() -> None:
     print("| space | days | observed every | windows with a graph | guidance "
           "| all windows (ms) | observed windows (ms) | speed-up | max difference |")  # fmt: skip
     print("|---|---:|---:|---:|---|---:|---:|---:|---:|")
-    for space, (channels, (height, width), network) in sizes(args.preset).items():
+    for space, (channels, (height, width), network) in network_sizes(args.preset).items():
         if space not in args.space:
             continue
-        denoiser, _, _ = problem(channels, height, width, network, args.window, 1, "cpu")
+        denoiser, _, _ = guided_problem(channels, height, width, network, args.window, 1, "cpu")
         denoiser.chunk = args.chunk
         for length in args.days:
             for every in args.every:

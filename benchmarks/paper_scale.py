@@ -30,6 +30,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from slams.paths import analysis_path, run_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "presets" / "paper-scale.yaml"
 METHODS = ("pixel", "latent-none", "oi", "climatology")
@@ -44,7 +46,8 @@ def targets(preset: Path, cell: str) -> list[str]:
     import yaml
 
     name = yaml.safe_load(preset.read_text())["name"]
-    return [f"results/{name}/analysis/physical/{method}/{cell}.nc" for method in METHODS]
+    axis, value = cell.split("-", 1)
+    return [analysis_path(run_dir(name), "physical", method, axis, value) for method in METHODS]
 
 
 def run_workflow(workdir: Path, cores: int, backend: str, preset: Path, cell: str,

@@ -6,9 +6,10 @@ two evaluations of the (guided) noise prediction. The network batch is ``--batch
 an ``L``-day trajectory costs ``M (L - K + 1) / batch`` times the figure printed here (the
 Markov-blanket windows of all members go through the network as one batch).
 
-Sizes come from the configs: pixel = the temperature levels on the target grid with the
-``score.pixel`` network; latent = ``autoencoder.latent_channels`` on the (downsampled) grid with
-the ``score.latent`` network. The observation is A = 4x4 block means on every day.
+Sizes come from the configs (:func:`slams.benchmark.network_sizes`): pixel = the temperature
+levels on the target grid with the ``score.pixel`` network; latent =
+``autoencoder.latent_channels`` on the (downsampled) grid with the ``score.latent`` network.
+The observation is A = 4x4 block means on every day.
 ``--compile`` wraps the U-Net in ``torch.compile`` (inductor); the "first step" column is the
 warm-up step, which then includes the compilation of the forward and backward graphs. Usage::
 
@@ -20,88 +21,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from pathlib import Path
 
 import torch
 
-from slams.config import grid_shape, load_config
-from slams.diffusion import (
-    VPSDE,
-    GaussianGuidance,
-    MarkovBlanketDenoiser,
-    MomentMatchingGuidance,
-    sample,
-)
-from slams.models import for_sampling
-from slams.nn import ScoreUNet
-from slams.observe import MeasurementOperator
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {
-    "demo": [ROOT / "config.yaml", ROOT / "presets/demo.yaml"],
-    "paper": [ROOT / "config.yaml"],
-}
-
-
-def sizes(preset: str) -> dict[str, tuple[int, tuple[int, int], dict]]:
-    config = load_config(*CONFIGS[preset], schema_path=ROOT / "workflow/schemas/config.schema.yaml")
-    height, width = grid_shape(config["data"]["resolution"])
-    factor = config["autoencoder"].get("downsample", 1)
-    latent_grid = (height // factor, width // factor)
-    return {
-        "pixel": (len(config["data"]["levels"]), (height, width), config["score"]["pixel"]),
-        "latent": (
-            config["autoencoder"]["latent_channels"],
-            latent_grid,
-            config["score"]["latent"],
-        ),
-    }
-
-
-def problem(channels, height, width, network, window, batch, device, compile_net=False):
-    """A score U-Net of random weights behind the Markov blanket, the shape of ``batch``
-    windows, and SDA and MMPS guidances of 4 x 4 block means of every day (variance 0.1)."""
-    torch.manual_seed(0)
-    net = ScoreUNet(window * channels, network["hidden"], network["blocks"])
-    net = for_sampling(net.to(device).eval().requires_grad_(False))  # as the workflow samples
-    if compile_net:
-        # The guidance's vector-Jacobian product keeps the graph (retain_graph=True), which
-        # compiled backward graphs refuse with donated buffers.
-        from torch._functorch import config as functorch_config
-
-        functorch_config.donated_buffer = False
-        net = torch.compile(net)
-    denoiser = MarkovBlanketDenoiser(net, window=window)
-    operator = MeasurementOperator(coarsen=4)
-    y = torch.randn(1, window, channels, height // 4, width // 4, device=device)
-    guidances = {
-        "sda": GaussianGuidance(operator, y, 0.1),
-        "mmps": MomentMatchingGuidance(operator, y, 0.1, cg_iterations=3),
-    }
-    return denoiser, (batch, window, channels, height, width), guidances
-
-
-def time_step(eps_fn, shape, device, dtype, repeats: int) -> list[float]:
-    """Seconds per sampler step (predictor + 1 correction), measured over 1-step samplings;
-    the first entry is the warm-up step."""
-    sde = VPSDE()
-    times = []
-    for i in range(repeats + 1):  # the first run warms up (allocations, kernels)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        sample(eps_fn, shape, sde, steps=1, corrections=1, device=device, progress=False,
-               dtype=dtype, generator=torch.Generator(device=device).manual_seed(i))  # fmt: skip
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return times
+from slams.benchmark import PRESETS, guided_problem, network_sizes, time_step
+from slams.diffusion import VPSDE
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", nargs="+", default=["demo", "paper"], choices=list(CONFIGS))
+    parser.add_argument("--preset", nargs="+", default=["demo", "paper"], choices=list(PRESETS))
     parser.add_argument("--space", nargs="+", default=["pixel", "latent"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--window", type=int, default=5)
@@ -120,10 +49,10 @@ def main() -> None:
           "| first step (s) |")  # fmt: skip
     print("|---|---|---|---|---:|---:|---:|---:|")
     for preset in args.preset:
-        for space, (channels, (height, width), network) in sizes(preset).items():
+        for space, (channels, (height, width), network) in network_sizes(preset).items():
             if space not in args.space:
                 continue
-            denoiser, shape, problems = problem(
+            denoiser, shape, problems = guided_problem(
                 channels, height, width, network, args.window, args.batch, device, args.compile
             )
 

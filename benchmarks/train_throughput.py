@@ -24,15 +24,10 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {
-    "demo": [ROOT / "config.yaml", ROOT / "presets/demo.yaml"],
-    "paper": [ROOT / "config.yaml"],
-}
+from slams.benchmark import PRESETS
 
 
 def build(preset: str, model: str, downsample: int):
@@ -42,10 +37,10 @@ def build(preset: str, model: str, downsample: int):
     from slams.nn import AutoEncoder, ScoreUNet
     from slams.train import autoencoder_loss, score_loss
 
-    config = load_config(*CONFIGS[preset], schema_path=ROOT / "workflow/schemas/config.schema.yaml")
+    config = load_config(*PRESETS[preset])
     height, width = grid_shape(config["data"]["resolution"])
     levels = len(config["data"]["levels"])
-    ae, window = config["autoencoder"], config["score"]["window"]
+    ae, window = config["autoencoder"], config["score"]["blanket_days"]
     if model == "autoencoder":
         net = AutoEncoder(levels + 4, levels, ae["latent_channels"], ae["hidden"], ae["layers"],
                           ae["kernel_size"], downsample=downsample)  # fmt: skip
@@ -63,7 +58,7 @@ def training_days(preset: str) -> float:
     """Days of the training split (one sample per day for every kind of network)."""
     from slams.config import load_config
 
-    config = load_config(*CONFIGS[preset], schema_path=ROOT / "workflow/schemas/config.schema.yaml")
+    config = load_config(*PRESETS[preset])
     first, last = config["split"]["train"]
     return 365.25 * (last - first + 1)
 
@@ -110,7 +105,7 @@ def run_one(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", nargs="+", default=["demo", "paper"], choices=list(CONFIGS))
+    parser.add_argument("--preset", nargs="+", default=["demo", "paper"], choices=list(PRESETS))
     parser.add_argument("--model", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--models", nargs="+", default=["autoencoder", "pixel", "latent"])
     parser.add_argument("--downsample", type=int, nargs="+", default=[1, 2])

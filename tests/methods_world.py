@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from slams.baselines import Background
+from slams.methods.oi import Background
 from slams.models import autoencoder_inputs, save_model
 from slams.nn import AutoEncoder, ScoreUNet
 
@@ -25,7 +25,7 @@ LATENT_CHANNELS = 3
 MEASUREMENT = {"coarsen": 2, "gap": 1, "noise": 0.1, "every": 2}
 ASSIMILATION = {
     "members": 2,
-    "window_days": DAYS,
+    "segment_days": DAYS,
     "period": None,
     "sampler": {"steps": 3, "corrections": 1},
     "observation_variance": {"precip": 0.1, "olr": 0.2},

@@ -200,6 +200,6 @@ def test_the_papers_jobs_fit_one_gpu_node(tmp_path):
     assert "| analyses (group of 6 assimilate) | 20 | gpu | 4 | 40000 | 1 | 1440 |" in table(
         requests
     )
-    # README.md's table is this one
-    block = generated_block(ROOT / "README.md", "python -m slams.cluster")
-    assert block == table(requests), "run: python -m slams.cluster --readme"
+    # docs/cluster.md's table is this one
+    block = generated_block(ROOT / "docs/cluster.md", "python -m slams.cluster")
+    assert block == table(requests), "run: python -m slams.cluster --docs"

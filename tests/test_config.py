@@ -4,12 +4,15 @@ import pytest
 import yaml
 
 from slams.config import (
+    RENAMED_KEYS,
     ConfigError,
     analysis_cells,
     analysis_sources,
     format_value,
     grid_shape,
+    layer,
     load_config,
+    load_schema,
     setting_parameters,
     settings,
     validate_config,
@@ -41,7 +44,7 @@ def test_the_paper_scale_preset_keeps_the_papers_grid_and_network_sizes(root):
         assert scale["data"][key] == paper["data"][key]
     for section, keys in (("autoencoder", ("latent_channels", "hidden", "layers", "kernel_size",
                                            "batch_size")),
-                          ("score", ("window", "pixel", "latent"))):  # fmt: skip
+                          ("score", ("blanket_days", "pixel", "latent"))):  # fmt: skip
         for key in keys:
             assert scale[section][key] == paper[section][key], (section, key)
     # the real sources' grids, three years for the three splits, capped training
@@ -268,9 +271,9 @@ def test_a_sampler_per_network_overlays_the_shared_one(paper, schema):
     validate_config(config, schema)
     assert method_assimilation(config["assimilation"], "latent-none")["sampler"] == shared
     # the schema's keys are the score networks, every one
-    spaces = yaml.safe_load(schema.read_text())["properties"]["assimilation"]["properties"][
-        "sampler_by_space"
-    ]["propertyNames"]["enum"]
+    spaces = load_schema(schema)["properties"]["assimilation"]["properties"]["sampler_by_space"][
+        "propertyNames"
+    ]["enum"]
     assert set(spaces) == {spec.space for spec in METHODS.values() if spec.space}
 
 
@@ -288,3 +291,81 @@ def test_a_wrong_sampler_per_network_names_the_key(paper, schema, overlay, key):
     with pytest.raises(ConfigError) as info:
         validate_config(config, schema)
     assert str(info.value).startswith(f"config error at {key}:"), str(info.value)
+
+
+def test_the_schema_takes_its_names_from_the_table_of_methods(schema, tmp_path):
+    """Whatever the schema file lists, the schema used for validation names exactly the
+    methods of slams.methods.METHODS, its score networks and its protocols."""
+    from slams.methods import METHODS, PROTOCOLS, SCORE_NETWORKS
+
+    def names(loaded):
+        section = loaded["properties"]["assimilation"]["properties"]
+        return (
+            section["methods"]["items"]["enum"],
+            section["sampler_by_space"]["propertyNames"]["enum"],
+            section["protocols"]["items"]["enum"],
+            section["cases_only"]["items"]["enum"],
+        )
+
+    expected = (list(METHODS), list(SCORE_NETWORKS), list(PROTOCOLS), list(PROTOCOLS))
+    assert names(load_schema(schema)) == expected
+    assert names(load_schema()) == expected  # the checkout's by default
+    # a file with stale lists of its own: the table's names replace them
+    stale = yaml.safe_load(schema.read_text())
+    section = stale["properties"]["assimilation"]["properties"]
+    section["methods"]["items"] = {"type": "string", "enum": ["pixel", "retired"]}
+    section["protocols"]["items"] = {"enum": ["paper"]}
+    section["sampler_by_space"]["propertyNames"] = {"enum": ["pixel"]}
+    path = tmp_path / "schema.yaml"
+    path.write_text(yaml.safe_dump(stale))
+    assert names(load_schema(path)) == expected
+
+
+def test_an_unknown_method_fails_in_one_line_naming_it(paper, schema):
+    config = copy.deepcopy(paper)
+    config["assimilation"]["methods"] = ["pixel", "latent-everything"]
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, schema)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("config error at assimilation.methods[1]: 'latent-everything'")
+
+
+@pytest.mark.parametrize(("old", "new"), list(RENAMED_KEYS.items()))
+def test_an_old_key_still_works_with_a_one_line_warning(paper, schema, caplog, old, new):
+    value = {"window": 7, "window_days": 29, "chunk_windows": 16}.get(old[-1], False)
+    renamed = copy.deepcopy(paper)
+    renamed[new[0]][new[1]] = value
+    deprecated = copy.deepcopy(paper)
+    deprecated[old[0]].pop(new[1], None)
+    deprecated[old[0]][old[1]] = value
+    with caplog.at_level("WARNING", logger="slams.config"):
+        validated = validate_config(deprecated, schema)
+    assert validated == validate_config(renamed, schema)  # the same effective config
+    assert old[1] not in validated[old[0]]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"config: {'.'.join(old)} is deprecated, use {'.'.join(new)}"
+    ]
+
+
+def test_an_old_and_a_new_key_together_fail_in_one_line(paper, schema):
+    config = copy.deepcopy(paper)
+    config["assimilation"]["windows_per_call"] = 16
+    config["assimilation"]["chunk_windows"] = 8
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, schema)
+    assert str(info.value) == (
+        "config error at assimilation.windows_per_call: assimilation.chunk_windows is its old "
+        "name; give only assimilation.windows_per_call"
+    )
+
+
+def test_an_overlays_old_key_overrides_the_new_key_below_it(paper, schema, caplog):
+    """An old overlay over the current config.yaml: its old key is renamed before the merge,
+    so it replaces config.yaml's value instead of clashing with it."""
+    with caplog.at_level("WARNING", logger="slams.config"):
+        config = layer([paper, {"score": {"window": 7}, "assimilation": {"chunk_windows": 8}}])
+    assert config["score"]["blanket_days"] == 7 and "window" not in config["score"]
+    assert config["assimilation"]["windows_per_call"] == 8
+    validate_config(config, schema)
+    assert len(caplog.records) == 2

@@ -23,7 +23,7 @@ from slams.diffusion import (
 )
 from slams.diffusion.analytic import GaussianPrior, posterior_agreement
 from slams.nn import ScoreUNet
-from slams.observe import MeasurementOperator
+from slams.observations import MeasurementOperator
 
 F64 = torch.float64
 SDE = VPSDE()
@@ -274,7 +274,7 @@ def test_the_second_order_solver_reaches_the_prior_in_fewer_steps(prior, steps):
 
 
 def test_the_langevin_step_keeps_the_total_langevin_time_of_the_reference_steps():
-    from slams.sampling import SamplerSettings
+    from slams.assimilation import SamplerSettings
 
     assert SamplerSettings(steps=64, tau=0.5).step_tau == 0.5  # the paper's: tau per step
     settings = SamplerSettings(steps=256, tau=0.5, tau_reference_steps=16)
@@ -317,7 +317,7 @@ def test_a_correction_grid_of_the_step_count_changes_nothing(prior):
 
 
 def test_the_langevin_step_on_a_correction_grid_is_that_of_the_grid():
-    from slams.sampling import SamplerSettings
+    from slams.assimilation import SamplerSettings
 
     grid = SamplerSettings(steps=256, tau=0.5, tau_reference_steps=32, correction_grid_steps=16)
     assert grid.step_tau == 0.5 * 32 / 16  # the corrections of 16 steps, at their size
@@ -674,6 +674,6 @@ def test_moment_matching_sampling_matches_kalman_posterior(prior, operator):
     # Measured (seeded): coarsen-2 0.982 / 0.976, gap-2 0.981 / 0.973. The ensemble mean of
     # 2000 members is off by ~1/sqrt(2000) of the posterior spread per point, which alone
     # caps the closed gap near 0.98; the spread is 2-3 % low, the integrator's O(dt) at 64
-    # steps (benchmarks/gaussian_posterior.py). SDA at the same setting: 0.76 / 0.73 (gap-2).
+    # steps (studies/gaussian_posterior.py). SDA at the same setting: 0.76 / 0.73 (gap-2).
     assert agreement["gap_closed"] > 0.95
     assert 0.93 < agreement["spread_ratio"] < 1.05

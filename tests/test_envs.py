@@ -109,7 +109,7 @@ def test_scripts_import_slams_from_their_own_folder_without_an_install():
     Snakemake's preamble puts on sys.path."""
     modules = sorted(set().union(*(_slams_imports(s) for s in
                                    set().union(*_rule_environments().values()))))  # fmt: skip
-    assert "slams.assimilate" in modules and "slams.data.download" in modules
+    assert "slams.assimilation" in modules and "slams.data.download" in modules
     code = (
         "import sys\n"
         f"sys.path += [{sysconfig.get_paths()['purelib']!r}, "

@@ -202,7 +202,7 @@ def test_download_rules_leave_retries_to_the_scripts():
         (["2021-12-20", "2022-01-10"], "is not inside the test split (2022)"),
         (["2022-03-10", "2022-03-01"], "2022-03-10 is after 2022-03-01"),
         (["2022-02-30", "2022-03-10"], "day is out of range for month"),
-        (["2022-03-01", "2022-03-02"], "2 days are fewer than score.window 5"),
+        (["2022-03-01", "2022-03-02"], "2 days are fewer than score.blanket_days 5"),
     ],
 )
 def test_a_period_outside_the_test_split_is_a_config_error(tmp_path, period, words):

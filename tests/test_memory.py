@@ -1,5 +1,5 @@
 """The memory model (slams.memory): its arithmetic, the requests of config.yaml against it, and
-the README's table of them, which must be what `python -m slams.memory` prints."""
+the table of them in docs/cluster.md, which must be what `python -m slams.memory` prints."""
 
 import pytest
 
@@ -25,11 +25,11 @@ def test_one_call_holds_the_graph_of_the_windows_that_own_observed_days(paper):
     sizes = Sizes.of(paper)
     assert sizes.test_days == 365 and sizes.grid == 120 * 240
     # 361 windows a member: more than a chunk, so a member at a time, a chunk at most
-    assert graph_windows(sizes, every=1) == sizes.chunk
-    every_fourth = Sizes(**{**sizes.__dict__, "chunk": 512})
+    assert graph_windows(sizes, every=1) == sizes.windows_per_call
+    every_fourth = Sizes(**{**sizes.__dict__, "windows_per_call": 512})
     assert graph_windows(every_fourth, every=4) == 91 + 1
     # a short period: whole members per call, as many as fit in a chunk
-    short = Sizes(**{**sizes.__dict__, "test_days": 16, "chunk": 64, "members": 4})
+    short = Sizes(**{**sizes.__dict__, "test_days": 16, "windows_per_call": 64, "members": 4})
     assert graph_windows(short, every=1) == 4 * 12
 
 
@@ -64,10 +64,10 @@ def test_config_requests_cover_every_predicted_peak_with_a_fifth_to_spare(paper)
     assert not short, short
 
 
-def test_the_readme_table_is_what_slams_memory_prints(root, paper):
-    block = generated_block(root / "README.md", "python -m slams.memory")
-    assert block is not None, "README.md lacks the generated memory table"
-    assert block == requests_table(paper), "run: python -m slams.memory --readme"
+def test_the_docs_table_is_what_slams_memory_prints(root, paper):
+    block = generated_block(root / "docs/cluster.md", "python -m slams.memory")
+    assert block is not None, "docs/cluster.md lacks the generated memory table"
+    assert block == requests_table(paper), "run: python -m slams.memory --docs"
 
 
 def test_every_gpu_job_states_its_device_memory(paper):

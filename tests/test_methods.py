@@ -6,14 +6,18 @@ import torch
 import xarray as xr
 from methods_world import ASSIMILATION, MEASUREMENT, WINDOW, make_split, method_paths, write_world
 
-from slams.assimilate import run_cell
+from slams.assimilation import Context, SamplerSettings, assimilate_states, run_cell
 from slams.diffusion import MarkovBlanketDenoiser
 from slams.diffusion.analytic import GaussianPrior, posterior_agreement
 from slams.methods import METHODS, observed_fields
 from slams.methods.latent import decoded_fields
-from slams.observations import Observations, ObservedField, build_observations
-from slams.observe import Measurement, MeasurementOperator
-from slams.sampling import Context, SamplerSettings, assimilate_states
+from slams.observations import (
+    Measurement,
+    MeasurementOperator,
+    Observations,
+    ObservedField,
+    build_observations,
+)
 
 PHYSICAL = ["pixel", "pixel-both", "latent-both", "oi", "oi-both", "climatology"]
 
@@ -204,7 +208,7 @@ def test_decoder_space_guidance_matches_the_exact_posterior(guidance, steps, cor
          "precip": ObservedField("precip", y_p, mask, torch.tensor(variances["precip"]))},
     )  # fmt: skip
     context = Context(
-        paths={}, stats={}, climatology_k=np.empty(0), members=2000, window_days=1, window=1,
+        paths={}, stats={}, climatology_k=np.empty(0), members=2000, segment_days=1, blanket_days=1,
         sampler=SamplerSettings(steps=steps, corrections=corrections, guidance=guidance,
                                 cg_iterations=8, solver=solver), progress=False,
     )  # fmt: skip
@@ -274,8 +278,7 @@ def test_oi_both_is_the_exact_joint_analysis_with_each_days_masks():
     """oi-both on a joint state (2 temperature levels, precipitation, OLR) with a dense
     background: the members' mean and variance are the exact Kalman analysis of each day, with
     that day's gauge and OLR masks (two days share a pattern) and each field's variance."""
-    from slams.baselines import Background
-    from slams.methods.oi import _joint_days
+    from slams.methods.oi import Background, _joint_days
 
     f64, levels, h, w, days = torch.float64, 2, 4, 8, 3
     shape = (levels + 2, h, w)

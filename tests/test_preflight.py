@@ -273,7 +273,7 @@ def test_a_request_below_the_predicted_peak_is_one_line_per_method(paper, predic
     assert line == (
         "preflight: assimilate pixel (paper coarsen-4) is predicted to peak at 61 GB, "
         "resources.assimilate_mem_mb asks 32 GB: raise it to at least 74000 or lower "
-        "assimilation.chunk_windows"
+        "assimilation.windows_per_call"
     )
     # every analysis computed (no copies), each asked once
     computed = [c for c in pf.analysis_cells(paper) if c not in analysis_sources(paper)]

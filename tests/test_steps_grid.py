@@ -1,4 +1,4 @@
-"""benchmarks/steps_grid.sh's designs: which steps.py measurements each one runs (a stand-in
+"""studies/steps_grid.sh's designs: which steps.py measurements each one runs (a stand-in
 for Python records the command lines; steps.py itself is tested in test_steps_*.py)."""
 
 import os
@@ -14,7 +14,7 @@ def _commands(tmp_path, design: str, **env: str) -> list[list[str]]:
     fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
     fake.chmod(0o755)
     env = {**os.environ, "PYTHON": str(fake), "DESIGN": design, **env}
-    subprocess.run(["bash", str(ROOT / "benchmarks/steps_grid.sh"), "RUN", str(tmp_path / "out")],
+    subprocess.run(["bash", str(ROOT / "studies/steps_grid.sh"), "RUN", str(tmp_path / "out")],
                    check=True, env=env, timeout=60)  # fmt: skip
     return [line.split() for line in log.read_text().splitlines()]
 

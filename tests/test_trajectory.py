@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from slams.assimilation import Context, SamplerSettings, assimilate_states
 from slams.diffusion import (
     VPSDE,
     GaussianGuidance,
@@ -16,9 +17,7 @@ from slams.diffusion import (
 )
 from slams.diffusion.analytic import GaussianTrajectory, posterior_agreement
 from slams.nn import ScoreUNet
-from slams.observations import Observations, ObservedField
-from slams.observe import Measurement
-from slams.sampling import Context, SamplerSettings, assimilate_states
+from slams.observations import Measurement, Observations, ObservedField
 
 F64 = torch.float64
 DAYS = (2, 5, 6, 9)
@@ -35,10 +34,10 @@ def trajectory_case(days=DAYS, seed=0):
 
 
 def analyse(prior, observations, guidance, steps, corrections, members=1000, window=3, seed=1,
-            window_days=None, chunk=None, **sampler):  # fmt: skip
+            segment_days=None, chunk=None, **sampler):  # fmt: skip
     context = Context(
         paths={}, stats={}, climatology_k=np.empty(0), members=members,
-        window_days=window_days or prior.length, window=window, progress=False,
+        segment_days=segment_days or prior.length, blanket_days=window, progress=False,
         sampler=SamplerSettings(steps=steps, corrections=corrections, guidance=guidance,
                                 cg_iterations=3, **sampler),
     )  # fmt: skip
@@ -63,7 +62,7 @@ def test_trajectory_posterior_through_the_blanket(guidance, steps, sampler):
     above sigma = 0.1 only (256 + 1: 98.9 % of the floor against 99.1 % at every step): the
     blanket needs the corrections at intermediate noise, not at low noise. With the Langevin time
     of 64 steps spread over 128 (``tau_reference_steps``), 94.9 % (64 + 1 itself: 93.6 %).
-    Without the correction MMPS closes only ~84 % (benchmarks/README.md): inside the blanket
+    Without the correction MMPS closes only ~84 % (CHANGELOG.md): inside the blanket
     the composed denoiser is approximate at intermediate noise, so MMPS is not exact there."""
     prior, observations, mean, cov = trajectory_case()
     members = 1000
@@ -117,7 +116,7 @@ def test_trajectory_posterior_with_the_config_sampler(root, method, share):
 def test_trajectory_posterior_with_the_second_order_sampler_at_64_calls():
     """Issue 25's second-order goal: DPM-Solver++(2M) at 8 steps + 7 corrections with the
     Langevin time of 96 steps (64 network calls) closes what 256 + 1 closes to within 2 points
-    (benchmarks/README.md, over four sampler seeds: 0.943 against 0.946). Here, against the
+    (CHANGELOG.md, over four sampler seeds: 0.943 against 0.946). Here, against the
     92 % of the exact samples' closure that the first-order test asks at 64 + 1 (128 calls), and
     its ensemble no more than 15 % too wide (measured 10 %)."""
     prior, observations, mean, cov = trajectory_case()
@@ -139,7 +138,7 @@ def test_trajectory_posterior_with_the_corrections_of_16_steps_at_64():
     Langevin time of 32 steps, on the noise levels of a 16-step grid (``correction_grid_steps``)
     while the predictor takes 64 steps, closes > 92 % of what the exact samples close (here
     0.923 of it, spread 1.02; with 2000 members 0.924 at 16, 64 and 256 steps alike,
-    benchmarks/README.md). The corrections are those of 16 steps whatever the steps."""
+    CHANGELOG.md). The corrections are those of 16 steps whatever the steps."""
     prior, observations, mean, cov = trajectory_case()
     members = 1000
     samples = analyse(prior, observations, "sda", 64, 2, members=members, window=5,
@@ -159,7 +158,7 @@ def guidance_problem():
     """The case's observations as one guidance's arguments ``(observe, y, variance, mask)``,
     the observed days, and a noised state of 3 members at 3 noise levels."""
     prior, observations, _, _ = trajectory_case()
-    local, fields = observations.window(0, prior.length)
+    local, fields = observations.segment(0, prior.length)
     field = fields["t"]
 
     def observe(x):
@@ -264,14 +263,14 @@ def test_one_pass_carries_an_observation_across_a_former_window_boundary():
     """Observe only day 6. In one pass its information reaches day 5 through the blanket; cut
     into windows of 6 days (the boundary between days 5 and 6), day 5 never sees it."""
     results = {}
-    for window_days in (None, 6):
+    for segment_days in (None, 6):
         for shift in (0.0, 3.0):
             prior, observations, _, _ = trajectory_case(days=(6,))
             field = observations.fields["t"]
             field.values = field.values + shift * field.mask
             samples = analyse(prior, observations, "sda", 16, 1, members=64,
-                              window_days=window_days)  # fmt: skip
-            results[window_days, shift] = samples.mean(0)
+                              segment_days=segment_days)  # fmt: skip
+            results[segment_days, shift] = samples.mean(0)
     one_pass = (results[None, 3.0] - results[None, 0.0])[5].mean()
     windowed = results[6, 3.0] - results[6, 0.0]
     assert one_pass > 0.3  # day 5 warms with the observation of day 6 (AR(1), a = 0.8)

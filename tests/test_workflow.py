@@ -237,14 +237,14 @@ def test_smoke_preset_regrids_with_xesmf(root, smoke_run, tmp_path):
 
 @pytest.mark.slow
 def test_steps_benchmark_on_the_smoke_run(root, smoke_run, tmp_path):
-    """benchmarks/steps.py on the smoke run's networks: a named case and a grid cell given as
+    """studies/steps.py on the smoke run's networks: a named case and a grid cell given as
     axis-value, network calls counted with skipped corrections, --max-calls, --resume (nothing
     measured twice), --from-csv (the choice and the plot from the rows alone) and --seeds."""
     import subprocess
 
     run = smoke_run / "results" / "smoke"
     out = tmp_path / "steps.csv"
-    base = [sys.executable, str(root / "benchmarks" / "steps.py"), str(run), "--methods",
+    base = [sys.executable, str(root / "studies" / "steps.py"), str(run), "--methods",
             "latent-none", "--cases", "ideal", "gap-4", "--steps", "2", "4", "--corrections",
             "0", "1", "--solvers", "dpm2m", "--guidance", "sda", "--tau-reference-steps", "0",
             "2", "--max-calls", "6", "--csv", str(out)]  # fmt: skip
@@ -266,7 +266,7 @@ def test_steps_benchmark_on_the_smoke_run(root, smoke_run, tmp_path):
     assert again.stdout.count("| latent-none |") == 0  # every row was already there
     pd.testing.assert_frame_equal(pd.read_csv(out)[rows.columns], rows)
     merged = subprocess.run(
-        [sys.executable, str(root / "benchmarks" / "steps.py"), "--from-csv", str(out), str(out),
+        [sys.executable, str(root / "studies" / "steps.py"), "--from-csv", str(out), str(out),
          "--plot", str(tmp_path / "steps.png")],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -281,8 +281,8 @@ def test_steps_benchmark_on_the_smoke_run(root, smoke_run, tmp_path):
     pair = rows2[(rows2.steps == 2) & (rows2.corrections == 0)].set_index(["case", "seed"])
     assert (pair.crps.xs(0, level="seed") != pair.crps.xs(1, level="seed")).all()  # new draws
     assert "Means over 2 seeds" in seeded.stdout
-    # the same samplers on the exact trajectory (benchmarks/langevin_tradeoff.py), resumable
-    tradeoff = [sys.executable, str(root / "benchmarks" / "langevin_tradeoff.py"), str(out),
+    # the same samplers on the exact trajectory (studies/langevin_tradeoff.py), resumable
+    tradeoff = [sys.executable, str(root / "studies" / "langevin_tradeoff.py"), str(out),
                 "--members", "64", "--csv", str(tmp_path / "exact.csv")]  # fmt: skip
     subprocess.run([*tradeoff, "--plot", str(tmp_path / "tradeoff.png")], capture_output=True,
                    text=True, check=True)  # fmt: skip
@@ -332,6 +332,7 @@ def test_a_sampler_for_one_network_reruns_only_its_analyses(root, smoke_run, tmp
     sampling with that network, and for no other: Snakemake's params trigger reruns exactly
     their analyses (a dry run over the finished smoke run)."""
     from slams.config import analysis_cells, analysis_sources, load_config
+    from slams.paths import analysis_path, run_dir
 
     overlay = tmp_path / "latent-none-sampler.yaml"
     overlay.write_text("assimilation:\n  sampler_by_space:\n    latent-none: {steps: 3}\n")
@@ -341,7 +342,7 @@ def test_a_sampler_for_one_network_reruns_only_its_analyses(root, smoke_run, tmp
     smoke = load_config(root / "config.yaml", root / "presets/smoke.yaml")
     copies = analysis_sources(smoke)
     expected = {
-        f"results/smoke/analysis/{p}/{m}/{a}-{v}.nc"
+        analysis_path(run_dir(smoke["name"]), p, m, a, v)
         for p, m, a, v in analysis_cells(smoke)
         if m == "latent-none" and (p, m, a, v) not in copies
     }
@@ -350,3 +351,17 @@ def test_a_sampler_for_one_network_reruns_only_its_analyses(root, smoke_run, tmp
     # and without the overlay nothing reruns
     unchanged = snakemake(root, smoke_run, "-n", "--configfile", configs[0])
     assert "rule assimilate:" not in unchanged.stdout
+
+
+def test_the_pixel_networks_and_only_they_train_with_score_pixel(root, smoke_run, tmp_path):
+    """``score.pixel`` sets the U-Net of both pixel-space networks (``pixel``, ``pixel-both``)
+    and ``score.latent`` that of the latent ones: a change of ``score.pixel`` retrains exactly
+    the two pixel-space networks (a dry run over the finished smoke run)."""
+    overlay = tmp_path / "wider-pixel.yaml"
+    overlay.write_text("score:\n  pixel:\n    hidden: [8, 24]\n")
+    configs = [str(root / "presets/smoke.yaml"), str(overlay)]
+    result = snakemake(root, smoke_run, "-n", "--configfile", *configs)
+    trained = re.findall(
+        r"rule train_score:\n(?:    .*\n)*?    output: \S+/score-(\S+)\.pt", result.stdout
+    )
+    assert sorted(trained) == ["pixel", "pixel-both"]

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-ROOT = Path(__file__).resolve().parents[2]
+from slams.paths import PROJECT_ROOT as ROOT
+
 # the site flag of a cluster without conda: no rule declares modules, so nothing is deployed
 NO_CONDA = ("--sdm", "env-modules")
 GROUP_INDEX = re.compile(r"-(\d+)$")  # the index a group job's id ends with: analyses-3
@@ -210,13 +211,13 @@ def dry_run(args: list[str], cores: int = 8, profile: Path = ROOT / "slurm",
 
 def main(argv: list[str]) -> int:
     profile = ROOT / "slurm"
-    readme = "--readme" in argv  # README.md's table: config.yaml's jobs
-    text = dry_run([a for a in argv if a != "--readme"], profile=profile)
+    docs = "--docs" in argv  # docs/cluster.md: config.yaml's jobs
+    text = dry_run([a for a in argv if a != "--docs"], profile=profile)
     rows = table(slurm_requests(parse_dry_run(text), 8, profile_limits(profile)))
-    if readme:
+    if docs:
         from slams.generated import write_block
 
-        write_block(ROOT / "README.md", "python -m slams.cluster", rows)
+        write_block(ROOT / "docs/cluster.md", "python -m slams.cluster", rows)
     print(rows)
     return 0
 

@@ -2,12 +2,17 @@
 
 Every error is one line that names the offending key, e.g.
 ``config error at assimilation.axes.coarsen.values[1]: 7 does not divide the 32 x 64 grid``.
+The names the code defines (methods, score networks, protocols: :mod:`slams.methods`) are
+written into the schema as it is loaded (:func:`load_schema`), so the schema file never lists
+them itself. Keys renamed since (:data:`RENAMED_KEYS`) still work, each with a one-line
+warning, mapped to their new name before validation.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +20,22 @@ import pandas as pd
 import yaml
 
 from slams.data.weatherbench2 import check_levels
-from slams.methods import METHODS
+from slams.methods import METHODS, PROTOCOLS, SCORE_NETWORKS
+from slams.paths import resolved_config_path
+from slams.paths import schema_path as checkout_schema
+
+log = logging.getLogger(__name__)
 
 AXES = ("coarsen", "noise", "gap")
-MODALITY_SETS = ("none", "insitu", "exsitu", "both")
-LATENT_METHODS = tuple(f"latent-{m}" for m in MODALITY_SETS)
+# Old key -> new key, each as its path of section names. The old key is read as the new one,
+# with a warning; both in one config is an error.
+RENAMED_KEYS = {
+    ("score", "window"): ("score", "blanket_days"),
+    ("assimilation", "window_days"): ("assimilation", "segment_days"),
+    ("assimilation", "chunk_windows"): ("assimilation", "windows_per_call"),
+    ("assimilation", "decoder_error"): ("assimilation", "decoder_error_in_likelihood"),
+    ("assimilation", "decoder_residuals"): ("assimilation", "decoder_residuals_in_members"),
+}
 
 
 class ConfigError(ValueError):
@@ -54,14 +70,58 @@ def _key_path(path: Any) -> str:
     return text.lstrip(".") or "<top level>"
 
 
-def validate_config(config: dict, schema_path: str | Path) -> dict:
-    """Fill defaults from the schema into ``config`` (in place), validate, and check consistency.
+def load_schema(path: str | Path | None = None) -> dict:
+    """The config's JSON schema as :func:`validate_config` uses it: the schema file (default:
+    the checkout's, :func:`slams.paths.schema_path`) with the names the code defines written
+    in as enums, replacing whatever the file lists: the methods of
+    ``assimilation.methods`` (:data:`slams.methods.METHODS`), the score networks that key
+    ``assimilation.sampler_by_space`` and the protocols of ``assimilation.protocols`` and
+    ``assimilation.cases_only``."""
+    schema = yaml.safe_load(Path(path or checkout_schema()).read_text())
+    section = schema["properties"]["assimilation"]["properties"]
+    for key, names in (("methods", METHODS), ("protocols", PROTOCOLS), ("cases_only", PROTOCOLS)):
+        section[key]["items"] = {**section[key].get("items", {}), "enum": list(names)}
+    by_space = section["sampler_by_space"]
+    by_space["propertyNames"] = {"enum": list(SCORE_NETWORKS)}
+    by_space.pop("properties", None)  # a file that names the networks itself: the code's hold
+    return schema
+
+
+def _get(config: dict, path: tuple[str, ...]):
+    for key in path[:-1]:
+        config = config.get(key)
+        if not isinstance(config, dict):
+            return None
+    return config
+
+
+def rename_deprecated(config: dict) -> dict:
+    """Move each old key of :data:`RENAMED_KEYS` that ``config`` sets to its new name (in
+    place), logging one line per key; raise :class:`ConfigError` where a config sets both."""
+    for old, new in RENAMED_KEYS.items():
+        section = _get(config, old)
+        if section is None or old[-1] not in section:
+            continue
+        old_name, new_name = ".".join(old), ".".join(new)
+        if new[-1] in section:
+            raise ConfigError(
+                f"config error at {new_name}: {old_name} is its old name; give only {new_name}"
+            )
+        log.warning("config: %s is deprecated, use %s", old_name, new_name)
+        section[new[-1]] = section.pop(old[-1])
+    return config
+
+
+def validate_config(config: dict, schema_path: str | Path | None = None) -> dict:
+    """Rename deprecated keys (:func:`rename_deprecated`), fill defaults from the schema
+    (:func:`load_schema`) into ``config`` (in place), validate, and check consistency.
 
     Raises :class:`ConfigError` with a one-line message naming the key.
     """
     import jsonschema
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = load_schema(schema_path)
+    rename_deprecated(config)
     _fill_defaults(config, schema, schema)
     validator = jsonschema.Draft7Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -110,15 +170,16 @@ def check_consistency(config: dict) -> None:
             raise ConfigError(
                 f"config error at split.{two}: year {min(common)} is also in split.{one}"
             )
-    window = config["score"]["window"]
-    if window % 2 == 0:
-        raise ConfigError(f"config error at score.window: {window} must be odd")
-    if (config["assimilation"]["window_days"] or window) < window:
+    blanket = config["score"]["blanket_days"]
+    if blanket % 2 == 0:
+        raise ConfigError(f"config error at score.blanket_days: {blanket} must be odd")
+    if (config["assimilation"]["segment_days"] or blanket) < blanket:
         raise ConfigError(
-            "config error at assimilation.window_days: "
-            f"{config['assimilation']['window_days']} is shorter than score.window {window}"
+            "config error at assimilation.segment_days: "
+            f"{config['assimilation']['segment_days']} is shorter than score.blanket_days "
+            f"{blanket}"
         )
-    _check_period(config, window)
+    _check_period(config, blanket)
     factor = config["autoencoder"]["downsample"]
     if n_lat % factor or n_lon % factor:
         raise ConfigError(
@@ -188,9 +249,9 @@ def check_consistency(config: dict) -> None:
             )
 
 
-def _check_period(config: dict, window: int) -> None:
+def _check_period(config: dict, blanket: int) -> None:
     """``assimilation.period``: two real dates, in order, inside the test split, at least one
-    Markov-blanket window long."""
+    Markov-blanket window (``blanket`` days) long."""
     period = config["assimilation"].get("period")
     if not period:
         return
@@ -210,9 +271,9 @@ def _check_period(config: dict, window: int) -> None:
             f"{where}: {period[0]}..{period[1]} is not inside the test split ({split}); "
             "analyses are scored against the test years only"
         )
-    if (last - first).days + 1 < window:
+    if (last - first).days + 1 < blanket:
         raise ConfigError(
-            f"{where}: {(last - first).days + 1} days are fewer than score.window {window}"
+            f"{where}: {(last - first).days + 1} days are fewer than score.blanket_days {blanket}"
         )
 
 
@@ -315,10 +376,12 @@ def layer(layers: list[dict]) -> dict:
     order and ``--config``: Snakemake itself merges the overlays among themselves first, then
     over ``config.yaml``, so a key one overlay sets to null (``presets/smoke.yaml``'s
     ``sampler_by_space``) and a later one fills with a mapping would get ``config.yaml``'s
-    entries back."""
+    entries back.
+    Each layer's deprecated keys are renamed first (:func:`rename_deprecated`), so that an
+    overlay's old key overrides the new key of a layer below it."""
     config: dict = {}
     for overlay in layers:
-        config = merge(config, overlay or {})
+        config = merge(config, rename_deprecated(copy.deepcopy(overlay or {})))
     return config
 
 
@@ -339,11 +402,11 @@ def load_config(*paths: str | Path, schema_path: str | Path | None = None) -> di
     """Load config.yaml and overlays in order, then validate (as the Snakefile does)."""
     config = layer([yaml.safe_load(Path(path).read_text()) for path in paths])
     if schema_path is None:
-        schema_path = Path(paths[0]).parent / "workflow" / "schemas" / "config.schema.yaml"
+        schema_path = checkout_schema(Path(paths[0]).parent)
     return validate_config(config, schema_path)
 
 
 def run_config(run: str | Path) -> dict:
-    """The validated config a finished run wrote (``results/<name>/config.resolved.yaml``)."""
-    schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-    return load_config(Path(run) / "config.resolved.yaml", schema_path=schema)
+    """The validated config a finished run wrote (``results/<name>/config.resolved.yaml``),
+    against the checkout's schema."""
+    return load_config(resolved_config_path(run), schema_path=checkout_schema())

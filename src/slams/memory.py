@@ -7,7 +7,7 @@ imported, measured) plus the arrays its stage holds at once, each counted from t
   network's space), of which the sampler holds at most three copies (the state, the network's
   output, DPM-Solver++(2M)'s history: :mod:`slams.diffusion.sampler`), and the **analysis**
   in kelvin, ``members x days x levels x grid``;
-- the **activations** of one network call, ``chunk_windows`` Markov-blanket windows (or a
+- the **activations** of one network call, ``windows_per_call`` Markov-blanket windows (or a
   training batch) with their graph: ``ACTIVATION_FACTOR`` float32 tensors per channel and
   pixel of every residual block of the U-Net (its levels halve the grid), measured;
 - the **dataset** a job reads: a split's temperature levels, precipitation and OLR on the
@@ -19,7 +19,7 @@ paper's size (``presets/paper-scale.yaml``), and is checked against both by
 ``benchmarks/memory.py --check RUN`` (within 25 % for every kind of job). What a warm-start
 child shares with its server (``resources.warm_start``) is not counted: Slurm jobs start cold.
 
-    python -m slams.memory [presets/demo.yaml ...] [--readme]   # overlays of config.yaml
+    python -m slams.memory [presets/demo.yaml ...] [--docs]   # overlays of config.yaml
 
 prints each kind of job's predicted peak beside its request, and the GPU memory of the jobs
 that use one (the network's parameters, activations and state on the device).
@@ -84,8 +84,8 @@ class Sizes:
     members: int
     test_days: int
     train_days: int
-    chunk: int
-    window: int
+    windows_per_call: int
+    blanket_days: int
 
     @classmethod
     def of(cls, config: Mapping) -> Sizes:
@@ -107,8 +107,8 @@ class Sizes:
             members=int(section.get("members", 1)),
             test_days=test_days,
             train_days=_days_in_years(*train),
-            chunk=int(section.get("chunk_windows") or 64),
-            window=int(config["score"]["window"]),
+            windows_per_call=int(section.get("windows_per_call") or 64),
+            blanket_days=int(config["score"]["blanket_days"]),
         )
 
 
@@ -133,14 +133,14 @@ def window_activations(hidden: list[int], blocks: list[int], channels: int, pixe
 def graph_windows(sizes: Sizes, every: int) -> int:
     """The most windows whose graph one guided evaluation holds at once: the windows that own
     an observed day (one day in ``every``) of the members one call takes (all of a member's
-    windows fit in ``chunk``: as many members as fit; else a member, ``chunk`` windows at a
-    time)."""
-    count = max(1, sizes.test_days - sizes.window + 1)
+    windows fit in ``windows_per_call``: as many members as fit; else a member,
+    ``windows_per_call`` windows at a time)."""
+    count = max(1, sizes.test_days - sizes.blanket_days + 1)
     owned = min(count, max(1, math.ceil(count / max(1, every))) + 1)
-    if count <= sizes.chunk:
-        group = min(sizes.members, max(1, sizes.chunk // count))
+    if count <= sizes.windows_per_call:
+        group = min(sizes.members, max(1, sizes.windows_per_call // count))
         return group * owned
-    return min(sizes.chunk, owned)
+    return min(sizes.windows_per_call, owned)
 
 
 def unet_features(hidden: list[int], blocks: list[int], pixels: int) -> int:
@@ -166,15 +166,14 @@ def unet_parameters(hidden: list[int], blocks: list[int], channels: int) -> int:
 
 def _score_space(config: Mapping, method: str) -> tuple[int, int, list[int], list[int]]:
     """``(channels, pixels, hidden, blocks)`` of the score network a method samples with."""
-    from slams.methods import METHODS
+    from slams.methods import METHODS, score_network
 
     sizes = Sizes.of(config)
     spec = METHODS[method]
+    network = score_network(config, spec.space)
     if spec.modalities is None:  # pixel space: the levels, and for pixel-both 2 fields more
-        network = config["score"]["pixel"]
         channels = sizes.levels + 2 * (method == "pixel-both")
         return channels, sizes.grid, list(network["hidden"]), list(network["blocks"])
-    network = config["score"]["latent"]
     down = int(config["autoencoder"].get("downsample", 1))
     channels = int(config["autoencoder"]["latent_channels"])
     return channels, sizes.grid // down**2, list(network["hidden"]), list(network["blocks"])
@@ -245,12 +244,12 @@ def analysis(config: Mapping, method: str, wildcards: Mapping[str, str] | None =
     channels, pixels, hidden, blocks = _score_space(config, method)
     state = members * days * channels * pixels * FLOAT
     windows = graph_windows(sizes, _observed_every(config, wildcards))
-    activations = windows * window_activations(hidden, blocks, channels, pixels, sizes.window)
+    activations = windows * window_activations(hidden, blocks, channels, pixels, sizes.blanket_days)
     sampling = {"state": SAMPLER_COPIES * state, "activations": activations}
     if spec.modalities is not None:
         # the decoder's activations of a chunk of days (checkpointed) and one member's decoded
         # observed fields; then the decoded ensemble, converted in place
-        decoded_days = min(days, sizes.chunk)
+        decoded_days = min(days, sizes.windows_per_call)
         sampling["decoder"] = (AUTOENCODER_FACTOR * FLOAT * decoded_days *
                                _autoencoder_features(config, sizes.grid))  # fmt: skip
         sampling["decoded member"] = days * (sizes.levels + 2) * sizes.grid * FLOAT
@@ -259,7 +258,7 @@ def analysis(config: Mapping, method: str, wildcards: Mapping[str, str] | None =
         parts.update(output)
     else:
         parts.update(sampling)
-    params = unet_parameters(hidden, blocks, channels * sizes.window) * FLOAT
+    params = unet_parameters(hidden, blocks, channels * sizes.blanket_days) * FLOAT
     gpu = _mb({"parameters": params, "activations": activations,
                "state": SAMPLER_COPIES * state, "context": 500 * MB})  # fmt: skip
     return Prediction(_mb(parts), gpu, tuple(parts.items()))
@@ -270,14 +269,14 @@ def training(config: Mapping, space: str) -> Prediction:
     sizes = Sizes.of(config)
     channels, pixels, hidden, blocks = _score_space(config, space)
     batch = int(config["score"]["batch_size"])
-    activations = batch * window_activations(hidden, blocks, channels, pixels, sizes.window)
-    params = unet_parameters(hidden, blocks, channels * sizes.window) * FLOAT
+    activations = batch * window_activations(hidden, blocks, channels, pixels, sizes.blanket_days)
+    params = unet_parameters(hidden, blocks, channels * sizes.blanket_days) * FLOAT
     parts = {
         "process": TORCH_PROCESS_MB * MB,
         "compute": COMPUTE_MB * MB,
         "activations": activations,
         "parameters, gradients, AdamW": 4 * params,
-        "batches": 4 * batch * sizes.window * channels * pixels * FLOAT,
+        "batches": 4 * batch * sizes.blanket_days * channels * pixels * FLOAT,
     }
     gpu = _mb({"parameters": 4 * params, "activations": activations, "context": 500 * MB})
     return Prediction(_mb(parts), gpu, tuple(parts.items()))
@@ -452,16 +451,16 @@ def main(argv: list[str]) -> int:
     from pathlib import Path
 
     from slams.config import load_config
+    from slams.paths import PROJECT_ROOT as root
 
-    root = Path(__file__).resolve().parents[2]
-    readme = "--readme" in argv
-    files = [root / "config.yaml", *(Path(a) for a in argv if a != "--readme")]
-    config = load_config(*files, schema_path=root / "workflow/schemas/config.schema.yaml")
+    docs = "--docs" in argv
+    files = [root / "config.yaml", *(Path(a) for a in argv if a != "--docs")]
+    config = load_config(*files)
     text = requests_table(config)
-    if readme:  # README.md's table, of config.yaml
+    if docs:  # the table in docs/cluster.md, of config.yaml
         from slams.generated import write_block
 
-        write_block(root / "README.md", "python -m slams.memory", text)
+        write_block(root / "docs/cluster.md", "python -m slams.memory", text)
     print(text)
     return 0
 

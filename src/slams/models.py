@@ -71,7 +71,7 @@ def for_sampling(model: nn.Module) -> nn.Module:
       every convolution, which dominate the demo's narrow layers (8-16 channels). With the
       channel LayerNorm's fused kernel and the modulation's multiply-add that this layout
       takes (:class:`~slams.nn.ResidualBlock`), a guided evaluation of the demo's U-Nets is
-      ~1.15-1.2x faster (``benchmarks/README.md``).
+      ~1.15-1.2x faster (the changelog).
 
     The same numbers to float32 rounding (sums in another order). Training and encoding keep
     the default layout and the BatchNorms, so the trained networks and codes do not depend on

@@ -466,7 +466,7 @@ def check_memory(config: Mapping, rules: Iterable[RuleView]) -> list[str]:
     :func:`slams.memory.predicted_peak_mb` for the jobs of :func:`memory_jobs`; jobs without a
     prediction or a known request are skipped. The fix asks for :data:`MEMORY_HEADROOM` times
     the largest peak, with ``--set-resources`` where the rule or set-resources sets the request,
-    and names assimilation.chunk_windows where the worst job samples with a network."""
+    and names assimilation.windows_per_call where the worst job samples with a network."""
     try:
         from slams.memory import memory_key, predicted_peak_mb
     except ModuleNotFoundError as error:  # a checkout without the predictor: nothing to check
@@ -503,7 +503,7 @@ def check_memory(config: Mapping, rules: Iterable[RuleView]) -> list[str]:
             where, fix = key, f"raise it to at least {enough}"
         method = wildcards.get("method")
         if set(wildcards) == set(CELL_KEYS) and method in METHODS and METHODS[method].space:
-            fix += " or lower assimilation.chunk_windows"
+            fix += " or lower assimilation.windows_per_call"
         more = f" (the largest of {len(kinds)} short of it)" if len(kinds) > 1 else ""
         lines.append(
             f"{PREFIX}{_job_label(name, wildcards)} is predicted to peak at {human_mb(peak)}"

@@ -42,6 +42,7 @@ from slams.models import (
     save_atomic,
 )
 from slams.nn import AutoEncoder, ScoreUNet
+from slams.paths import autoencoder_name, score_name
 
 log = logging.getLogger(__name__)
 
@@ -543,7 +544,7 @@ def train_autoencoder(
         model_path,
         losses_csv,
         checkpoint_dir,
-        f"autoencoder-{modalities}",
+        autoencoder_name(modalities),
         {
             "modalities": modalities,
             "levels": levels,
@@ -624,7 +625,7 @@ def train_score(
         model_path,
         losses_csv,
         checkpoint_dir,
-        f"score-{space}",
+        score_name(space),
         {**meta, **(metadata or {})},
     )
 

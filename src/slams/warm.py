@@ -56,14 +56,14 @@ PRELOAD = (
     # ~0.5 s of every guided assimilation job otherwise
     "torch.fx.experimental.symbolic_shapes",
     "snakemake.script",
-    "slams.assimilate",
+    "slams.assimilation",
     "slams.methods.latent",
     "slams.methods.oi",
     "slams.methods.pixel",
     "slams.methods.climatology",
     "slams.train",
     "slams.evaluate",
-    "slams.figures",  # and slams.plots, which selects matplotlib's Agg backend
+    "slams.figures.build",  # and slams.figures.draw, which selects matplotlib's Agg backend
 )
 
 

@@ -78,7 +78,7 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
     second. By default glibc maps many of them afresh and hands them back when freed (its
     thresholds adapt only to the largest block freed so far), and the kernel zeroes every new
     page on first touch: 220,000-810,000 page faults and 0.6-1.6 s of system time in an 11 s
-    latent assimilation job of the demo, ~157,000 and 0.5 s with this (``benchmarks/README.md``,
+    latent assimilation job of the demo, ~157,000 and 0.5 s with this (the changelog,
     "The sampling layout"). The process keeps its peak memory until it exits, which a workflow
     job does soon. Nothing else changes: the same numbers, faster. Returns whether it
     applied (not on other C libraries or systems).

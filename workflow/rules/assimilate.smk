@@ -6,7 +6,7 @@
 # near-equal size (analysis_group).
 
 # the protocol of a computed cell: not one of the copied cells
-COMPUTED_PROTOCOL = rf"(?!(?:{COPIED_CELLS})\.nc$)(?:paper|physical)"
+COMPUTED_PROTOCOL = rf"(?!(?:{COPIED_CELLS})$)(?:{one_of(ALL_PROTOCOLS)})"
 
 
 rule assimilate:
@@ -34,8 +34,8 @@ rule assimilate:
     params:
         measurement=measurement,
         assimilation=assimilation_params,
-        window=lambda wc: (
-            config["score"]["window"] if METHOD_SPECS[wc.method].space else 0
+        blanket_days=lambda wc: (
+            config["score"]["blanket_days"] if METHOD_SPECS[wc.method].space else 0
         ),
         device=config["device"],
         seed=config["seed"],
@@ -68,7 +68,7 @@ rule oi_background:
     benchmark:
         f"{BENCHMARKS}/oi_background/{{method}}.tsv"
     wildcard_constraints:
-        method="oi|oi-both",
+        method=one_of(OI_METHODS),
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -88,13 +88,15 @@ rule same_analysis:
     oi and climatology observe the same way under both protocols): that analysis, copied
     with the cell's own protocol, axis and value attributes."""
     input:
-        lambda wc: ANALYSIS.format(**SAME_ANALYSIS[tuple(wc[k] for k in CELL_KEYS)]),
+        lambda wc: analysis_path(
+            RESULTS, **SAME_ANALYSIS[tuple(wc[k] for k in CELL_KEYS)]
+        ),
     output:
         ANALYSIS,
     log:
         f"{LOGS}/same_analysis/{{protocol}}/{{method}}/{{axis}}-{{value}}.log",
     wildcard_constraints:
-        protocol=rf"(?=(?:{COPIED_CELLS})\.nc$)(?:paper|physical)",
+        protocol=rf"(?=(?:{COPIED_CELLS})$)(?:{one_of(ALL_PROTOCOLS)})",
     localrule: True
     conda:
         "../../envs/data.yaml"

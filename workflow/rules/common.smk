@@ -6,8 +6,10 @@ from pathlib import Path
 
 from snakemake.common.configfile import load_configfile
 
+from slams.assimilation import SamplerSettings
 from slams.cluster import balanced_groups, group_id
 from slams.config import (
+    AXES,
     ConfigError,
     analysis_cells,
     analysis_sources,
@@ -17,10 +19,31 @@ from slams.config import (
     setting_parameters,
     validate_config,
 )
-from slams.methods import DIFFUSION_METHODS
+from slams.figures.summary import case_figure_stem
+from slams.methods import DIFFUSION_METHODS, MODALITY_SETS, SCORE_NETWORKS
 from slams.methods import METHODS as METHOD_SPECS
-from slams.report import case_figure_stem
-from slams.sampling import SamplerSettings
+from slams.methods import PROTOCOLS as ALL_PROTOCOLS
+from slams.methods import score_network
+from slams.paths import (
+    analysis_path,
+    autoencoder_name,
+    background_path,
+    benchmarks_dir,
+    cell_paths,
+    checkpoints_dir,
+    climatology_path,
+    dataset_path,
+    latents_path,
+    losses_path,
+    model_path,
+    resolved_config_path,
+    resources_dir,
+    run_dir,
+    schema_path,
+    score_name,
+    stats_path,
+    table_path,
+)
 
 # config.yaml, then each --configfile over the one before, then --config, as load_config reads
 # them (slams.config.layer): Snakemake merges the overlays among themselves first, which would
@@ -39,9 +62,7 @@ if workflow.config_settings.configfiles:
     config.update(_LAYERED)
 
 try:
-    validate_config(
-        config, Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"
-    )
+    validate_config(config, schema_path(workflow.basedir))
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -59,20 +80,16 @@ CELL_KEYS = ("protocol", "method", "axis", "value")
 CELLS = analysis_cells(
     config
 )  # every analysis file, as (protocol, method, axis, value)
-# Cells whose analysis another cell already computes -> that cell, as wildcards; a regex of
-# their paths (<protocol>/<method>/<axis>-<value>) keeps them from assimilate(_classical).
+# Cells whose analysis another cell already computes -> that cell, as wildcards.
 SAME_ANALYSIS = {
     cell: dict(zip(CELL_KEYS, source))
     for cell, source in analysis_sources(config).items()
 }
-COPIED_CELLS = (
-    "|".join(re.escape("{}/{}/{}-{}".format(*cell)) for cell in SAME_ANALYSIS)
-    or "(?!x)x"
-)
 SPLITS = ["train", "validation", "test"]
 
-RESOURCES = f"resources/{DATA['dataset']}"
-RESULTS = f"results/{NAME}"
+RESOURCES = resources_dir(DATA["dataset"])
+RESULTS = run_dir(NAME)
+RESOURCE_BENCHMARKS = benchmarks_dir(RESOURCES)
 RAW = f"{RESOURCES}/raw/{{source}}/{{year}}.nc"
 # Real downloads (data.source real): ERA5 comes per month and is merged per year; NOAA serves
 # all OLR years in one file, cut into years.
@@ -80,24 +97,34 @@ DOWNLOADS = f"{RESOURCES}/downloads"
 ERA5_MONTH = f"{DOWNLOADS}/era5/{{year}}-{{month}}.nc"
 OLR_ALL = f"{DOWNLOADS}/olr/olr.day.mean.nc"
 REGRIDDED = f"{RESOURCES}/regridded-{RESOLUTION}deg/{{source}}/{{year}}.nc"
-DATASET = f"{RESULTS}/dataset/{{split}}.nc"
-STATS = f"{RESULTS}/dataset/stats.json"
-CLIMATOLOGY = f"{RESULTS}/dataset/climatology.nc"
-AUTOENCODER = f"{RESULTS}/models/autoencoder-{{modalities}}.pt"
-AUTOENCODER_LOSSES = f"{RESULTS}/models/autoencoder-{{modalities}}-losses.csv"
-LATENTS = f"{RESULTS}/latents/{{modalities}}/{{split}}.nc"
-SCORE_NET = f"{RESULTS}/models/score-{{space}}.pt"
-CHECKPOINTS = f"{RESULTS}/models/checkpoints/{{model}}"
-OI_BACKGROUND = f"{RESULTS}/models/{{method}}-background.pt"  # oi, oi-both
-SCORE_LOSSES = f"{RESULTS}/models/score-{{space}}-losses.csv"
-ANALYSIS = f"{RESULTS}/analysis/{{protocol}}/{{method}}/{{axis}}-{{value}}.nc"
-SCORES = f"{RESULTS}/scores.csv"
-RANK_HISTOGRAMS = f"{RESULTS}/rank-histograms.csv"
-DAILY_SCORES = f"{RESULTS}/daily-scores.csv"
-SIGNIFICANCE = f"{RESULTS}/significance.csv"
-INTERVALS = f"{RESULTS}/intervals.csv"
+# The run's files (slams.paths), as patterns: the same functions with wildcard placeholders.
+DATASET = dataset_path(RESULTS, "{split}")
+STATS = stats_path(RESULTS)
+CLIMATOLOGY = climatology_path(RESULTS)
+AUTOENCODER = model_path(RESULTS, autoencoder_name("{modalities}"))
+AUTOENCODER_LOSSES = losses_path(RESULTS, autoencoder_name("{modalities}"))
+LATENTS = latents_path(RESULTS, "{modalities}", "{split}")
+SCORE_NET = model_path(RESULTS, score_name("{space}"))
+OI_BACKGROUND = background_path(RESULTS, "{method}")  # oi, oi-both
+SCORE_LOSSES = losses_path(RESULTS, score_name("{space}"))
+ANALYSIS = analysis_path(RESULTS, "{protocol}", "{method}", "{axis}", "{value}")
+# A regex of the copied cells' paths from their {protocol} on (paper/pixel/coarsen-4.nc): the
+# rules' protocol constraints look ahead with it, so that exactly one rule makes each analysis.
+_FROM_PROTOCOL = len(ANALYSIS.split("{protocol}")[0])
+COPIED_CELLS = (
+    "|".join(
+        re.escape(analysis_path(RESULTS, *cell)[_FROM_PROTOCOL:])
+        for cell in SAME_ANALYSIS
+    )
+    or "(?!x)x"
+)
+SCORES = table_path(RESULTS, "scores")
+RANK_HISTOGRAMS = table_path(RESULTS, "rank-histograms")
+DAILY_SCORES = table_path(RESULTS, "daily-scores")
+SIGNIFICANCE = table_path(RESULTS, "significance")
+INTERVALS = table_path(RESULTS, "intervals")
 LOGS = f"{RESULTS}/logs"
-BENCHMARKS = f"{RESULTS}/benchmarks"
+BENCHMARKS = benchmarks_dir(RESULTS)
 
 SPACES = [METHOD_SPECS[m].space for m in METHODS if METHOD_SPECS[m].space]
 # The methods that sample with a score network (DIFFUSION_METHODS: rule assimilate, on a GPU)
@@ -105,6 +132,8 @@ SPACES = [METHOD_SPECS[m].space for m in METHODS if METHOD_SPECS[m].space]
 # assimilate_classical, on CPUs). Their alternations are the two rules' `method` constraints:
 # exactly one rule makes each analysis.
 CLASSICAL_METHODS = tuple(m for m in METHOD_SPECS if m not in DIFFUSION_METHODS)
+# The methods of optimal interpolation, each with its background covariance (rule oi_background).
+OI_METHODS = tuple(m for m, spec in METHOD_SPECS.items() if spec.family == "oi")
 # The analyses a rule computes (the rest are copies, rule same_analysis), method by method.
 COMPUTED_CELLS = sorted(
     (cell for cell in CELLS if cell not in SAME_ANALYSIS),
@@ -121,7 +150,7 @@ for _set in LATENT_SETS:
 # Every figure (PNG; each has a PDF beside it) and the summary; workflow/rules/figures.smk
 # makes them. Per protocol, in figures/<protocol>/: figures 3-6 map the named cases (fig3-ideal,
 # fig4-coarse, fig5-noisy, fig6-sparse, case-<name> for any other case:
-# slams.report.case_figure_stem), figures 7 and 8 and the scores against degradation.
+# slams.figures.summary.case_figure_stem), figures 7 and 8 and the scores against degradation.
 PROTOCOL_FIGURE = f"{RESULTS}/figures/{{protocol}}/{{name}}.png"
 PROTOCOL_FIGURE_NAMES = {
     "fig7": "fig7-wasserstein",
@@ -148,8 +177,13 @@ FIGURES = {
     "spread_error": f"{RESULTS}/figures/spread-error.png",
     "curves": f"{RESULTS}/figures/training-curves.png",
     "summary": f"{RESULTS}/summary.md",
-    "config": f"{RESULTS}/config.resolved.yaml",
+    "config": resolved_config_path(RESULTS),
 }
+
+
+def one_of(names):
+    """A wildcard constraint that matches exactly one of ``names``."""
+    return "|".join(re.escape(name) for name in names)
 
 
 def protocol_figure(key):
@@ -162,22 +196,23 @@ def protocol_pdf(key):
     return str(Path(protocol_figure(key)).with_suffix(".pdf"))
 
 
+# Method, network and protocol names from slams.methods.METHODS, the one table of them.
 wildcard_constraints:
     source="era5|cpc|olr",
     year=r"\d{4}",
     split="train|validation|test",
-    modalities="none|insitu|exsitu|both",
-    space=r"pixel|pixel-both|latent-(none|insitu|exsitu|both)",
-    method=r"pixel|pixel-both|latent-(none|insitu|exsitu|both)|oi|oi-both|climatology",
-    protocol="paper|physical",
-    axis="coarsen|noise|gap",
+    modalities=one_of(MODALITY_SETS),
+    space=one_of(SCORE_NETWORKS),
+    method=one_of(METHOD_SPECS),
+    protocol=one_of(ALL_PROTOCOLS),
+    axis=one_of(AXES),
     value=r"[0-9.]+",
 
 
 def analysis_files(protocol=None):
     """Every analysis file of the run, or of one protocol."""
     return [
-        ANALYSIS.format(**dict(zip(CELL_KEYS, cell)))
+        analysis_path(RESULTS, *cell)
         for cell in CELLS
         if protocol is None or cell[0] == protocol
     ]
@@ -193,11 +228,6 @@ def gpu_resources(kind):
     if res["gpu_rules_use_gpu"]:
         resources["gpu"] = 1
     return resources
-
-
-def one_of(names):
-    """A wildcard constraint that matches exactly one of ``names``."""
-    return "|".join(re.escape(name) for name in names)
 
 
 def analysis_group(name, methods):
@@ -244,7 +274,7 @@ def assimilation_params(wildcards):
         sampler = method_assimilation(section, method)["sampler"]
         fields = [f.name for f in dataclasses.fields(SamplerSettings)]
         params.update(
-            window_days=section["window_days"],
+            segment_days=section["segment_days"],
             sampler={k: sampler[k] for k in fields if k in sampler},
         )
     if wildcards.protocol == "physical":
@@ -255,40 +285,19 @@ def assimilation_params(wildcards):
             if k in spec.observes
         }
         if spec.modalities is not None:
-            params["decoder_error"] = section["decoder_error"]
+            params["decoder_error_in_likelihood"] = section[
+                "decoder_error_in_likelihood"
+            ]
     if spec.modalities is not None:
-        params["decoder_residuals"] = section["decoder_residuals"]
+        params["decoder_residuals_in_members"] = section["decoder_residuals_in_members"]
     return params
 
 
 def analysis_inputs(wildcards):
-    """The trained networks and data an analysis needs, by protocol and method."""
-    spec = METHOD_SPECS[wildcards.method]
-    inputs = {
-        "test": DATASET.format(split="test"),
-        "stats": STATS,
-        "climatology": CLIMATOLOGY,
-    }
-    if spec.space is not None:
-        inputs["score"] = SCORE_NET.format(space=spec.space)
-    if spec.family == "oi":
-        inputs["background"] = OI_BACKGROUND.format(method=wildcards.method)
-    if spec.modalities is not None:
-        inputs["autoencoder"] = AUTOENCODER.format(modalities=spec.modalities)
-        # the training split's latent statistics (z_mean, z_std)
-        inputs["latent_stats"] = LATENTS.format(
-            modalities=spec.modalities, split="train"
-        )
-        if wildcards.protocol == "paper":
-            # the paper protocol observes the encoded truth of the test days
-            inputs["latents"] = LATENTS.format(modalities=spec.modalities, split="test")
-        section = config["assimilation"]
-        if section["decoder_residuals"] or (
-            wildcards.protocol == "physical" and section["decoder_error"]
-        ):
-            # the decoder's own error, measured on validation days
-            inputs["validation"] = DATASET.format(split="validation")
-    return inputs
+    """The trained networks and data an analysis reads (slams.paths.cell_paths)."""
+    return cell_paths(
+        RESULTS, wildcards.method, wildcards.protocol, config["assimilation"]
+    )
 
 
 def measurement(wildcards):
@@ -296,14 +305,13 @@ def measurement(wildcards):
 
 
 def score_inputs(wildcards):
-    """Training and validation states of a score network: the dataset or stored latents."""
-    if wildcards.space.startswith("pixel"):
-        return {s: DATASET.format(split=s) for s in ("train", "validation")}
-    modalities = wildcards.space.removeprefix("latent-")
-    return {
-        s: LATENTS.format(modalities=modalities, split=s)
-        for s in ("train", "validation")
-    }
+    """Training and validation states of a score network: the dataset (pixel space) or the
+    stored latents of its methods' autoencoder."""
+    spec = next(s for s in METHOD_SPECS.values() if s.space == wildcards.space)
+    splits = ("train", "validation")
+    if spec.modalities is None:
+        return {s: dataset_path(RESULTS, s) for s in splits}
+    return {s: latents_path(RESULTS, spec.modalities, s) for s in splits}
 
 
 def parent_of(name, levels=1):

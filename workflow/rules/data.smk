@@ -11,7 +11,7 @@ if DATA["source"] == "synthetic":
         log:
             f"{RESOURCES}/logs/synthetic/{{year}}.log",
         benchmark:
-            f"{RESOURCES}/benchmarks/synthetic/{{year}}.tsv"
+            f"{RESOURCE_BENCHMARKS}/synthetic/{{year}}.tsv"
         conda:
             "../../envs/data.yaml"
         threads: 1
@@ -50,7 +50,7 @@ else:
             log:
                 f"{RESOURCES}/logs/download/era5-{{year}}.log",
             benchmark:
-                f"{RESOURCES}/benchmarks/download/era5-{{year}}.tsv"
+                f"{RESOURCE_BENCHMARKS}/download/era5-{{year}}.tsv"
             localrule: True
             conda:
                 "../../envs/download.yaml"
@@ -72,7 +72,7 @@ else:
             log:
                 f"{RESOURCES}/logs/download/era5-{{year}}-{{month}}.log",
             benchmark:
-                f"{RESOURCES}/benchmarks/download/era5-{{year}}-{{month}}.tsv"
+                f"{RESOURCE_BENCHMARKS}/download/era5-{{year}}-{{month}}.tsv"
             localrule: True
             conda:
                 "../../envs/download.yaml"
@@ -97,7 +97,7 @@ else:
             log:
                 f"{RESOURCES}/logs/download/era5-{{year}}.log",
             benchmark:
-                f"{RESOURCES}/benchmarks/download/era5-{{year}}.tsv"
+                f"{RESOURCE_BENCHMARKS}/download/era5-{{year}}.tsv"
             conda:
                 "../../envs/download.yaml"
             threads: 1
@@ -114,7 +114,7 @@ else:
         log:
             f"{RESOURCES}/logs/download/cpc-{{year}}.log",
         benchmark:
-            f"{RESOURCES}/benchmarks/download/cpc-{{year}}.tsv"
+            f"{RESOURCE_BENCHMARKS}/download/cpc-{{year}}.tsv"
         localrule: True
         conda:
             "../../envs/download.yaml"
@@ -136,7 +136,7 @@ else:
         log:
             f"{RESOURCES}/logs/download/olr.log",
         benchmark:
-            f"{RESOURCES}/benchmarks/download/olr.tsv"
+            f"{RESOURCE_BENCHMARKS}/download/olr.tsv"
         localrule: True
         conda:
             "../../envs/download.yaml"
@@ -158,7 +158,7 @@ else:
         log:
             f"{RESOURCES}/logs/download/olr-{{year}}.log",
         benchmark:
-            f"{RESOURCES}/benchmarks/download/olr-{{year}}.tsv"
+            f"{RESOURCE_BENCHMARKS}/download/olr-{{year}}.tsv"
         localrule: True
         conda:
             "../../envs/download.yaml"

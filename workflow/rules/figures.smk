@@ -5,7 +5,7 @@
 import re
 
 from slams.config import cases as named_cases
-from slams.report import (
+from slams.figures.summary import (
     case_figure_label,
     case_files,
     case_level,
@@ -29,7 +29,7 @@ PDFS = {
     if path.endswith(".png")
 }
 SPREAD_ERROR_ROWS = spread_error_rows(
-    METHODS, CASES, config["data"]["levels"], ANALYSIS, MAIN_PROTOCOL
+    METHODS, CASES, config["data"]["levels"], RESULTS, MAIN_PROTOCOL
 )
 PAPER = "1. Paper figures"
 BEYOND = "2. Beyond the paper"
@@ -39,7 +39,7 @@ rule case_figure:
     """Paper figures 3-6: truth, observation, pixel and latent analyses of a case, and errors,
     under one protocol."""
     input:
-        lambda wc: case_files(METHODS, CASES[wc.case], ANALYSIS, wc.protocol),
+        lambda wc: case_files(METHODS, CASES[wc.case], RESULTS, wc.protocol),
     output:
         png=report(
             f"{CASE_FIGURE}.png",
@@ -244,10 +244,10 @@ rule figures:
         # the most epochs of each network: the curves mark those that stopped early
         max_epochs={
             **{
-                f"autoencoder-{m}": config["autoencoder"]["epochs"]
+                autoencoder_name(m): config["autoencoder"]["epochs"]
                 for m in LATENT_SETS
             },
-            **{f"score-{s}": config["score"]["epochs"] for s in SPACES},
+            **{score_name(s): config["score"]["epochs"] for s in SPACES},
         },
     script:
         "../scripts/figures.py"

@@ -10,7 +10,7 @@ rule regrid:
     log:
         f"{RESOURCES}/logs/regrid-{RESOLUTION}deg/{{source}}-{{year}}.log",
     benchmark:
-        f"{RESOURCES}/benchmarks/regrid-{RESOLUTION}deg/{{source}}-{{year}}.tsv"
+        f"{RESOURCE_BENCHMARKS}/regrid-{RESOLUTION}deg/{{source}}-{{year}}.tsv"
     conda:
         "../../envs/data.yaml"
     threads: 1

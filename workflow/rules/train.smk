@@ -24,7 +24,7 @@ rule train_autoencoder:
     params:
         network=config["autoencoder"],
         training_options=config["training"],
-        checkpoints=lambda wc: CHECKPOINTS.format(model=f"autoencoder-{wc.modalities}"),
+        checkpoints=lambda wc: checkpoints_dir(RESULTS, autoencoder_name(wc.modalities)),
         device=config["device"],
         seed=config["seed"],
     script:
@@ -70,10 +70,10 @@ rule train_score:
     resources:
         **gpu_resources("train"),
     params:
-        network=lambda wc: config["score"]["pixel" if wc.space == "pixel" else "latent"],
+        network=lambda wc: score_network(config, wc.space),
         training=config["score"],
         training_options=config["training"],
-        checkpoints=lambda wc: CHECKPOINTS.format(model=f"score-{wc.space}"),
+        checkpoints=lambda wc: checkpoints_dir(RESULTS, score_name(wc.space)),
         device=config["device"],
         seed=config["seed"],
     script:

@@ -5,7 +5,7 @@ from slams.warm import delegate
 
 delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
 
-from slams.assimilate import run_cell
+from slams.assimilation import run_cell
 from slams.workflow import set_threads, setup_logging
 
 setup_logging(snakemake.log[0])
@@ -16,12 +16,12 @@ ds = run_cell(
     snakemake.wildcards.axis,
     snakemake.wildcards.value,
     snakemake.params.measurement,
-    # chunk_windows changes memory, not results: read here, it reruns nothing
+    # windows_per_call changes memory, not results: read here, it reruns nothing
     {
         **snakemake.params.assimilation,
-        "chunk_windows": snakemake.config["assimilation"]["chunk_windows"],
+        "windows_per_call": snakemake.config["assimilation"]["windows_per_call"],
     },
-    snakemake.params.window,
+    snakemake.params.blanket_days,
     dict(snakemake.input.items()),
     device=snakemake.params.device,
     seed=snakemake.params.seed,

@@ -7,7 +7,7 @@ delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
 
 from pathlib import Path
 
-from slams.figures import overview_figures
+from slams.figures.build import overview_figures
 from slams.workflow import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -5,7 +5,7 @@ from slams.warm import delegate
 
 delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
 
-from slams.assimilate import background_of
+from slams.methods.oi import background_of
 from slams.workflow import set_threads, setup_logging
 
 setup_logging(snakemake.log[0])

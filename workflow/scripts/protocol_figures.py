@@ -5,7 +5,7 @@ from slams.warm import delegate
 
 delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
 
-from slams.figures import protocol_figures
+from slams.figures.build import protocol_figures
 from slams.workflow import setup_logging
 
 setup_logging(snakemake.log[0])

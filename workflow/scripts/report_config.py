@@ -1,6 +1,6 @@
 """Rule report_config: the validated config, defaults filled in, as YAML."""
 
-from slams.report import write_config
+from slams.figures.summary import write_config
 from slams.workflow import setup_logging
 
 setup_logging(snakemake.log[0])

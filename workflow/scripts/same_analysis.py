@@ -4,7 +4,7 @@ from slams.warm import delegate
 
 delegate(snakemake)  # run in a warm process if one can be had (slams.warm)
 
-from slams.assimilate import relabel_copy
+from slams.assimilation import relabel_copy
 from slams.workflow import setup_logging
 
 setup_logging(snakemake.log[0])

@@ -13,7 +13,7 @@ train_score(
     snakemake.input.train,
     snakemake.input.validation,
     snakemake.wildcards.space,
-    snakemake.params.training["window"],
+    snakemake.params.training["blanket_days"],
     snakemake.params.network,
     train_settings(snakemake, snakemake.params.training),
     snakemake.output.model,

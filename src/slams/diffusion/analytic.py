@@ -1,6 +1,6 @@
 """An analytic Gaussian prior: exact noise prediction, exact samples and the exact (Kalman)
 posterior of a linear-Gaussian observation. The reference the diffusion core is checked
-against, in the tests and in ``benchmarks/gaussian_posterior.py``."""
+against, in the tests and in ``studies/gaussian_posterior.py``."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ class GaussianTrajectory:
         """A seeded truth observed on ``days`` through ``coarsen x coarsen`` block means, one
         block in four masked out, each point with its own error variance in [0.05, 0.3];
         with the exact posterior of the whole trajectory."""
-        from slams.observe import MeasurementOperator
+        from slams.observations import MeasurementOperator
 
         generator = torch.Generator().manual_seed(seed)
         truth = self.draw(1, generator)[0].float()

@@ -39,6 +39,16 @@ def corrected_steps(
     return [a and g for a, g in zip(above, on_grid, strict=True)]
 
 
+def network_calls(
+    steps: int, corrections: int, correction_min_sigma: float, correction_grid_steps: int | None
+) -> int:
+    """Guided evaluations of one :func:`sample`: one per step and ``corrections`` at each step
+    :func:`corrected_steps` corrects (``correction_grid_steps`` 0 or ``None``: no grid). An
+    analysis's time scales with it."""
+    corrected = corrected_steps(steps, correction_min_sigma, VPSDE(), correction_grid_steps or None)
+    return steps + corrections * sum(corrected)
+
+
 def _randn(shape: tuple, generator: torch.Generator | None, device, dtype: torch.dtype) -> Tensor:
     """Standard normal noise drawn on the generator's device, then moved to ``device``, so
     that a seeded CPU generator gives the same numbers whatever device the sampler runs on."""

@@ -65,7 +65,20 @@ METHODS: dict[str, MethodSpec] = {
     "oi-both": MethodSpec("oi", observes=("t", "precip", "olr"), protocols=("physical",)),
     "climatology": MethodSpec("climatology", observes=(), protocol_free=True),
 }
+# Views of the table, in its order.
 DIFFUSION_METHODS = tuple(m for m, spec in METHODS.items() if spec.space is not None)
+LATENT_METHODS = tuple(m for m, spec in METHODS.items() if spec.modalities is not None)
+MODALITY_SETS = tuple(METHODS[m].modalities for m in LATENT_METHODS)
+# The score networks (``score-<space>.pt``), each once.
+SCORE_NETWORKS = tuple(dict.fromkeys(METHODS[m].space for m in DIFFUSION_METHODS))
+
+
+def score_network(config: dict, space: str) -> dict:
+    """The U-Net settings (``hidden``, ``blocks``) of the score network ``space``: a
+    pixel-space network's (``pixel``, ``pixel-both``) are ``score.pixel``, a latent one's
+    ``score.latent``."""
+    spec = METHODS[next(m for m in DIFFUSION_METHODS if METHODS[m].space == space)]
+    return config["score"]["latent" if spec.modalities is not None else "pixel"]
 
 
 def observed_fields(method: str, protocol: str) -> tuple[str, ...]:

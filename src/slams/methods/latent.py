@@ -4,17 +4,17 @@ autoencoder whose encoder read temperature plus 0, 1 or 2 observation modalities
 - ``physical`` protocol: the likelihood goes through the decoder, which reconstructs every
   modality its encoder reads: ``y_t ~ A(D_t(z))``, ``y_p ~ D_p(z)`` on the gauges,
   ``y_olr ~ D_olr(z)``, one Gaussian likelihood with each term's own variance: the
-  observation error plus, by default, the decoder's own error for that quantity (measured on
-  validation days, see :func:`decoder_error_variance`). No truth is needed beyond the
-  observations.
+  observation error plus, by default (``assimilation.decoder_error_in_likelihood``), the
+  decoder's own error for that quantity (measured on validation days, see
+  :func:`decoder_error_variance`). No truth is needed beyond the observations.
 - ``paper`` protocol (the paper's): the latent code itself is observed, ``y = A(E(true stack))
   + noise``, with the noise in standardised latent units; forming ``y`` needs the truth.
 
 The sampled codes are decoded to temperature in both and, by default
-(``assimilation.decoder_residuals``), each decoded member gets a residual ``x - D(E(x))`` of
-a validation day, centred over the members (:func:`add_decoder_residuals`): the spread of the
-codes reaches the temperature field but the decoder's own error does not, and without it the
-ensembles are under-dispersive.
+(``assimilation.decoder_residuals_in_members``), each decoded member gets a residual
+``x - D(E(x))`` of a validation day, centred over the members (:func:`add_decoder_residuals`):
+the spread of the codes reaches the temperature field but the decoder's own error does not,
+and without it the ensembles are under-dispersive.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import torch
 import xarray as xr
 from torch.utils.checkpoint import checkpoint
 
+from slams.assimilation import assimilate_states, sampler_attrs, select_period
 from slams.data.dataset import from_anomaly
 from slams.diffusion import MarkovBlanketDenoiser
 from slams.models import for_sampling, load_model, states_of
-from slams.sampling import assimilate_states, sampler_attrs, select_period
 
 
 def latent_statistics(path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,8 +197,10 @@ def analyse(method, observations, context):
                 f"{sorted(needed)} under the physical protocol: retrain it (the decoder must "
                 "reconstruct every modality its encoder reads)"
             )
-        state_fields = decoded_fields(autoencoder.decode, outputs, z_mean, z_std, context.chunk)
-        if context.decoder_error:
+        state_fields = decoded_fields(
+            autoencoder.decode, outputs, z_mean, z_std, context.windows_per_call
+        )
+        if context.decoder_error_in_likelihood:
             extra = decoder_error_variance(reconstruction(), observations)
             observations = replace(
                 observations,
@@ -214,15 +216,17 @@ def analyse(method, observations, context):
     )
     shape = (int(z_mean.shape[0]), *grid)
     ensemble = assimilate_states(
-        MarkovBlanketDenoiser(net, window=context.window, chunk=context.chunk),
+        MarkovBlanketDenoiser(net, window=context.blanket_days, chunk=context.windows_per_call),
         observations,
         state_fields,
         shape,
         context,
     )
-    decoded_t = decode_members(autoencoder, ensemble, z_mean, z_std, levels, context.chunk)
+    decoded_t = decode_members(
+        autoencoder, ensemble, z_mean, z_std, levels, context.windows_per_call
+    )
     del ensemble
-    if context.decoder_residuals:
+    if context.decoder_residuals_in_members:
         split, parts = reconstruction()
         residuals = states_of(split, ["t"]) - parts["t"]  # x - D(E(x)), standardised anomaly
         add_decoder_residuals(decoded_t, residuals, context.seed + 2, inplace=True)
@@ -235,7 +239,7 @@ def analyse(method, observations, context):
         "decoder_outputs": ",".join(name for name, _ in outputs),
         "decoder_residuals": (
             "validation residuals x - D(E(x)) added to the members, centred"
-            if context.decoder_residuals
+            if context.decoder_residuals_in_members
             else "none"
         ),
     }
@@ -245,7 +249,7 @@ def analyse(method, observations, context):
             + "; ".join(
                 f"{k} {' '.join(f'{v:.3g}' for v in vs)}" for k, vs in decoder_error.items()
             )
-            if context.decoder_error
+            if context.decoder_error_in_likelihood
             else "not in the likelihood"
         )
     return analysis_k, attrs

@@ -6,10 +6,10 @@ multimodality needs the latent space.
 
 from __future__ import annotations
 
+from slams.assimilation import assimilate_states, sampler_attrs
 from slams.data.dataset import from_anomaly
 from slams.diffusion import MarkovBlanketDenoiser
 from slams.models import for_sampling, load_model
-from slams.sampling import assimilate_states, sampler_attrs
 
 # Channels of the pixel-both state after the temperature levels, in order.
 JOINT_FIELDS = ("precip", "olr")
@@ -39,7 +39,7 @@ def analyse(method, observations, context):
             f"{context.paths['score']} models {channels} channels, {method} needs {expected}"
         )
     ensemble = assimilate_states(
-        MarkovBlanketDenoiser(net, window=context.window, chunk=context.chunk),
+        MarkovBlanketDenoiser(net, window=context.blanket_days, chunk=context.windows_per_call),
         observations,
         state_fields(method, levels),
         (channels, *context.climatology_k.shape[-2:]),
