@@ -1,8 +1,10 @@
-# make demo   - create .venv, install, run the whole workflow on the embedded synthetic world
-# make test   - create .venv if needed, run the test suite (unit tests + the smoke-preset DAG)
-# make lint   - ruff, snakefmt and snakemake --lint
-# make study  - the demo's world, six training years, networks trained until they stop improving (at most 60 epochs), 8 members, without latent-insitu/-exsitu (presets/study.yaml; measured 105 min on 2 shared cores)
-# make gpu-benchmark - on a CUDA machine: sampler, projected analysis and training times (one table)
+# make demo    - create .venv, install, run the whole workflow on the embedded synthetic world
+# make test    - create .venv if needed, run the tests (unit tests, the smoke preset's DAG, Slurm)
+# make report  - results/demo/report.html of a finished demo
+# make docs    - the documentation site, into site/
+# make study   - the converged run: the demo's world, networks trained to a plateau (presets/study.yaml)
+# make lint    - ruff, snakefmt and snakemake --lint
+# make gpu-benchmark - on a CUDA machine: sampler, projected analysis and training times
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,10 +16,10 @@ PIP_EXTRA ?=
 CORES ?= all
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint dry-run clean-demo help report gpu-benchmark study
+.PHONY: demo test lint dry-run clean-demo help report gpu-benchmark study docs
 
 help:
-	@sed -n '1,6p' Makefile
+	@sed -n '1,7p' Makefile
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +52,6 @@ gpu-benchmark: $(STAMP)
 	$(BIN)/python benchmarks/gpu.py --device cuda --out results/gpu-benchmark.md
 
 # The documentation site (mkdocs.yml, docs/) into site/; any warning fails it (--strict).
-.PHONY: docs
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 

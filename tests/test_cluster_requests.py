@@ -18,7 +18,7 @@ from slams.cluster import (
     slurm_requests,
     table,
 )
-from slams.generated import generated_block
+from slams.docgen import generated_block
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_ON = "resources: {gpu_rules_use_gpu: true}\n"

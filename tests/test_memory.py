@@ -4,7 +4,7 @@ the table of them in docs/cluster.md, which must be what `python -m slams.memory
 import pytest
 
 from slams.config import load_config
-from slams.generated import generated_block
+from slams.docgen import generated_block
 from slams.memory import (
     Sizes,
     analysis,

@@ -215,7 +215,7 @@ def main(argv: list[str]) -> int:
     text = dry_run([a for a in argv if a != "--docs"], profile=profile)
     rows = table(slurm_requests(parse_dry_run(text), 8, profile_limits(profile)))
     if docs:
-        from slams.generated import write_block
+        from slams.docgen import write_block
 
         write_block(ROOT / "docs/cluster.md", "python -m slams.cluster", rows)
     print(rows)

@@ -458,7 +458,7 @@ def main(argv: list[str]) -> int:
     config = load_config(*files)
     text = requests_table(config)
     if docs:  # the table in docs/cluster.md, of config.yaml
-        from slams.generated import write_block
+        from slams.docgen import write_block
 
         write_block(root / "docs/cluster.md", "python -m slams.memory", text)
     print(text)
