@@ -11,7 +11,7 @@ Usage::
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -47,7 +47,10 @@ def costs(run: Path) -> pd.DataFrame:
 
 
 def main() -> None:
-    run = Path(sys.argv[1] if len(sys.argv) > 1 else "results/demo")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", nargs="?", type=Path, default=Path("results/demo"),
+                        help="a finished run's folder (default: results/demo)")  # fmt: skip
+    run = parser.parse_args().run
     table = costs(run)
     if table.empty:
         raise SystemExit(f"no assimilation benchmarks under {run}/benchmarks/assimilate")

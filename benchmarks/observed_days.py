@@ -5,7 +5,7 @@ backward pass needs only the Markov-blanket windows that own an observed day
 (:meth:`slams.diffusion.MarkovBlanketDenoiser.linearise` with ``days``). This script times one
 guided noise prediction of ``--members`` members x ``--days`` days, observed every ``--every``
 days (4 x 4 block means, variance 0.1), with a graph through every window (``days`` not given,
-the workflow before issue 15) and through the owning windows only, on the same input, and
+the workflow once did) and through the owning windows only, on the same input, and
 prints the ratio and the largest difference of the two guided predictions relative to their
 scale. Score U-Nets of random weights at the preset's size (the time does not depend on the
 weights). Usage::

@@ -1,4 +1,4 @@
-"""The paper's grid and network sizes, mechanically (issue 26): every stage at full size.
+"""The paper's grid and network sizes, mechanically: every stage at full size.
 
 Runs the workflow with ``presets/paper-scale.yaml`` (three years of the synthetic world at the
 real sources' grids, regridded to 1.5 degrees; the dataset stage; ``config.yaml``'s network

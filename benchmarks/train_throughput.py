@@ -8,8 +8,8 @@ For each preset (demo, paper) and autoencoder downsampling factor, times a few o
 - ``latent``: the latent score U-Net on windows of latent codes (grid / downsample).
 
 Each case runs in its own process so that its peak resident memory (CPU) or peak allocated
-GPU memory is its own. The data loading is not included (see the README for the streaming
-store). Usage::
+GPU memory is its own. The data loading is not included (docs/method.md, "Training", says how
+the training streams its samples). Usage::
 
     python benchmarks/train_throughput.py [--preset demo paper] [--downsample 1 2]
         [--batch N] [--steps 3] [--device cpu|cuda] [--precision fp32 bf16]

@@ -26,11 +26,10 @@ import xarray as xr
 
 import slams.methods.latent as latent_family
 from slams.assimilation import assimilate_case, select_period
-from slams.config import load_config
+from slams.config import run_config
 from slams.methods import METHODS
 from slams.metrics import score_analysis
 from slams.models import autoencoder_inputs, load_model
-from slams.paths import PROJECT_ROOT as ROOT
 from slams.paths import autoencoder_name, dataset_path, latents_path, model_path
 
 CAPTURED: list[torch.Tensor] = []
@@ -91,14 +90,13 @@ def variants(assimilation: dict, protocol: str, method: str) -> dict[str, tuple[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", nargs="?", default="results/demo", type=Path)
-    parser.add_argument("--preset", default=str(ROOT / "presets/demo.yaml"))
     parser.add_argument("--methods", nargs="+", default=["pixel", "latent-none", "latent-both"])
     parser.add_argument("--protocol", default="physical")
     parser.add_argument("--cases", nargs="+", default=["ideal", "coarse", "noisy", "sparse"])
     parser.add_argument("--variants", nargs="+", help="only these variants (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = load_config(ROOT / "config.yaml", args.preset)
+    config = run_config(args.run)  # the config the run was made with
     section = config["assimilation"]
     print("| method | variant | case | RMSE (K) | CRPS (K) | spread/skill | latent spread/skill "
           "| s |")  # fmt: skip

@@ -1,5 +1,5 @@
-"""Two finished runs side by side (e.g. the demo and the study): the tables of README.md's
-"What a converged run shows".
+"""Two finished runs side by side (e.g. the demo and the study): training, job seconds, the
+named cases and the multimodality differences (docs/results.md has the study's, generated).
 
 Prints markdown:
 

@@ -9,7 +9,7 @@ measured in every cell of the CSVs, it samples the trajectory case with the same
 mean gap closed as a share of what as many exact posterior samples close, the spread ratio,
 and on the learned networks the worst cell's CRPS as a share of that cell's best and the range
 of spread/skill. ``--plot`` draws the worst cell's share against the exact closure, one point
-per sampler, with the two goals (issue 25: at least 92 % of the floor; within 2 % of the best
+per sampler, with the two goals (at least 92 % of the floor; within 2 % of the best
 CRPS) as lines. ``--csv`` keeps the exact closures, so that a rerun (``--resume``) measures only
 new samplers. With few members the floor itself is low (0.887 at 200, 0.950 at 1000, 0.969 at
 2000) and every share of it is inflated: judge the 92 % goal at 2000. Usage::
@@ -31,7 +31,7 @@ from slams.studies.exact_posterior import TrajectoryProblem, timed_sample
 from slams.studies.sampler_choice import aggregate, read_rows, sampler_name
 
 KEY = ["solver", "steps", "corrections", "min_sigma", "tau_reference_steps", "grid_steps"]
-FLOOR_GOAL, CRPS_GOAL = 0.92, 1.02  # issue 25: of the floor's closure; of the cell's best CRPS
+FLOOR_GOAL, CRPS_GOAL = 0.92, 1.02  # of the floor's closure; of the cell's best CRPS
 
 
 def learned_summary(frame: pd.DataFrame, max_calls: int | None) -> pd.DataFrame:

@@ -1,24 +1,22 @@
 #!/usr/bin/env bash
-# The sampler grid on a finished run's networks (benchmarks/README.md, "The sampler grid
-# on the study's networks"): steps x corrections x solver x guidance x Langevin time for pixel,
-# latent-none and latent-both in the ideal and sparse cases, 4 members x 8 days. Resumable
-# (steps.py --resume): run it again after a stop and it measures only what is missing.
+# The sampler grid on a finished run's networks (docs/sampler.md; each design's history in
+# CHANGELOG.md): steps x corrections x solver x guidance x Langevin time for pixel, latent-none
+# and latent-both in the ideal and sparse cases, 4 members x 8 days. Resumable (steps.py
+# --resume): run it again after a stop and it measures only what is missing.
 #   studies/steps_grid.sh results/study results/study/steps [JOBS]
 # JOBS (default 2): processes side by side, one thread each. PERIOD="FIRST LAST" (default the
 # study's first 8 test days); PYTHON (default python); METHODS="a b" runs only those methods'
-# grids, one after another, and stops. DESIGN=band measures instead the corrector's design at
-# <= 64 calls (corrections only where sigma >= 0.3, the Langevin time fixed, more corrections
-# per step; benchmarks/README.md, "Where the Langevin time goes"), without the paper's 512 + 1.
-# DESIGN=seeds measures the candidates for a sampler per network (assimilation.sampler_by_space)
-# at <= 64 calls, over seeds 0, 1 and 2 (PERIOD="2007-01-01 2007-01-16" for 4 observed days in
-# the ideal case); benchmarks/README.md, "A sampler per network". DESIGN=safe measures the
-# corrector as the steps grow (16, 64, 256; 2 corrections where sigma >= 0.3 with the Langevin
-# time of 40 steps, the exact goal's, and of 16, config.yaml's), with its corrections on a
-# 16-step grid (correction_grid_steps) and, at 40, after every step; benchmarks/README.md, "The
-# fourth round: a corrector that does not grow with the steps". DESIGN=final measures the
-# candidates of every earlier round that were within reach of the rule (each cell's best among
-# them) over seeds 0-5, for the choice of config.yaml's samplers; benchmarks/README.md, "The
-# fifth round: the choice over six seeds".
+# grids, one after another, and stops. DESIGN selects another design:
+# - band: the corrector at <= 64 calls (corrections only where sigma >= 0.3, the Langevin time
+#   fixed, more corrections per step), without the paper's 512 + 1;
+# - seeds: the candidates for a sampler per network (assimilation.sampler_by_space) at <= 64
+#   calls over seeds 0, 1 and 2 (PERIOD="2007-01-01 2007-01-16": 4 observed days in the ideal
+#   case);
+# - safe: the corrector as the steps grow (16, 64, 256; 2 corrections where sigma >= 0.3 at the
+#   Langevin time of 40 steps and of 16), its corrections on a 16-step grid
+#   (correction_grid_steps) and, at 40, after every step;
+# - final: the candidates within reach of the rule over seeds 0-5, the choice of config.yaml's
+#   samplers (studies/sampler/final-choice).
 # Then, for the table and figure:
 #   python studies/steps.py --from-csv OUT/*.csv --plot OUT/steps.png
 set -euo pipefail

@@ -67,7 +67,7 @@ def test_paper_config_is_the_paper(root):
     }
     assert config["score"]["pixel"]["hidden"] == [64, 128, 256]
     assert config["score"]["latent"]["hidden"] == [32, 64, 128]
-    # the sampler chosen by measurement (README, "Choosing the sampler"); the paper's own is
+    # the sampler chosen by measurement (docs/sampler.md); the paper's own is
     # one overlay away
     from slams.config import method_assimilation
 

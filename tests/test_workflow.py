@@ -365,3 +365,22 @@ def test_the_pixel_networks_and_only_they_train_with_score_pixel(root, smoke_run
         r"rule train_score:\n(?:    .*\n)*?    output: \S+/score-(\S+)\.pt", result.stdout
     )
     assert sorted(trained) == ["pixel", "pixel-both"]
+
+
+def test_the_results_tables_from_a_finished_run(smoke_run, tmp_path):
+    """The docs' results tables (slams.docgen) from a finished run's files, collected as
+    studies/converged is: a row per network, named case and method, setting."""
+    from slams import docgen
+
+    study = tmp_path / "study"
+    written = docgen.collect_study(smoke_run / "results" / "smoke", study)
+    assert (study / "scores.csv") in written and list((study / "losses").glob("score-*.csv"))
+    training = docgen.study_training(study)
+    assert training.count("\n| score-") == 6 and training.count("\n| autoencoder-") == 4
+    cases = docgen.study_cases(study)
+    assert "| ideal | latent-both | " in cases and "| sparse | oi | " in cases
+    assert "[" in cases.split("| ideal | pixel | ")[1].splitlines()[0]  # with its interval
+    assert "| coarse | latent-none | " in docgen.study_protocols(study)
+    assert "| gap 2 | " in docgen.study_multimodality(study)
+    assert "| ideal | paper | latent-none | " in docgen.study_calibration(study)
+    assert docgen.headline(study).count("**") == 2 * 4  # one best per named case

@@ -1,6 +1,7 @@
 """What each Slurm job of a run asks for, computed from Snakemake's dry run.
 
     python -m slams.cluster [snakemake options]    # e.g. --configfile presets/smoke.yaml
+    python -m slams.cluster --docs                 # rewrite docs/cluster.md's table
 
 runs `snakemake -n --profile slurm --cores 8 ...` and prints one row per kind of Slurm job
 (a rule, or a group job), with what `sbatch` gets: partition, CPUs (`--cpus-per-task`: the
@@ -210,6 +211,9 @@ def dry_run(args: list[str], cores: int = 8, profile: Path = ROOT / "slurm",
 
 
 def main(argv: list[str]) -> int:
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return 0
     profile = ROOT / "slurm"
     docs = "--docs" in argv  # docs/cluster.md: config.yaml's jobs
     text = dry_run([a for a in argv if a != "--docs"], profile=profile)

@@ -448,16 +448,23 @@ def requests_table(config: Mapping) -> str:
 
 
 def main(argv: list[str]) -> int:
+    import argparse
     from pathlib import Path
 
     from slams.config import load_config
     from slams.paths import PROJECT_ROOT as root
 
-    docs = "--docs" in argv
-    files = [root / "config.yaml", *(Path(a) for a in argv if a != "--docs")]
-    config = load_config(*files)
+    parser = argparse.ArgumentParser(
+        prog="python -m slams.memory",
+        description="Each kind of job's predicted peak memory beside its request, for "
+        "config.yaml and the overlays given (docs/cluster.md).",
+    )
+    parser.add_argument("overlays", nargs="*", type=Path, help="config overlays, in order")
+    parser.add_argument("--docs", action="store_true", help="rewrite docs/cluster.md's table")
+    args = parser.parse_args(argv)
+    config = load_config(root / "config.yaml", *args.overlays)
     text = requests_table(config)
-    if docs:  # the table in docs/cluster.md, of config.yaml
+    if args.docs:  # the table in docs/cluster.md, of config.yaml
         from slams.docgen import write_block
 
         write_block(root / "docs/cluster.md", "python -m slams.memory", text)

@@ -68,7 +68,8 @@ OLR_FIRST_DAY = datetime.date(1974, 6, 1)  # NOAA's interpolated daily OLR start
 # The yearly ERA5 files (merge_era5_year, download_era5_weatherbench2) keep 16 significant bits
 # of each float32 (BitRound) before zlib: the zeroed low bits and the near-constant exponent
 # compress away, about half of float32 stays (the synthetic world at the paper's grid keeps
-# 22 %, README "The paper's size"; real ERA5 is rougher). An estimate, not a bound.
+# 22 %: docs/benchmarks.md, "The paper's size, run mechanically"; real ERA5 is rougher). An
+# estimate, not a bound.
 QUANTIZED_FRACTION = 0.5
 # A request is short when it is below the predicted peak; the fix asks for this much more, in
 # whole GB, for what the prediction does not see.

@@ -2,7 +2,7 @@
 
 
 rule train_autoencoder:
-    """Encoder (temperature + modalities) -> latent -> decoder (temperature).
+    """Encoder (temperature + the set's modalities) -> latent -> decoder (every field it encodes).
 
     Checkpoints (last and best epoch) go to models/checkpoints/; a killed job resumes from them.
     """
