@@ -71,7 +71,8 @@ rule train_score:
         **gpu_resources("train"),
     params:
         network=lambda wc: score_network(config, wc.space),
-        training=config["score"],
+        # the optimisation: a change of one network's U-Net (params.network) retrains it alone
+        training={k: v for k, v in config["score"].items() if k not in ("pixel", "latent")},
         training_options=config["training"],
         checkpoints=lambda wc: checkpoints_dir(RESULTS, score_name(wc.space)),
         device=config["device"],
