@@ -456,6 +456,18 @@ def sampler_choice(folder: Path = SAMPLER_CHOICE) -> str:
     return _markdown(header, rows, 2)
 
 
+def config_sampler(config: Path = ROOT / "config.yaml") -> str:
+    """``config.yaml``'s sampler sections as they are written there, comments included: from
+    ``assimilation.sampler`` to the end of ``assimilation.sampler_by_space``."""
+    lines = config.read_text().splitlines()
+    start = lines.index("  sampler:")
+    stop = next(i for i in range(start + 1, len(lines))  # the next key of assimilation
+                if lines[i].startswith("  ") and not lines[i].startswith("   ")
+                and not lines[i].startswith("  sampler_by_space:"))  # fmt: skip
+    body = [line.removeprefix("  ") for line in lines[start:stop]]
+    return "\n".join(["```yaml", "# config.yaml, assimilation:", *body, "```"])
+
+
 # --- benchmark tables (benchmarks/measured) -------------------------------------------------
 
 BENCHMARK_RESULTS = ROOT / "benchmarks/measured"
@@ -516,6 +528,7 @@ def _blocks() -> dict[str, Callable[[], str]]:
         "study-calibration": lambda: study_calibration(STUDY),
         "headline": lambda: headline(STUDY),
         "sampler-choice": lambda: sampler_choice(SAMPLER_CHOICE),
+        "config-sampler": config_sampler,
         "memory-check": lambda: memory_check(BENCHMARK_RESULTS),
         "paper-scale": lambda: paper_scale(BENCHMARK_RESULTS),
     }
