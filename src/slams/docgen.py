@@ -219,11 +219,10 @@ def _cases(config: Mapping) -> list[tuple[str, str, float]]:
 
 
 def _markdown(header: list[str], rows: list[list[str]], text_columns: int) -> str:
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * text_columns + ["---:"] * (len(header) - text_columns))
-             + "|"]  # fmt: skip
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A markdown table, its first ``text_columns`` left-aligned (the summary's own layout)."""
+    from slams.figures.summary import _table
+
+    return "\n".join(_table(header, rows, text_columns))
 
 
 def _with_interval(row, digits: int = 2, sign: str = "") -> str:
