@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--window", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--cg-iterations", type=int, default=3)
+    parser.add_argument("--mmps-iterations", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=None, help="windows per network call")
     args = parser.parse_args()
     torch.set_grad_enabled(False)  # as in the sampler
@@ -79,7 +79,7 @@ def main() -> None:
                 owning = len({denoiser.owner(d, length) for d in days})
                 for name, kind, options in (
                     ("sda", GaussianGuidance, {}),
-                    ("mmps", MomentMatchingGuidance, {"cg_iterations": args.cg_iterations}),
+                    ("mmps", MomentMatchingGuidance, {"iterations": args.mmps_iterations}),
                 ):
 
                     def observe(state, local=local, operator=operator):

@@ -17,8 +17,9 @@ gives the floor: as many exact posterior samples. Usage::
 
     python studies/gaussian_posterior.py [--case state|trajectory] [--members 2000]
         [--steps 16 32 64 128 256 512] [--corrections 0 1 2] [--window 3]
-        [--guidance sda mmps] [--solver ddim] [--tau 0.5] [--tau-reference-steps N]
-        [--correction-min-sigma 0] [--correction-grid-steps N] [--seed 0]
+        [--guidance sda mmps] [--mmps-iterations 3] [--solver ddim] [--tau 0.5]
+        [--tau-reference-steps N] [--correction-min-sigma 0] [--correction-grid-steps N]
+        [--seed 0]
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def settings(args, steps: int, corrections: int) -> SamplerSettings:
 
 def trajectory_rows(args) -> None:
     """The table for the trajectory case (see the module docstring)."""
-    problem = TrajectoryProblem(args.window, args.members, args.cg_iterations)
+    problem = TrajectoryProblem(args.window, args.members, args.mmps_iterations)
     floor = problem.floor
     print(
         f"| trajectory, window {args.window} | exact samples (floor) | – | – "
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=2000)
     parser.add_argument("--steps", type=int, nargs="+", default=[16, 32, 64, 128, 256, 512])
     parser.add_argument("--corrections", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--cg-iterations", type=int, default=3)
+    parser.add_argument("--mmps-iterations", type=int, default=3)
     parser.add_argument("--variance", type=float, default=0.1)
     parser.add_argument("--case", choices=["state", "trajectory"], default="state")
     parser.add_argument(
@@ -119,10 +120,11 @@ def main() -> None:
         _, post_mean, post_cov = prior.kalman(operator, y, args.variance)
         guidances = {
             "sda": GaussianGuidance(operator, y, args.variance),
-            f"mmps-cg{args.cg_iterations}": MomentMatchingGuidance(
-                operator, y, args.variance, cg_iterations=args.cg_iterations
-            ),
         }
+        for solver in ("gmres", "cg"):
+            guidances[f"mmps-{solver}{args.mmps_iterations}"] = MomentMatchingGuidance(
+                operator, y, args.variance, iterations=args.mmps_iterations, linear_solver=solver
+            )
         for label, guidance in guidances.items():
             for steps in args.steps:
                 for corrections in args.corrections:

@@ -8,7 +8,7 @@ On the networks and test period of a finished run (default ``results/demo``; its
 ``--solvers``, ``--guidance`` and ``--correction-min-sigma``. Scored on the observed days,
 means over the levels. Network calls per analysed window batch are ``steps x (1 +
 corrections)`` guided evaluations (an SDA evaluation is one forward and one backward pass, an
-MMPS one ``cg_iterations + 1`` backward passes; corrections skipped below
+MMPS one ``mmps_iterations + 1`` backward passes; corrections skipped below
 ``correction_min_sigma`` are not counted). The last column is the CRPS as a share of the best
 CRPS of the same method and case (> 1 is worse), filled in once all rows of that case are in.
 Prints a markdown table, one row as soon as it is measured; ``--csv`` also writes the rows,

@@ -108,7 +108,8 @@ def test_defaults_are_filled(paper, schema):
         "tau": 0.5,
         "gamma": 0.01,
         "guidance": "sda",
-        "cg_iterations": 3,
+        "mmps_iterations": 3,
+        "mmps_solver": "gmres",
         "solver": "ddim",
         "correction_min_sigma": 0.0,
         "tau_reference_steps": None,
@@ -331,20 +332,40 @@ def test_an_unknown_method_fails_in_one_line_naming_it(paper, schema):
     assert message.startswith("config error at assimilation.methods[1]: 'latent-everything'")
 
 
+def _section(config: dict, path: tuple) -> dict:
+    for key in path[:-1]:
+        config = config.setdefault(key, {})
+    return config
+
+
 @pytest.mark.parametrize(("old", "new"), list(RENAMED_KEYS.items()))
 def test_an_old_key_still_works_with_a_one_line_warning(paper, schema, caplog, old, new):
-    value = {"window": 7, "window_days": 29, "chunk_windows": 16}.get(old[-1], False)
+    value = {"window": 7, "window_days": 29, "chunk_windows": 16, "cg_iterations": 5}.get(
+        old[-1], False
+    )
     renamed = copy.deepcopy(paper)
-    renamed[new[0]][new[1]] = value
+    _section(renamed, new)[new[-1]] = value
     deprecated = copy.deepcopy(paper)
-    deprecated[old[0]].pop(new[1], None)
-    deprecated[old[0]][old[1]] = value
+    _section(deprecated, new).pop(new[-1], None)
+    _section(deprecated, old)[old[-1]] = value
     with caplog.at_level("WARNING", logger="slams.config"):
         validated = validate_config(deprecated, schema)
     assert validated == validate_config(renamed, schema)  # the same effective config
-    assert old[1] not in validated[old[0]]
+    assert old[-1] not in _section(validated, old)
     assert [r.getMessage() for r in caplog.records] == [
         f"config: {'.'.join(old)} is deprecated, use {'.'.join(new)}"
+    ]
+
+
+def test_an_old_sampler_key_is_renamed_per_network_too(paper, schema, caplog):
+    config = copy.deepcopy(paper)
+    config["assimilation"]["sampler_by_space"] = {"pixel": {"cg_iterations": 6}}
+    with caplog.at_level("WARNING", logger="slams.config"):
+        validate_config(config, schema)
+    assert config["assimilation"]["sampler_by_space"]["pixel"] == {"mmps_iterations": 6}
+    assert [r.getMessage() for r in caplog.records] == [
+        "config: assimilation.sampler_by_space.pixel.cg_iterations is deprecated, "
+        "use assimilation.sampler_by_space.pixel.mmps_iterations"
     ]
 
 

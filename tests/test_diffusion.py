@@ -609,13 +609,13 @@ def test_moment_matching_is_the_exact_posterior_score(prior, operator, t):
     t = torch.tensor(t, dtype=F64)
     exact = _exact_posterior_eps(prior, operator, y, 0.1, x, t)
     with torch.no_grad():
-        mmps = MomentMatchingGuidance(operator, y, 0.1, cg_iterations=8)
+        mmps = MomentMatchingGuidance(operator, y, 0.1, iterations=8)
         guided = mmps.guided_eps(prior.eps, x, t, SDE)
         sda = GaussianGuidance(operator, y, 0.1).guided_eps(prior.eps, x, t, SDE)
     assert not guided.requires_grad
     torch.testing.assert_close(guided, exact, rtol=1e-6, atol=1e-6)
     sda_error = ((sda - exact).norm() / exact.norm()).item()
-    two = MomentMatchingGuidance(operator, y, 0.1, cg_iterations=2).guided_eps(prior.eps, x, t, SDE)
+    two = MomentMatchingGuidance(operator, y, 0.1, iterations=2).guided_eps(prior.eps, x, t, SDE)
     two_error = ((two - exact).norm() / exact.norm()).item()
     # Measured: SDA's relative error is 1e-2 (t=0.05), 0.7-1.1 (t=0.3, 0.7) and <1e-3 at the
     # ends; MMPS with 2 CG iterations: <= 3.5e-2 everywhere, 8 iterations: ~1e-8.
@@ -634,7 +634,7 @@ def test_moment_matching_mask_and_nonlinear_observe(prior):
     mask[..., 0, :] = False
 
     def guided(y, variance, mask=None, observe=operator):
-        guidance = MomentMatchingGuidance(observe, y, variance, mask, cg_iterations=8)
+        guidance = MomentMatchingGuidance(observe, y, variance, mask, iterations=8)
         return guidance.guided_eps(prior.eps, x, t, SDE)
 
     reference = guided(y, 0.2, mask)
@@ -651,6 +651,103 @@ def test_moment_matching_mask_and_nonlinear_observe(prior):
     assert torch.isfinite(cubic).all() and not torch.allclose(cubic, reference)
 
 
+def _non_symmetric_systems(n: int = 6, members: int = 4) -> tuple[Tensor, Tensor]:
+    """Well-conditioned non-symmetric, indefinite matrices ``(members, n, n)`` and right-hand
+    sides ``(members, n)``: a rotation-heavy part makes ``v^T M v`` negative along some ``v``."""
+    generator = torch.Generator().manual_seed(3)
+    skew = torch.randn(members, n, n, generator=generator, dtype=F64)
+    skew = 2.0 * (skew - skew.transpose(1, 2))
+    diagonal = torch.diag_embed(torch.linspace(-1.0, 2.0, n, dtype=F64)).expand(members, n, n)
+    matrices = diagonal + skew
+    return matrices, torch.randn(members, n, generator=generator, dtype=F64)
+
+
+def test_gmres_solves_a_non_symmetric_system_where_cg_fails():
+    from slams.diffusion.guidance import conjugate_gradient, gmres
+
+    matrices, b = _non_symmetric_systems()
+    exact = torch.linalg.solve(matrices, b)
+    n = b.shape[1]
+
+    def matvec(v: Tensor) -> Tensor:
+        return (matrices @ v[..., None])[..., 0]
+
+    residuals = []
+    for k in range(1, n + 1):
+        u = gmres(matvec, b, k)
+        residuals.append((b - matvec(u)).norm(dim=1))
+    # GMRES minimises the residual over a growing space: it never grows, and n steps solve it.
+    for k in range(1, n):
+        assert (residuals[k] <= residuals[k - 1] * (1 + 1e-10)).all()
+    torch.testing.assert_close(gmres(matvec, b, n), exact, rtol=1e-8, atol=1e-8)
+    # CG assumes a symmetric positive-definite M: on this one it is far off after n steps.
+    cg_error = (conjugate_gradient(matvec, b, n) - exact).norm() / exact.norm()
+    assert cg_error > 0.1
+    # A member with nothing to solve (b = 0) stays at zero, and breakdown is harmless:
+    # on the identity the first step is exact and later ones add nothing.
+    zero = gmres(matvec, torch.zeros_like(b), 3)
+    assert torch.equal(zero, torch.zeros_like(b))
+    torch.testing.assert_close(gmres(lambda v: v, b, 4), b)
+
+
+class _LinearDenoiser(nn.Module):
+    """``eps(x, t) = W x`` with a fixed non-symmetric ``W``: a Jacobian that, like a learned
+    network's, is not symmetric."""
+
+    def __init__(self, weight: Tensor, shape: tuple):
+        super().__init__()
+        self.weight, self.shape = weight, shape
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        flat = x.reshape(x.shape[0], -1) @ self.weight.T
+        return flat.reshape(x.shape)
+
+
+@pytest.mark.parametrize("t", [0.3, 0.94])
+def test_moment_matching_with_a_non_symmetric_jacobian(t):
+    # eps = W x, so x0_hat = (I - sigma W) x / mu and J = d x0_hat / d x = (I - sigma W) / mu.
+    # The exact MMPS update is eps - sigma J^T A^T M^-1 r, M = var + sigma^2/mu A J^T A^T
+    # (J^T throughout, as the guidance applies it by vector-Jacobian products),
+    # r = y - A x0_hat; M is not symmetric. GMRES with as many iterations as observed points
+    # gives it exactly; CG does not.
+    shape, variance = (1, 4, 4), 0.05
+    dim = math.prod(shape)
+    generator = torch.Generator().manual_seed(1)
+    weight = 3.0 * torch.randn(dim, dim, generator=generator, dtype=F64) / math.sqrt(dim)
+    denoiser = _LinearDenoiser(weight, shape)
+    operator = MeasurementOperator(coarsen=2)
+    x = torch.randn(3, *shape, generator=generator, dtype=F64)
+    y = torch.randn(1, 1, 2, 2, generator=generator, dtype=F64)
+    t = torch.tensor(t, dtype=F64)
+    mu, sigma = SDE.mu(t), SDE.sigma(t)
+    a = operator(torch.eye(dim, dtype=F64).reshape(dim, *shape)).reshape(dim, -1).T
+    jacobian = (torch.eye(dim, dtype=F64) - sigma * weight) / mu
+    system = variance * torch.eye(a.shape[0], dtype=F64) + sigma**2 / mu * a @ jacobian.T @ a.T
+    assert not torch.allclose(system, system.T)  # the point of the test
+    # near t = 1 the symmetric part is indefinite too, as measured on learned networks
+    indefinite = torch.linalg.eigvalsh((system + system.T) / 2).min() < 0
+    assert indefinite == (t > 0.9)
+    flat = x.reshape(3, dim)
+    residual = y.reshape(1, -1) - (flat @ jacobian.T) @ a.T
+    u = torch.linalg.solve(system, residual.T).T
+    exact = (flat @ weight.T - sigma * (u @ a) @ jacobian).reshape(x.shape)
+    observed = a.shape[0]
+
+    def guided(solver: str) -> Tensor:
+        guidance = MomentMatchingGuidance(
+            operator, y, variance, iterations=observed, linear_solver=solver
+        )
+        with torch.no_grad():
+            return guidance.guided_eps(denoiser, x, t, SDE)
+
+    torch.testing.assert_close(guided("gmres"), exact, rtol=1e-8, atol=1e-8)
+    correction = exact - denoiser(x, t)  # the guidance's own part, what the solver decides
+    cg_error = ((guided("cg") - exact).norm() / correction.norm()).item()
+    print(f"\nt = {t.item()}: CG's relative error in the guidance {cg_error:.3f}")
+    if indefinite:
+        assert cg_error > 0.1
+
+
 @pytest.mark.parametrize("operator", OPERATORS, ids=OPERATOR_IDS)
 def test_moment_matching_sampling_matches_kalman_posterior(prior, operator):
     # MMPS's likelihood is exact for this problem, so without any Langevin correction the
@@ -658,7 +755,7 @@ def test_moment_matching_sampling_matches_kalman_posterior(prior, operator):
     variance = 0.1
     y = prior.observation(operator, variance)
     _, post_mean, post_cov = prior.kalman(operator, y, variance)
-    guidance = MomentMatchingGuidance(operator, y, variance, cg_iterations=3)
+    guidance = MomentMatchingGuidance(operator, y, variance, iterations=3)
     x = sample(
         lambda x, t: guidance.guided_eps(prior.eps, x, t, SDE),
         (2000, *prior.shape),

@@ -73,7 +73,7 @@ def test_the_lean_sampler_gives_the_analyses_of_the_one_before(
     if guidance == "sda":
         likelihood = GaussianGuidance(observe, y, variance, mask, days=OBSERVED_DAYS)
     else:
-        likelihood = MomentMatchingGuidance(observe, y, variance, mask, cg_iterations=2,
+        likelihood = MomentMatchingGuidance(observe, y, variance, mask, iterations=2,
                                             days=OBSERVED_DAYS)  # fmt: skip
     net = _net()
     # 7 windows a member, 3 per call: the lean guidance takes one member at a time, in chunks

@@ -210,7 +210,7 @@ def test_decoder_space_guidance_matches_the_exact_posterior(guidance, steps, cor
     context = Context(
         paths={}, stats={}, climatology_k=np.empty(0), members=2000, segment_days=1, blanket_days=1,
         sampler=SamplerSettings(steps=steps, corrections=corrections, guidance=guidance,
-                                cg_iterations=8, solver=solver), progress=False,
+                                mmps_iterations=8, solver=solver), progress=False,
     )  # fmt: skip
     samples = assimilate_states(
         MarkovBlanketDenoiser(_Exact(prior), window=1), observations, state_fields,

@@ -229,7 +229,7 @@ def test_mmps_guidance_runs_through_a_real_decoder():
     model = AutoEncoder(3, 3, latent_channels=2, hidden=8, layers=2).eval()
     decoder = model.decode
     y = torch.randn(1, 3, 8, 16)
-    guidance = MomentMatchingGuidance(lambda z: decoder(z), y, 0.1, cg_iterations=2)
+    guidance = MomentMatchingGuidance(lambda z: decoder(z), y, 0.1, iterations=2)
     z = torch.randn(2, 2, 8, 16)
     t = torch.tensor([0.3, 0.6])
 

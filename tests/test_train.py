@@ -1,9 +1,11 @@
+import copy
 import pickle
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
+from torch import nn
 
 from slams.data.samples import NetCDFSamples, file_times
 from slams.models import autoencoder_channels, autoencoder_inputs, load_model, save_model
@@ -11,11 +13,13 @@ from slams.nn import AutoEncoder
 from slams.train import (
     TrainingDiverged,
     TrainSettings,
+    WeightAverage,
     autoencoder_loss,
     consecutive_starts,
     day_samples,
     encode_splits,
     epochs_since_best,
+    evaluate_loss,
     export_model,
     fit,
     plateau_scale,
@@ -182,6 +186,67 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     assert not torch.equal(
         other.state_dict()["encoder.0.weight"], uninterrupted["encoder.0.weight"]
     )
+
+
+def test_the_weight_average_follows_its_formula_with_warm_up():
+    model = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    average = WeightAverage(model, decay=0.9)
+    expected = torch.ones(1, 2)
+    for n, value in enumerate([3.0, -1.0, 5.0, 2.0] + [0.0] * 100, start=1):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update(model)
+        decay = min(0.9, (1 + n) / (10 + n))  # warm-up: 0.18, 0.25, ... until 0.9
+        expected = decay * expected + (1 - decay) * value
+        torch.testing.assert_close(average.model.weight, expected)
+    assert average.current_decay() == 0.9 and not average.model.weight.requires_grad
+
+
+def test_training_with_a_weight_average_exports_it_and_resumes_to_it(tmp_path):
+    settings = TrainSettings(epochs=4, batch_size=4, learning_rate=1e-2, weight_decay=1e-3,
+                             ema_decay=0.8)  # fmt: skip
+    raw = TrainSettings(epochs=4, batch_size=4, learning_rate=1e-2, weight_decay=1e-3)
+    assert settings.fingerprint() != raw.fingerprint()
+    # without it the fingerprint is the one of before the key existed (computed by that code),
+    # so networks trained then resume rather than retrain
+    assert raw.fingerprint() == "5959fc3c973d50b7"
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        TrainSettings(epochs=1, batch_size=1, learning_rate=1.0, weight_decay=0.0, ema_decay=1.0)
+    export = {"kind": "autoencoder", "kwargs": {}, "meta": {}}
+
+    x, model, loss = _tiny_problem()
+    history = fit(
+        model, loss, x, x[:8], settings, tmp_path / "a.csv", tmp_path / "a", export=export
+    )
+    last = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    best = torch.load(tmp_path / "a" / "best.pt", weights_only=False)
+    assert last["ema"]["updates"] == 4 * 4  # one per optimisation step
+    averaged = last["ema"]["model"]
+    assert not torch.equal(averaged["encoder.0.weight"], model.state_dict()["encoder.0.weight"])
+    meta = export_model(tmp_path / "a" / "best.pt", tmp_path / "m.pt", epochs=len(history))
+    exported = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert meta["weights"] == "ema"
+    for name, value in best["ema"]["model"].items():
+        assert torch.equal(exported["state_dict"][name], value), name
+    # the validation loss is the average's: evaluated again with it, the same number
+    check = copy.deepcopy(model)
+    check.load_state_dict(averaged)
+    val = evaluate_loss(check, loss, torch.utils.data.DataLoader(x[:8], batch_size=4),
+                        torch.device("cpu"), settings.seed + 2)  # fmt: skip
+    assert val == pytest.approx(history[-1]["val_loss"], rel=1e-6)
+
+    dying_loss = _killed_at(loss, 2 * (4 + 2) + 2)  # epoch 3, 2nd batch
+    x, model, _ = _tiny_problem()
+    with pytest.raises(_Killed):
+        fit(model, dying_loss, x, x[:8], settings, tmp_path / "b.csv", tmp_path / "b")
+    _, fresh, _ = _tiny_problem(seed=1)
+    fit(fresh, loss, x, x[:8], settings, tmp_path / "b.csv", tmp_path / "b")
+    resumed = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["ema"]
+    assert resumed["updates"] == 16
+    for name, value in averaged.items():
+        assert torch.equal(resumed["model"][name], value), name
 
 
 def _plateau_loss(loss, validation=(1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1)):

@@ -39,7 +39,7 @@ def analyse(prior, observations, guidance, steps, corrections, members=1000, win
         paths={}, stats={}, climatology_k=np.empty(0), members=members,
         segment_days=segment_days or prior.length, blanket_days=window, progress=False,
         sampler=SamplerSettings(steps=steps, corrections=corrections, guidance=guidance,
-                                cg_iterations=3, **sampler),
+                                mmps_iterations=3, **sampler),
     )  # fmt: skip
     denoiser = MarkovBlanketDenoiser(prior.window_net(window), window=window, chunk=chunk)
     return assimilate_states(

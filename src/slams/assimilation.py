@@ -48,7 +48,8 @@ class SamplerSettings:
     """Reverse-SDE sampler and likelihood guidance (config ``assimilation.sampler``).
 
     ``guidance``: ``sda`` (the paper's, with the ``gamma`` stability term) or ``mmps``
-    (moment matching through ``cg_iterations`` conjugate-gradient iterations; ``gamma`` unused).
+    (moment matching, its covariance solved by ``mmps_iterations`` iterations of
+    ``mmps_solver``, GMRES or conjugate gradients; ``gamma`` unused).
     ``solver``: the predictor (:func:`slams.diffusion.sampler.sample`). ``correction_min_sigma``:
     corrections only at noise levels at least this. ``tau_reference_steps``: the Langevin step
     of a correction is ``tau * tau_reference_steps / steps`` (:attr:`step_tau`), so that the
@@ -64,7 +65,8 @@ class SamplerSettings:
     tau: float = 0.5
     gamma: float = 1e-2
     guidance: str = "sda"
-    cg_iterations: int = 3
+    mmps_iterations: int = 3
+    mmps_solver: str = "gmres"
     solver: str = "ddim"
     correction_min_sigma: float = 0.0
     tau_reference_steps: int | None = None
@@ -110,8 +112,9 @@ class SamplerSettings:
     def make_guidance(self, observe, y: Tensor, variance: Tensor | float, mask=None, days=None):
         if self.guidance == "mmps":
             return MomentMatchingGuidance(
-                observe, y, variance, mask, cg_iterations=self.cg_iterations, days=days
-            )
+                observe, y, variance, mask, iterations=self.mmps_iterations,
+                linear_solver=self.mmps_solver, days=days,
+            )  # fmt: skip
         return GaussianGuidance(observe, y, variance, mask, gamma=self.gamma, days=days)
 
 
@@ -156,7 +159,8 @@ def sampler_attrs(context: Context) -> dict:
         "tau_reference_steps": sampler.tau_reference_steps or 0,
         "correction_grid_steps": sampler.correction_grid_steps or 0,
         "step_tau": sampler.step_tau,
-        "cg_iterations": sampler.cg_iterations if sampler.guidance == "mmps" else 0,
+        "mmps_iterations": sampler.mmps_iterations if sampler.guidance == "mmps" else 0,
+        "mmps_solver": sampler.mmps_solver if sampler.guidance == "mmps" else "",
     }
 
 

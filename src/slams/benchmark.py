@@ -81,7 +81,7 @@ def guided_problem(channels, height, width, network, window, batch, device, comp
     y = torch.randn(1, window, channels, height // 4, width // 4, device=device)
     guidances = {
         "sda": GaussianGuidance(operator, y, 0.1),
-        "mmps": MomentMatchingGuidance(operator, y, 0.1, cg_iterations=3),
+        "mmps": MomentMatchingGuidance(operator, y, 0.1, iterations=3),
     }
     return denoiser, (batch, window, channels, height, width), guidances
 

@@ -35,6 +35,7 @@ RENAMED_KEYS = {
     ("assimilation", "chunk_windows"): ("assimilation", "windows_per_call"),
     ("assimilation", "decoder_error"): ("assimilation", "decoder_error_in_likelihood"),
     ("assimilation", "decoder_residuals"): ("assimilation", "decoder_residuals_in_members"),
+    ("assimilation", "sampler", "cg_iterations"): ("assimilation", "sampler", "mmps_iterations"),
 }
 
 
@@ -97,8 +98,18 @@ def _get(config: dict, path: tuple[str, ...]):
 
 def rename_deprecated(config: dict) -> dict:
     """Move each old key of :data:`RENAMED_KEYS` that ``config`` sets to its new name (in
-    place), logging one line per key; raise :class:`ConfigError` where a config sets both."""
-    for old, new in RENAMED_KEYS.items():
+    place), logging one line per key; raise :class:`ConfigError` where a config sets both.
+    A sampler key is renamed in ``assimilation.sampler_by_space.<network>`` too."""
+    renames = dict(RENAMED_KEYS)
+    by_space = _get(config, ("assimilation", "sampler_by_space", "")) or {}
+    for network, section in by_space.items():
+        if not isinstance(section, dict):
+            continue
+        place = ("assimilation", "sampler_by_space", network)
+        for old, new in RENAMED_KEYS.items():
+            if old[:-1] == ("assimilation", "sampler") and new[:-1] == old[:-1]:
+                renames[(*place, old[-1])] = (*place, new[-1])
+    for old, new in renames.items():
         section = _get(config, old)
         if section is None or old[-1] not in section:
             continue

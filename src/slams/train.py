@@ -3,14 +3,17 @@
 AdamW with a learning rate decayed linearly to zero over all steps (the paper's) or halved on a
 validation plateau (``schedule: plateau``), a validation loss every epoch, early stopping,
 losses per epoch in a CSV, ``last`` and ``best`` checkpoints (model, optimiser, scheduler,
-epoch, RNG states, history) from which a killed job resumes to the same result, and an exported
-model file that rebuilds the network without the config. Data are streamed from the dataset
+epoch, RNG states, history) from which a killed job resumes to the same result, optionally an
+exponential moving average of the weights (:class:`WeightAverage`), which is then what is
+validated and exported, and an exported model file that rebuilds the network without the
+config. Data are streamed from the dataset
 store (:class:`slams.data.samples.NetCDFSamples`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import hashlib
 import itertools
@@ -77,6 +80,9 @@ class TrainSettings:
     largest norm of every epoch, before clipping, either way. ``max_batches``: the most batches
     of an epoch, in training (a random subset: the order is shuffled) and in the validation
     loss (the first ones); ``None`` takes them all. A cap for mechanical runs at full size.
+    ``ema_decay``: keep an exponential moving average of the weights with this decay
+    (:class:`WeightAverage`); the validation loss, the best epoch and the exported model are
+    then those of the average (``None``: the raw weights, the paper's).
     """
 
     epochs: int
@@ -95,12 +101,15 @@ class TrainSettings:
     lr_factor: float = 0.5
     grad_clip: float | None = None
     max_batches: int | None = None
+    ema_decay: float | None = None
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.schedule not in ("linear", "plateau"):
             raise ValueError(f"schedule must be 'linear' or 'plateau', got {self.schedule!r}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
 
     def fingerprint(self, **extra) -> str:
         """What a resumable run must share with the checkpoint it resumes from (everything that
@@ -113,11 +122,49 @@ class TrainSettings:
         if self.schedule == "linear":  # the paper's fingerprints stay what they were
             for k in ("schedule", "min_improvement", "lr_patience", "lr_factor"):
                 keys.pop(k)
-        for k in ("grad_clip", "max_batches"):  # the fingerprints without them stay as they were
+        for k in ("grad_clip", "max_batches", "ema_decay"):  # without them: as they were
             if keys[k] is None:
                 keys.pop(k)
         text = json.dumps({**keys, **extra}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class WeightAverage:
+    """An exponential moving average of a model's parameters, updated after every step.
+
+    After the ``n``-th update ``w_avg <- d w_avg + (1 - d) w`` with
+    ``d = min(decay, (1 + n) / (10 + n))``: the warm-up keeps the average from remembering the
+    initial weights when training is short against ``1 / (1 - decay)`` steps. Buffers (none in
+    the project's networks) are copied. The average lives in its own copy of the model
+    (:attr:`model`, in eval mode, without gradients): one more copy of the weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        weight = 1.0 - self.current_decay()
+        for average, live in zip(self.model.parameters(), model.parameters(), strict=True):
+            average.lerp_(live.detach(), weight)
+        for average, live in zip(self.model.buffers(), model.buffers(), strict=True):
+            average.copy_(live)
+
+    def state_dict(self) -> dict:
+        return {
+            "updates": self.updates,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = state["updates"]
+        self.model.load_state_dict(state["model"])
 
 
 def loader_workers(threads: int, device: str) -> int:
@@ -249,9 +296,10 @@ def fit(
     With ``checkpoint_dir``, ``last.pt`` is written after every epoch and ``best.pt`` whenever
     the validation loss improves; both hold the model, optimiser, scheduler, epoch, RNG states,
     history and ``export`` (what :func:`export_model` needs: kind, constructor arguments,
-    metadata). A later call with the same settings and data resumes from ``last.pt`` and ends
-    with the same weights as an uninterrupted run; a ``last.pt`` of different settings is
-    ignored (with a warning) and training starts afresh.
+    metadata) and, with ``settings.ema_decay``, the weight average (``ema``), whose
+    validation loss then selects the best epoch. A later call with the same settings and data
+    resumes from ``last.pt`` and ends with the same weights as an uninterrupted run; a
+    ``last.pt`` of different settings is ignored (with a warning) and training starts afresh.
     """
     device = resolve_device(settings.device)
     model.to(device)
@@ -271,6 +319,7 @@ def fit(
         (lambda step: max(0.0, 1.0 - step / total_steps)) if linear else (lambda step: 1.0),
     )
     noise = torch.Generator(device=device).manual_seed(settings.seed + 1)
+    average = WeightAverage(model, settings.ema_decay) if settings.ema_decay else None
     autocast = (
         torch.autocast(device.type, dtype=torch.bfloat16)
         if settings.precision == "bf16"
@@ -297,6 +346,8 @@ def fit(
             optimiser.load_state_dict(state["optimiser"])
             schedule.load_state_dict(state["scheduler"])
             _restore_rng(state["rng"], noise)
+            if average is not None:
+                average.load_state_dict(state["ema"])
             history, best = state["history"], state["best"]
             first_epoch = state["epoch"] + 1
             log.info("%s: resuming after epoch %d from %s", description, state["epoch"], last_path)
@@ -317,6 +368,7 @@ def fit(
             "rng": _rng_state(noise),
             "history": history,
             "best": best,
+            **({"ema": average.state_dict()} if average is not None else {}),
             **(export or {}),
         }
 
@@ -351,6 +403,8 @@ def fit(
             )
             largest = max(largest, float(norm))
             optimiser.step()
+            if average is not None:
+                average.update(model)
             if linear:
                 schedule.step()
             seen += len(batch)
@@ -360,7 +414,7 @@ def fit(
         elapsed = time.perf_counter() - start
         with autocast:
             val_loss = evaluate_loss(
-                forward_model,
+                forward_model if average is None else average.model,
                 loss_fn,
                 validation_loader,
                 device,
@@ -430,15 +484,19 @@ def export_model(checkpoint_path: str | Path, model_path: str | Path, epochs: in
     """Write the model file the workflow consumes from a training checkpoint (``best.pt``):
     kind, constructor arguments, metadata (the exported epoch and its losses, and ``epochs``:
     how many were trained in all, which ``best.pt``'s own history, cut at its epoch, cannot
-    tell) and the weights."""
+    tell, and ``weights``: ``ema`` or ``raw``) and the weights: the moving average where the
+    training kept one."""
     state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     epoch = state["epoch"]
     row = next(r for r in state["history"] if r["epoch"] == epoch)
+    averaged = "ema" in state
     meta = {**state["meta"], "epoch": epoch, "train_loss": row["train_loss"],
-            "val_loss": row["val_loss"], "epochs": epochs}  # fmt: skip
+            "val_loss": row["val_loss"], "epochs": epochs,
+            "weights": "ema" if averaged else "raw"}  # fmt: skip
+    weights = state["ema"]["model"] if averaged else state["model"]
     save_atomic(
         {"kind": state["kind"], "kwargs": state["kwargs"], "meta": meta,
-         "state_dict": state["model"]},
+         "state_dict": weights},
         Path(model_path),
     )  # fmt: skip
     return meta

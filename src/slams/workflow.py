@@ -116,6 +116,7 @@ def train_settings(smk, optimisation: dict):
         batch_size=optimisation["batch_size"],
         learning_rate=optimisation["learning_rate"],
         weight_decay=optimisation["weight_decay"],
+        ema_decay=optimisation.get("ema_decay"),
         seed=smk.params.seed,
         device=device,
         precision=smk.params.training_options["precision"],

@@ -271,8 +271,15 @@ def assimilation_params(wildcards):
         # whatever order the config files give them in: Snakemake compares params as text, so
         # an overlay listing them otherwise would rerun every analysis with the same sampler
         # its network's sampler (assimilation.sampler_by_space over assimilation.sampler)
+        # Only the keys of the guidance it uses: a change of mmps_solver does not rerun the
+        # sda analyses, nor one of gamma the mmps ones.
         sampler = method_assimilation(section, method)["sampler"]
-        fields = [f.name for f in dataclasses.fields(SamplerSettings)]
+        unused = {"sda": ("mmps_iterations", "mmps_solver"), "mmps": ("gamma",)}
+        fields = [
+            f.name
+            for f in dataclasses.fields(SamplerSettings)
+            if f.name not in unused[sampler["guidance"]]
+        ]
         params.update(
             segment_days=section["segment_days"],
             sampler={k: sampler[k] for k in fields if k in sampler},

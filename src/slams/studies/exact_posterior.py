@@ -41,10 +41,11 @@ def timed_sample(
 
 class TrajectoryProblem:
     """The trajectory case (module docstring) with ``window``-day blanket windows: the guided
-    noise predictions (``sda`` and ``mmps-cg<cg_iterations>``), the exact posterior and the
+    noise predictions (``sda``, and ``mmps-gmres<iterations>`` and ``mmps-cg<iterations>``: MMPS
+    with either Krylov solver), the exact posterior and the
     floor that ``members`` exact posterior samples reach (seed 0)."""
 
-    def __init__(self, window: int = 5, members: int = 2000, cg_iterations: int = 3):
+    def __init__(self, window: int = 5, members: int = 2000, iterations: int = 3):
         self.sde = sde = VPSDE()
         self.prior = prior = GaussianTrajectory(length=12, height=4, width=8, sde=sde)
         self.case = case = prior.observation_case()
@@ -63,10 +64,11 @@ class TrajectoryProblem:
         self.floor = self.agreement(exact)
         self.guidances = {
             "sda": GaussianGuidance(observe, y, variance, mask),
-            f"mmps-cg{cg_iterations}": MomentMatchingGuidance(
-                observe, y, variance, mask, cg_iterations=cg_iterations
-            ),
         }
+        for solver in ("gmres", "cg"):
+            self.guidances[f"mmps-{solver}{iterations}"] = MomentMatchingGuidance(
+                observe, y, variance, mask, iterations=iterations, linear_solver=solver
+            )
 
     @property
     def shape(self) -> tuple:
