@@ -30,67 +30,13 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import xarray as xr
 
-from slams.assimilation import SamplerSettings
 from slams.config import run_config
-from slams.diffusion import VPSDE
-from slams.diffusion.analytic import GaussianTrajectory
-from slams.diffusion.blanket import MarkovBlanketDenoiser
-from slams.diffusion.sampler import sample
-from slams.methods import METHODS, SCORE_NETWORKS
-from slams.methods.latent import (
-    add_decoder_residuals,
-    decoder_outputs,
-    latent_statistics,
-    validation_reconstruction,
-)
-from slams.models import for_sampling, load_model, states_of
-from slams.paths import (
-    autoencoder_name,
-    dataset_path,
-    latents_path,
-    model_path,
-    score_name,
-)
-
-
-def level_std(x: np.ndarray) -> np.ndarray:
-    """Standard deviation per channel of ``x (..., C, H, W)`` over everything else."""
-    channels = x.shape[-3]
-    return np.moveaxis(x, -3, 0).reshape(channels, -1).std(axis=1)
-
-
-def sample_options(sampler: dict, steps: int, corrections: int) -> dict:
-    """``sample``'s options for the config's ``sampler`` at ``steps`` + ``corrections``, as the
-    analyses take them (``SamplerSettings.sample_options``)."""
-    return SamplerSettings(
-        **{**sampler, "steps": steps, "corrections": corrections}
-    ).sample_options()
-
-
-def prior_draws(net, window: int, shape: tuple, steps: int, corrections: int, sampler: dict, seed):
-    denoiser = MarkovBlanketDenoiser(net, window=window)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        return sample(denoiser, shape, VPSDE(), **sample_options(sampler, steps, corrections),
-                      generator=generator, progress=False)  # fmt: skip
-
-
-def exact_ratio(days: int, window: int, steps: int, corrections: int, sampler: dict) -> float:
-    """The spread an exact score keeps under this sampler: 2000 unconditional draws of the
-    unit-variance Gaussian trajectory of ``days`` days (``GaussianTrajectory``, 4 x 8 grid),
-    its exact ``window``-day scores composed by the blanket, in float64; their standard
-    deviation (per point, then averaged) over the prior's, which is 1."""
-    trajectory = GaussianTrajectory(length=days)
-    denoiser = MarkovBlanketDenoiser(trajectory.window_net(window), window=window)
-    generator = torch.Generator().manual_seed(0)
-    draws = sample(denoiser, (2000, days, *trajectory.state), VPSDE(),
-                   **sample_options(sampler, steps, corrections), generator=generator,
-                   progress=False, dtype=torch.float64)  # fmt: skip
-    return draws.reshape(2000, -1).std(dim=0).mean().item()
+from slams.methods import SCORE_NETWORKS
+from slams.models import for_sampling, load_model
+from slams.paths import model_path, score_name
+from slams.studies.prior_spread import RunData, exact_ratio, sample_options
 
 
 def main() -> None:
@@ -113,12 +59,9 @@ def main() -> None:
     networks = args.networks or [
         space for space in SCORE_NETWORKS if Path(model_path(args.run, score_name(space))).exists()
     ]
-    with xr.open_dataset(dataset_path(args.run, "validation")) as ds:
-        data_t = states_of(ds.load(), ["t"]).numpy()
-    data_std = level_std(data_t)
-    levels = data_t.shape[1]
+    data = RunData(args.run)
     print(f"run {args.run}: {args.members} members x {args.days} days, validation std per level "
-          f"{' '.join(f'{v:.2f}' for v in data_std)} (standardised anomaly; the training "
+          f"{' '.join(f'{v:.2f}' for v in data.data_std)} (standardised anomaly; the training "
           "years' is 1 at every level)\n")  # fmt: skip
     print("| network | steps | corrections | codes | decoded | as analysed | as analysed / "
           "training std | exact score | per level (final) | s |")  # fmt: skip
@@ -127,54 +70,22 @@ def main() -> None:
     for name in networks:
         net, meta = load_model(model_path(args.run, score_name(name)))
         for_sampling(net)
-        modalities = METHODS[name].modalities  # a network is named by its method's space
-        latent = modalities is not None
-        if latent:
-            autoencoder, ae_meta = load_model(model_path(args.run, autoencoder_name(modalities)))
-            for_sampling(autoencoder)
-            z_mean, z_std = latent_statistics(latents_path(args.run, modalities, "train"))
-            with xr.open_dataset(latents_path(args.run, modalities, "validation")) as ds:
-                codes = ((states_of(ds.load(), ["z"]) - z_mean) / z_std).numpy()
-            codes_std = level_std(codes)
-            shape = tuple(codes.shape[1:])
-            split, parts = validation_reconstruction(
-                autoencoder, ae_meta, decoder_outputs(ae_meta, levels),
-                dataset_path(args.run, "validation"),
-            )  # fmt: skip
-            residuals = states_of(split, ["t"]) - parts["t"]
-        else:
-            shape = (int(meta["state_channels"]), *data_t.shape[-2:])
         for steps in args.steps or [sampler["steps"]]:
             for corrections in (
                 args.corrections if args.corrections is not None else [sampler["corrections"]]
             ):
+                options = sample_options(sampler, steps, corrections)
                 start = time.perf_counter()
-                x = prior_draws(net, window, (args.members, args.days, *shape), steps,
-                                corrections, sampler, args.seed)  # fmt: skip
-                cells = {"codes": "–", "decoded": "–"}
-                if latent:
-                    cells["codes"] = f"{(level_std(x.numpy()) / codes_std).mean():.2f}"
-                    with torch.no_grad():
-                        decoded = torch.stack([
-                            autoencoder.decode(m * z_std + z_mean)[:, :levels] for m in x
-                        ])  # fmt: skip
-                    cells["decoded"] = f"{(level_std(decoded.numpy()) / data_std).mean():.2f}"
-                    final = add_decoder_residuals(decoded, residuals, args.seed + 2).numpy()
-                else:
-                    final = x[:, :, :levels].numpy()
-                ratio = level_std(final) / data_std
+                spread = data.measure(name, net, meta, window, options, args.members,
+                                      args.days, args.seed)  # fmt: skip
                 seconds = time.perf_counter() - start
-                # the state is standardised by the training days' RMS anomaly about the
-                # climatology (stats.json), so their spread is 1 at every level by construction
-                trained = level_std(final).mean()
                 if (steps, corrections) not in exact:
-                    exact[steps, corrections] = exact_ratio(
-                        max(args.days, window), window, steps, corrections, sampler
-                    )
-                print(f"| {name} | {steps} | {corrections} | {cells['codes']} | "
-                      f"{cells['decoded']} | {ratio.mean():.2f} | {trained:.2f} | "
+                    exact[steps, corrections] = exact_ratio(max(args.days, window), window, options)
+                cells = ["–" if v is None else f"{v:.2f}" for v in (spread.codes, spread.decoded)]
+                print(f"| {name} | {steps} | {corrections} | {cells[0]} | {cells[1]} | "
+                      f"{spread.ratio.mean():.2f} | {spread.trained.mean():.2f} | "
                       f"{exact[steps, corrections]:.2f} | "
-                      f"{' '.join(f'{v:.2f}' for v in ratio)} | {seconds:.0f} |",
+                      f"{' '.join(f'{v:.2f}' for v in spread.ratio)} | {seconds:.0f} |",
                       flush=True)  # fmt: skip
 
 

@@ -86,6 +86,38 @@ def test_denoising_loss_matches_the_exact_gaussian_value(prior):
     assert abs(zero.item() - 1.0) < 0.02
 
 
+def test_min_snr_weighting_weighs_the_data_error_by_min_snr_5():
+    from slams.diffusion.sde import loss_weight
+
+    t = torch.linspace(0.0, 1.0, 101, dtype=F64)
+    snr = (SDE.mu(t) / SDE.sigma(t)) ** 2
+    weight = loss_weight(SDE, t, "min-snr")
+    # in data-prediction terms the weight is weight * snr (eps error = x0 error * mu / sigma)
+    torch.testing.assert_close(weight * snr, snr.clamp(max=5.0))
+    assert (weight[t > 0.2] == 1).all() and (weight[t < 0.15] < 1).all()
+    assert torch.equal(loss_weight(SDE, t), torch.ones_like(t))
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        loss_weight(SDE, t, "snr")
+
+    # the loss: the same draws of t and eps as the uniform one, each error weighted
+    x = torch.randn(64, 2, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def net(x_t, t):
+        return 0.5 * x_t
+
+    weighted = denoising_loss(net, x, SDE, torch.Generator().manual_seed(1), "min-snr")
+    generator = torch.Generator().manual_seed(1)
+    t = torch.rand(64, generator=generator, dtype=F64)
+    eps = torch.randn(x.shape, generator=generator, dtype=F64)
+    x_t = SDE.mu(t)[:, None, None] * x + SDE.sigma(t)[:, None, None] * eps
+    errors = (net(x_t, t) - eps).square()
+    expected = (loss_weight(SDE, t, "min-snr")[:, None, None] * errors).mean()
+    torch.testing.assert_close(weighted, expected)
+    uniform = denoising_loss(net, x, SDE, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(uniform, errors.mean())
+    assert weighted < uniform
+
+
 # --------------------------------------------------------------------------- sampler
 
 

@@ -212,6 +212,10 @@ def test_training_with_a_weight_average_exports_it_and_resumes_to_it(tmp_path):
     # without it the fingerprint is the one of before the key existed (computed by that code),
     # so networks trained then resume rather than retrain
     assert raw.fingerprint() == "5959fc3c973d50b7"
+    weighted = TrainSettings(**{**raw.__dict__, "loss_weighting": "min-snr"})
+    assert weighted.fingerprint() != raw.fingerprint()
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        TrainSettings(**{**raw.__dict__, "loss_weighting": "snr"})
     with pytest.raises(ValueError, match="ema_decay must be in"):
         TrainSettings(epochs=1, batch_size=1, learning_rate=1.0, weight_decay=0.0, ema_decay=1.0)
     export = {"kind": "autoencoder", "kwargs": {}, "meta": {}}

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from slams.data.dataset import MODALITY_VARIABLES
 from slams.data.samples import NetCDFSamples, file_times
 from slams.diffusion import VPSDE, denoising_loss
+from slams.diffusion.sde import LOSS_WEIGHTINGS
 from slams.models import (
     MODELS,
     autoencoder_variables,
@@ -82,7 +83,9 @@ class TrainSettings:
     loss (the first ones); ``None`` takes them all. A cap for mechanical runs at full size.
     ``ema_decay``: keep an exponential moving average of the weights with this decay
     (:class:`WeightAverage`); the validation loss, the best epoch and the exported model are
-    then those of the average (``None``: the raw weights, the paper's).
+    then those of the average (``None``: the raw weights, the paper's). ``loss_weighting``
+    (score networks): the weighting of the denoising loss across noise levels
+    (:func:`slams.diffusion.sde.loss_weight`; ``uniform`` is the paper's).
     """
 
     epochs: int
@@ -102,6 +105,7 @@ class TrainSettings:
     grad_clip: float | None = None
     max_batches: int | None = None
     ema_decay: float | None = None
+    loss_weighting: str = "uniform"
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
@@ -110,6 +114,10 @@ class TrainSettings:
             raise ValueError(f"schedule must be 'linear' or 'plateau', got {self.schedule!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(
+                f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"
+            )
 
     def fingerprint(self, **extra) -> str:
         """What a resumable run must share with the checkpoint it resumes from (everything that
@@ -125,6 +133,8 @@ class TrainSettings:
         for k in ("grad_clip", "max_batches", "ema_decay"):  # without them: as they were
             if keys[k] is None:
                 keys.pop(k)
+        if keys["loss_weighting"] == "uniform":
+            keys.pop("loss_weighting")
         text = json.dumps({**keys, **extra}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -615,11 +625,12 @@ def train_autoencoder(
 # --------------------------------------------------------------------------- score networks
 
 
-def score_loss(sde: VPSDE) -> LossFn:
-    """Denoising score matching ``||eps_phi(mu x + sigma eps, t) - eps||^2``, ``t ~ U(0, 1)``."""
+def score_loss(sde: VPSDE, weighting: str = "uniform") -> LossFn:
+    """Denoising score matching ``w(t) ||eps_phi(mu x + sigma eps, t) - eps||^2``,
+    ``t ~ U(0, 1)``, ``w`` of ``weighting`` (:func:`slams.diffusion.sde.loss_weight`)."""
 
     def loss(model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
-        return denoising_loss(model, batch, sde, generator=generator)
+        return denoising_loss(model, batch, sde, generator=generator, weighting=weighting)
 
     return loss
 
@@ -676,7 +687,7 @@ def train_score(
     return _train_and_export(
         "score",
         kwargs,
-        score_loss(VPSDE()),
+        score_loss(VPSDE(), settings.loss_weighting),
         train_data,
         window_samples(validation_path, space, window, overlapping=False),
         settings,

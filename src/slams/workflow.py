@@ -101,10 +101,23 @@ def train_settings(smk, optimisation: dict):
     """:class:`slams.train.TrainSettings` of a training rule: the model's optimisation keys, the
     shared ``training`` section, the device and seed, DataLoader workers from the rule's
     threads (which are also torch's compute threads)."""
-    from slams.train import TrainSettings, loader_workers
+    from slams.train import loader_workers
 
     set_threads(smk.threads)
     device = smk.params.device
+    return optimisation_settings(
+        optimisation, smk.params.training_options, smk.params.seed, device,
+        loader_workers(smk.threads, device),
+    )  # fmt: skip
+
+
+def optimisation_settings(
+    optimisation: dict, options: dict, seed: int, device: str = "cpu", workers: int = 0
+):
+    """:class:`slams.train.TrainSettings` from a model's config section (``autoencoder`` or
+    ``score``: its optimisation keys) and the ``training`` section (``options``)."""
+    from slams.train import TrainSettings
+
     return TrainSettings(
         epochs=optimisation["epochs"],
         patience=optimisation["patience"],
@@ -117,9 +130,10 @@ def train_settings(smk, optimisation: dict):
         learning_rate=optimisation["learning_rate"],
         weight_decay=optimisation["weight_decay"],
         ema_decay=optimisation.get("ema_decay"),
-        seed=smk.params.seed,
+        loss_weighting=optimisation.get("loss_weighting", "uniform"),
+        seed=seed,
         device=device,
-        precision=smk.params.training_options["precision"],
-        compile=smk.params.training_options["compile"],
-        workers=loader_workers(smk.threads, device),
+        precision=options["precision"],
+        compile=options["compile"],
+        workers=workers,
     )

@@ -1,0 +1,143 @@
+"""Do a score network's unconditional samples have the data's spread?
+
+The measurement behind ``studies/prior_spread.py`` (every network of a finished run) and
+``studies/prior_levers.py`` (networks retrained with one training lever changed): draw
+``members`` trajectories of ``days`` days from the prior alone (the run's Markov-blanket
+denoiser and sampler, unguided) and divide the standard deviation of their temperature
+(standardised anomaly, over members, days and grid points) by the data's, level by level.
+For a latent network the draws are decoded, and the decoder's validation residuals added as
+the analyses add them (``assimilation.decoder_residuals_in_members``).
+
+Two references: the validation split's spread (``ratio``) and the training years' (``trained``:
+the state is standardised by the training days' RMS anomaly, so theirs is 1 at every level;
+the networks learnt those years, and where the validation year varies more the first ratio is
+low even for a perfect prior). An exact score does not give 1 with few steps either, so
+:func:`exact_ratio` gives what an exact Gaussian trajectory keeps under the same sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from slams.assimilation import SamplerSettings
+from slams.diffusion import VPSDE
+from slams.diffusion.analytic import GaussianTrajectory
+from slams.diffusion.blanket import MarkovBlanketDenoiser
+from slams.diffusion.sampler import sample
+from slams.methods import METHODS
+from slams.methods.latent import (
+    add_decoder_residuals,
+    decoder_outputs,
+    latent_statistics,
+    validation_reconstruction,
+)
+from slams.models import for_sampling, load_model, states_of
+from slams.paths import autoencoder_name, dataset_path, latents_path, model_path
+
+
+def level_std(x: np.ndarray) -> np.ndarray:
+    """Standard deviation per channel of ``x (..., C, H, W)`` over everything else."""
+    channels = x.shape[-3]
+    return np.moveaxis(x, -3, 0).reshape(channels, -1).std(axis=1)
+
+
+def sample_options(sampler: dict, steps: int, corrections: int) -> dict:
+    """``sample``'s options for the config's ``sampler`` at ``steps`` + ``corrections``, as the
+    analyses take them (``SamplerSettings.sample_options``)."""
+    return SamplerSettings(
+        **{**sampler, "steps": steps, "corrections": corrections}
+    ).sample_options()
+
+
+def prior_draws(net, window: int, shape: tuple, options: dict, seed: int) -> torch.Tensor:
+    """``shape[0]`` unguided trajectories of the network's prior."""
+    denoiser = MarkovBlanketDenoiser(net, window=window)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return sample(denoiser, shape, VPSDE(), **options, generator=generator, progress=False)
+
+
+def exact_ratio(days: int, window: int, options: dict, members: int = 2000) -> float:
+    """The spread an exact score keeps under this sampler: ``members`` unconditional draws of
+    the unit-variance Gaussian trajectory of ``days`` days (``GaussianTrajectory``, 4 x 8
+    grid), its exact ``window``-day scores composed by the blanket, in float64; their standard
+    deviation (per point, then averaged) over the prior's, which is 1."""
+    trajectory = GaussianTrajectory(length=days)
+    denoiser = MarkovBlanketDenoiser(trajectory.window_net(window), window=window)
+    generator = torch.Generator().manual_seed(0)
+    draws = sample(denoiser, (members, days, *trajectory.state), VPSDE(), **options,
+                   generator=generator, progress=False, dtype=torch.float64)  # fmt: skip
+    return draws.reshape(members, -1).std(dim=0).mean().item()
+
+
+@dataclass
+class PriorSpread:
+    """One network's prior spread: per level (``ratio``: over the validation split's std;
+    ``trained``: over the training years', which is 1), and for a latent network the codes'
+    ratio (in the latent space) and the decoded one before the decoder's residuals."""
+
+    ratio: np.ndarray
+    trained: np.ndarray
+    codes: float | None = None
+    decoded: float | None = None
+
+
+class RunData:
+    """What measuring a run's priors needs once: the validation temperature and, per latent
+    modality set, the autoencoder, the code statistics and the decoder's residuals."""
+
+    def __init__(self, run: str | Path):
+        self.run = Path(run)
+        with xr.open_dataset(dataset_path(self.run, "validation")) as ds:
+            data_t = states_of(ds.load(), ["t"]).numpy()
+        self.levels = data_t.shape[1]
+        self.grid = data_t.shape[-2:]
+        self.data_std = level_std(data_t)
+        self._latent: dict[str, tuple] = {}
+
+    def latent(self, modalities: str) -> tuple:
+        """``(autoencoder, z_mean, z_std, codes_std, code_shape, residuals)``."""
+        if modalities not in self._latent:
+            run = self.run
+            autoencoder, meta = load_model(model_path(run, autoencoder_name(modalities)))
+            for_sampling(autoencoder)
+            z_mean, z_std = latent_statistics(latents_path(run, modalities, "train"))
+            with xr.open_dataset(latents_path(run, modalities, "validation")) as ds:
+                codes = ((states_of(ds.load(), ["z"]) - z_mean) / z_std).numpy()
+            split, parts = validation_reconstruction(
+                autoencoder, meta, decoder_outputs(meta, self.levels),
+                dataset_path(run, "validation"),
+            )  # fmt: skip
+            residuals = states_of(split, ["t"]) - parts["t"]
+            self._latent[modalities] = (autoencoder, z_mean, z_std, level_std(codes),
+                                        tuple(codes.shape[1:]), residuals)  # fmt: skip
+        return self._latent[modalities]
+
+    def measure(
+        self, network: str, net, meta: dict, window: int, options: dict, members: int,
+        days: int, seed: int = 0,
+    ) -> PriorSpread:  # fmt: skip
+        """The prior spread of ``net``, the score network of method space ``network``."""
+        modalities = METHODS[network].modalities
+        if modalities is None:
+            shape = (int(meta["state_channels"]), *self.grid)
+            x = prior_draws(net, window, (members, days, *shape), options, seed)
+            final = x[:, :, : self.levels].numpy()
+            codes = decoded = None
+        else:
+            autoencoder, z_mean, z_std, codes_std, shape, residuals = self.latent(modalities)
+            x = prior_draws(net, window, (members, days, *shape), options, seed)
+            codes = float((level_std(x.numpy()) / codes_std).mean())
+            with torch.no_grad():
+                out = torch.stack(
+                    [autoencoder.decode(m * z_std + z_mean)[:, : self.levels] for m in x]
+                )
+            decoded = float((level_std(out.numpy()) / self.data_std).mean())
+            final = add_decoder_residuals(out, residuals, seed + 2).numpy()
+        spread = level_std(final)
+        return PriorSpread(spread / self.data_std, spread, codes, decoded)

@@ -1,0 +1,127 @@
+"""Which training levers give a score network the data's spread? One lever at a time.
+
+For each score network named and each lever, the network is trained again on a finished
+run's data with that one change to the run's ``score`` settings (same seed, data and sampler;
+resumable: checkpoints under ``<out>/checkpoints``), and the spread of its unconditional
+samples is measured as ``studies/prior_spread.py`` does (:mod:`slams.studies.prior_spread`:
+per level, over the training years' standard deviation, which is 1; the goal is 0.95-1.05).
+The ``baseline`` is the run's own network, not retrained. Levers:
+
+- ``ema``: ``score.ema_decay: 0.999`` (sample with a moving average of the weights);
+- ``min-snr``: ``score.loss_weighting: min-snr`` (less weight on the lowest noise levels);
+- ``wide``: twice the channels at every resolution of the network's U-Net;
+- ``long``: twice the patience and no minimum improvement (training runs longer).
+
+Writes ``<out>/prior-levers.csv`` (one row per network and lever: epochs trained, best
+validation loss, the mean ratio and one column per level) and prints it as a table, with the
+spread an exact score keeps under the same sampler. Usage::
+
+    python studies/prior_levers.py results/study [--networks latent-none pixel]
+        [--levers baseline ema min-snr wide long] [--out RUN/levers] [--members 8] [--days 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from slams.config import run_config
+from slams.methods import METHODS, score_network
+from slams.models import for_sampling, load_model
+from slams.paths import dataset_path, latents_path, model_path, score_name
+from slams.studies.prior_spread import RunData, exact_ratio, sample_options
+from slams.train import train_score
+from slams.workflow import optimisation_settings
+
+LEVERS = {
+    "baseline": lambda score, network: None,
+    "ema": lambda score, network: score.update(ema_decay=0.999),
+    "min-snr": lambda score, network: score.update(loss_weighting="min-snr"),
+    "wide": lambda score, network: network.update(hidden=[2 * h for h in network["hidden"]]),
+    "long": lambda score, network: score.update(
+        patience=2 * score["patience"], min_improvement=0.0
+    ),
+}
+
+
+def lever_network(run: Path, config: dict, space: str, lever: str, out: Path) -> Path:
+    """The model file of ``space``'s network under ``lever``: the run's own for the baseline,
+    else trained (or resumed) into ``out``."""
+    if lever == "baseline":
+        return Path(model_path(run, score_name(space)))
+    score = copy.deepcopy(config["score"])
+    network = copy.deepcopy(score_network(config, space))
+    LEVERS[lever](score, network)
+    modalities = METHODS[space].modalities
+    paths = {
+        split: dataset_path(run, split) if modalities is None
+        else latents_path(run, modalities, split)
+        for split in ("train", "validation")
+    }  # fmt: skip
+    target = out / f"{score_name(space)}-{lever}.pt"
+    if not target.exists():
+        settings = optimisation_settings(score, config["training"], config["seed"])
+        train_score(
+            paths["train"], paths["validation"], space, score["blanket_days"], network,
+            settings, target, out / f"{score_name(space)}-{lever}-losses.csv",
+            checkpoint_dir=out / "checkpoints" / f"{score_name(space)}-{lever}",
+        )  # fmt: skip
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--networks", nargs="+", default=["latent-none"])
+    parser.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
+    parser.add_argument("--out", type=Path, help="default: RUN/levers")
+    parser.add_argument("--members", type=int, default=8)
+    parser.add_argument("--days", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    out = args.out or args.run / "levers"
+    out.mkdir(parents=True, exist_ok=True)
+    config = run_config(args.run)
+    window = config["score"]["blanket_days"]
+    data = RunData(args.run)
+    rows = []
+    for space in args.networks:
+        by_space = config["assimilation"].get("sampler_by_space") or {}
+        sampler = {**config["assimilation"]["sampler"], **by_space.get(space, {})}
+        options = sample_options(sampler, sampler["steps"], sampler["corrections"])
+        exact = exact_ratio(max(args.days, window), window, options)
+        for lever in args.levers:
+            start = time.perf_counter()
+            net, meta = load_model(lever_network(args.run, config, space, lever, out))
+            for_sampling(net)
+            spread = data.measure(space, net, meta, window, options, args.members, args.days)
+            row = {
+                "network": space, "lever": lever, "epochs": meta.get("epochs"),
+                "best_epoch": meta.get("epoch"), "val_loss": meta.get("val_loss"),
+                "steps": sampler["steps"], "corrections": sampler["corrections"],
+                "exact_score": exact, "mean": float(spread.trained.mean()),
+                "min": float(spread.trained.min()),
+                **{f"level_{i}": float(v) for i, v in enumerate(spread.trained)},
+                "seconds": time.perf_counter() - start,
+            }  # fmt: skip
+            rows.append(row)
+            with open(out / "prior-levers.csv", "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            levels = " ".join(f"{v:.2f}" for v in spread.trained)
+            print(f"| {space} | {lever} | {row['best_epoch']}/{row['epochs']} | "
+                  f"{row['val_loss']:.4f} | {row['mean']:.2f} | {row['min']:.2f} | "
+                  f"{exact:.2f} | {levels} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
