@@ -109,9 +109,10 @@ def main() -> None:
                 "steps": sampler["steps"], "corrections": sampler["corrections"],
                 "exact_score": exact, "mean": float(spread.trained.mean()),
                 "min": float(spread.trained.min()),
-                **{f"level_{i}": float(v) for i, v in enumerate(spread.trained)},
                 "seconds": time.perf_counter() - start,
             }  # fmt: skip
+            for hpa, value in zip(data.pressure, spread.trained, strict=True):
+                row[f"hpa_{hpa}"] = float(value)
             rows.append(row)
             with open(out / "prior-levers.csv", "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

@@ -17,23 +17,23 @@ solver x corrections x guidance). Usage::
 
     python studies/steps.py [results/demo] [--methods pixel latent-none]
         [--cases ideal coarse] [--steps 8 16 32 64 128 256 512] [--corrections 0 1 2]
-        [--solvers ddim dpm2m] [--guidance sda mmps] [--correction-min-sigma 0]
+        [--solvers ddim dpm2m] [--guidance sda mmps mmps-cg] [--correction-min-sigma 0]
         [--members 4] [--period 2007-01-01 2007-01-08] [--csv steps.csv] [--plot steps.png]
         [--tau-reference-steps 0 16 64] [--correction-grid-steps 0 16] [--max-calls 512]
         [--seeds 0 1 2] [--resume]
     python studies/steps.py --from-csv a.csv b.csv [--plot steps.png]
 
-``--tau-reference-steps`` is an axis too (0: the paper's Langevin step, ``tau`` per step;
-N: ``tau x N / steps``, a Langevin time that does not grow with the steps), and so is
+``--tau-reference-steps`` is an axis too (0: the paper's Langevin step, ``tau`` per step; N:
+``tau x N / steps``, a Langevin time that does not grow with the steps), and so is
 ``--correction-grid-steps`` (0: corrections after every step; N: only at the noise levels of an
 N-step grid, whatever the steps, with ``tau x reference / min(steps, N)``; both default to the
-run's). ``--max-calls``
-leaves out the combinations that cost more network calls; ``--resume`` keeps the rows already
-in ``--csv`` and measures only the others, so a long grid can be stopped and continued.
-``--from-csv`` measures nothing: it merges the CSVs of earlier runs, prints the choice and
-plots. The choice is printed twice: per method and case, and per method over all its cases
-(the sampler with the fewest calls that is within 2 % of the best CRPS with spread/skill in
-0.8-1.2 in every case measured).
+run's). ``--max-calls`` leaves out the combinations that cost more network calls; ``--resume``
+keeps the rows already in ``--csv`` and measures only the others, so a long grid can be stopped
+and continued. ``--guidance mmps`` takes the run's ``mmps_solver`` (GMRES unless the run says
+otherwise); ``mmps-gmres`` and ``mmps-cg`` name the Krylov solver. ``--from-csv`` measures
+nothing: it merges the CSVs of earlier runs, prints the choice and plots. The choice is printed
+twice: per method and case, and per method over all its cases (the sampler with the fewest
+calls that is within 2 % of the best CRPS with spread/skill in 0.8-1.2 in every case measured).
 
 ``--seeds`` measures every sampler again with other draws of the observations' noise and of
 the sampler's (default: the run's seed; the seeds are the outer loop, so a stopped run holds
@@ -125,7 +125,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256, 512])
     parser.add_argument("--corrections", type=int, nargs="+", default=[1])
     parser.add_argument("--solvers", nargs="+", default=["ddim"])
-    parser.add_argument("--guidance", nargs="+", default=["sda", "mmps"])
+    parser.add_argument("--guidance", nargs="+", default=["sda", "mmps"],
+                        choices=["sda", "mmps", "mmps-gmres", "mmps-cg"])  # fmt: skip
     parser.add_argument("--correction-min-sigma", type=float, nargs="+", default=[0.0])
     parser.add_argument("--tau-reference-steps", type=int, nargs="+",
                         help="0: tau per step (the paper's); default: the run's")  # fmt: skip
@@ -190,8 +191,12 @@ def main() -> None:
             if key in done:
                 continue
             assimilation = method_assimilation(section, method)  # its network's sampler
+            # "mmps" is MMPS with the config's Krylov solver; "mmps-gmres", "mmps-cg" name it
+            kind, _, linear = guidance.partition("-")
+            if linear:
+                assimilation["sampler"]["mmps_solver"] = linear
             assimilation["sampler"].update(
-                steps=n, corrections=corrections, guidance=guidance, solver=solver,
+                steps=n, corrections=corrections, guidance=kind, solver=solver,
                 correction_min_sigma=min_sigma, tau_reference_steps=reference or None,
                 correction_grid_steps=grid or None,
             )  # fmt: skip

@@ -49,3 +49,32 @@ def test_a_table_without_its_data_stays_empty(tmp_path, monkeypatch):
     assert "study-cases (no " in " ".join(docgen.waiting())
     docgen.stale(write=True)
     assert docgen.generated_block(page, "python -m slams.docgen study-cases") == ""
+
+
+def test_the_mmps_solver_table_scores_each_guidance_against_its_cells_best(tmp_path):
+    columns = "method,case,solver,corrections,min_sigma,guidance,tau_reference_steps,grid_steps,"
+    columns += "steps,seed,calls,rmse,crps,spread_skill,seconds\n"
+    rows = []
+    for seed, shift in ((0, 0.0), (1, 0.02)):
+        for guidance, rmse, crps in (("sda", 1.0, 0.50), ("mmps-cg", 5.9, 3.0),
+                                     ("mmps-gmres", 0.9, 0.45)):  # fmt: skip
+            rows.append(f"pixel,sparse,dpm2m,1,0.0,{guidance},8,16,16,{seed},32,"
+                        f"{rmse + shift},{crps + shift},0.9,10\n")  # fmt: skip
+    (tmp_path / "pixel.csv").write_text(columns + "".join(rows))
+    table = docgen.mmps_solvers(tmp_path).splitlines()
+    by_guidance = {line.split(" | ")[2]: line for line in table[2:]}
+    assert "| 0.910 | 1.000 | 0.90 | 10 | no | 2 |" in by_guidance["mmps-gmres"]
+    assert "| 1.010 | 1.109 |" in by_guidance["sda"] and "| no |" in by_guidance["sda"]
+    assert "| yes |" in by_guidance["mmps-cg"]  # RMSE above twice the cell's best
+
+
+def test_the_prior_levers_table_names_the_levels_by_pressure(tmp_path):
+    (tmp_path / "prior-levers.csv").write_text(
+        "network,lever,epochs,best_epoch,val_loss,steps,corrections,exact_score,mean,min,"
+        "seconds,hpa_10,hpa_500\n"
+        "latent-none,ema,20,15,0.15,16,1,0.93,0.81,0.62,9,0.62,1.0\n"
+    )
+    assert docgen.prior_levers(tmp_path).splitlines()[-1] == (
+        "| `latent-none` | ema | 15/20 | 0.81 | 0.62 | 0.62 1.00 | 0.93 |"
+    )
+    assert "per level (10/500 hPa)" in docgen.prior_levers(tmp_path)

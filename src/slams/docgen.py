@@ -455,6 +455,59 @@ def sampler_choice(folder: Path = SAMPLER_CHOICE) -> str:
     return _markdown(header, rows, 2)
 
 
+MMPS_SOLVERS = ROOT / "studies/mmps-solver"
+
+
+def mmps_solvers(folder: Path = MMPS_SOLVERS) -> str:
+    """SDA against MMPS with either Krylov solver on learned networks (``<network>.csv`` of
+    ``studies/steps.py``: each network's chosen sampler, one row per guidance, case and seed):
+    per network, case and guidance the mean RMSE, CRPS as a share of the cell's best,
+    spread/skill and seconds over the seeds; "diverged" where RMSE exceeds twice the
+    cell's best (:mod:`slams.studies.sampler_choice`)."""
+    from slams.studies.sampler_choice import read_rows, scored
+
+    paths = sorted(folder.glob("*.csv"))
+    if not paths:
+        raise FileNotFoundError(2, "no measurements", str(folder / "<network>.csv"))
+    rows = []
+    for path in paths:
+        frame = scored(read_rows([path]))
+        best_rmse = frame.groupby(["method", "case"])["rmse"].transform("min")
+        frame = frame.assign(diverged=frame["rmse"] > 2 * best_rmse)
+        for _, row in frame.sort_values(["method", "case", "guidance"]).iterrows():
+            rows.append([f"`{row['method']}`", row["case"], row["guidance"],
+                         f"{row['rmse']:.3f}", f"{row['crps_share_of_best']:.3f}",
+                         f"{row['spread_skill']:.2f}", f"{row['seconds']:.0f}",
+                         "yes" if row["diverged"] else "no", str(int(row["seeds"]))])  # fmt: skip
+    header = ["network", "case", "guidance", "RMSE (K)", "CRPS / best", "spread/skill",
+              "seconds", "diverged", "seeds"]  # fmt: skip
+    return _markdown(header, rows, 3)
+
+
+PRIOR_LEVERS = ROOT / "studies/prior-levers"
+
+
+def prior_levers(folder: Path = PRIOR_LEVERS) -> str:
+    """The prior's spread per network and training lever (``prior-levers.csv`` of
+    ``studies/prior_levers.py``): unconditional samples' standard deviation over the training
+    years', its mean and lowest over the levels and each level, beside what an exact score
+    keeps under the same sampler."""
+    import pandas as pd
+
+    frame = pd.read_csv(folder / "prior-levers.csv")
+    levels = [c for c in frame.columns if c.startswith("hpa_")]
+    rows = []
+    for _, row in frame.iterrows():
+        rows.append([f"`{row['network']}`", row["lever"], f"{row['best_epoch']}/{row['epochs']}",
+                     f"{row['mean']:.2f}", f"{row['min']:.2f}",
+                     " ".join(f"{row[c]:.2f}" for c in levels),
+                     f"{row['exact_score']:.2f}"])  # fmt: skip
+    pressure = "/".join(c.removeprefix("hpa_") for c in levels)
+    header = ["network", "lever", "best epoch / trained", "spread / data (mean)", "lowest level",
+              f"per level ({pressure} hPa)", "exact score"]  # fmt: skip
+    return _markdown(header, rows, 2)
+
+
 def config_sampler(config: Path = ROOT / "config.yaml") -> str:
     """``config.yaml``'s sampler sections as they are written there, comments included: from
     ``assimilation.sampler`` to the end of ``assimilation.sampler_by_space``."""
@@ -527,6 +580,8 @@ def _blocks() -> dict[str, Callable[[], str]]:
         "study-calibration": lambda: study_calibration(STUDY),
         "headline": lambda: headline(STUDY),
         "sampler-choice": lambda: sampler_choice(SAMPLER_CHOICE),
+        "mmps-solvers": lambda: mmps_solvers(MMPS_SOLVERS),
+        "prior-levers": lambda: prior_levers(PRIOR_LEVERS),
         "config-sampler": config_sampler,
         "memory-check": lambda: memory_check(BENCHMARK_RESULTS),
         "paper-scale": lambda: paper_scale(BENCHMARK_RESULTS),

@@ -95,6 +95,7 @@ class RunData:
         self.run = Path(run)
         with xr.open_dataset(dataset_path(self.run, "validation")) as ds:
             data_t = states_of(ds.load(), ["t"]).numpy()
+            self.pressure = [int(v) for v in ds["level"].values]  # hPa, in the state's order
         self.levels = data_t.shape[1]
         self.grid = data_t.shape[-2:]
         self.data_std = level_std(data_t)
