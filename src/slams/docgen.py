@@ -469,16 +469,17 @@ def mmps_solvers(folder: Path = MMPS_SOLVERS) -> str:
     paths = sorted(folder.glob("*.csv"))
     if not paths:
         raise FileNotFoundError(2, "no measurements", str(folder / "<network>.csv"))
+    frame = scored(read_rows(paths))
+    best_rmse = frame.groupby(["method", "case"])["rmse"].transform("min")
+    named = ["ideal", "coarse", "noisy", "sparse"]  # then any other cell, by name
+    order = {case: named.index(case) if case in named else len(named) for case in frame.case}
+    frame = frame.assign(diverged=frame["rmse"] > 2 * best_rmse, order=frame.case.map(order))
     rows = []
-    for path in paths:
-        frame = scored(read_rows([path]))
-        best_rmse = frame.groupby(["method", "case"])["rmse"].transform("min")
-        frame = frame.assign(diverged=frame["rmse"] > 2 * best_rmse)
-        for _, row in frame.sort_values(["method", "case", "guidance"]).iterrows():
-            rows.append([f"`{row['method']}`", row["case"], row["guidance"],
-                         f"{row['rmse']:.3f}", f"{row['crps_share_of_best']:.3f}",
-                         f"{row['spread_skill']:.2f}", f"{row['seconds']:.0f}",
-                         "yes" if row["diverged"] else "no", str(int(row["seeds"]))])  # fmt: skip
+    for _, row in frame.sort_values(["method", "order", "case", "guidance"]).iterrows():
+        rows.append([f"`{row['method']}`", row["case"], row["guidance"], f"{row['rmse']:.3f}",
+                     f"{row['crps_share_of_best']:.3f}", f"{row['spread_skill']:.2f}",
+                     f"{row['seconds']:.0f}", "yes" if row["diverged"] else "no",
+                     str(int(row["seeds"]))])  # fmt: skip
     header = ["network", "case", "guidance", "RMSE (K)", "CRPS / best", "spread/skill",
               "seconds", "diverged", "seeds"]  # fmt: skip
     return _markdown(header, rows, 3)
