@@ -75,6 +75,6 @@ def test_the_prior_levers_table_names_the_levels_by_pressure(tmp_path):
         "latent-none,ema,20,15,0.15,16,1,0.93,0.81,0.62,9,0.62,1.0\n"
     )
     assert docgen.prior_levers(tmp_path).splitlines()[-1] == (
-        "| `latent-none` | ema | 15/20 | 0.81 | 0.62 | 0.62 1.00 | 0.93 |"
+        "| `latent-none` | ema | 15/20 | 0.1500 | 0.81 | 0.62 | 0.62 1.00 | 0.93 |"
     )
     assert "per level (10/500 hPa)" in docgen.prior_levers(tmp_path)

@@ -500,11 +500,12 @@ def prior_levers(folder: Path = PRIOR_LEVERS) -> str:
     rows = []
     for _, row in frame.iterrows():
         rows.append([f"`{row['network']}`", row["lever"], f"{row['best_epoch']}/{row['epochs']}",
-                     f"{row['mean']:.2f}", f"{row['min']:.2f}",
+                     f"{row['val_loss']:.4f}", f"{row['mean']:.2f}", f"{row['min']:.2f}",
                      " ".join(f"{row[c]:.2f}" for c in levels),
                      f"{row['exact_score']:.2f}"])  # fmt: skip
     pressure = "/".join(c.removeprefix("hpa_") for c in levels)
-    header = ["network", "lever", "best epoch / trained", "spread / data (mean)", "lowest level",
+    header = ["network", "lever", "best epoch / trained", "validation loss",
+              "spread / data (mean)", "lowest level",
               f"per level ({pressure} hPa)", "exact score"]  # fmt: skip
     return _markdown(header, rows, 2)
 
