@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from slams.config import run_config
+from slams.config import method_assimilation, run_config
 from slams.methods import METHODS, score_network
 from slams.models import for_sampling, load_model
 from slams.paths import dataset_path, latents_path, model_path, score_name
@@ -94,8 +94,7 @@ def main() -> None:
     data = RunData(args.run)
     rows = []
     for space in args.networks:
-        by_space = config["assimilation"].get("sampler_by_space") or {}
-        sampler = {**config["assimilation"]["sampler"], **by_space.get(space, {})}
+        sampler = method_assimilation(config["assimilation"], space)["sampler"]  # its own
         options = sample_options(sampler, sampler["steps"], sampler["corrections"])
         exact = exact_ratio(max(args.days, window), window, options)
         for lever in args.levers:
