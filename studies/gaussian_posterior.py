@@ -17,7 +17,7 @@ gives the floor: as many exact posterior samples. Usage::
 
     python studies/gaussian_posterior.py [--case state|trajectory] [--members 2000]
         [--steps 16 32 64 128 256 512] [--corrections 0 1 2] [--window 3]
-        [--guidance sda mmps] [--mmps-iterations 3] [--solver ddim] [--tau 0.5]
+        [--guidance sda mmps] [--gamma 0.01] [--mmps-iterations 3] [--solver ddim] [--tau 0.5]
         [--tau-reference-steps N] [--correction-min-sigma 0] [--correction-grid-steps N]
         [--seed 0]
 """
@@ -32,7 +32,7 @@ from slams.assimilation import SamplerSettings
 from slams.diffusion import VPSDE, GaussianGuidance, MomentMatchingGuidance
 from slams.diffusion.analytic import GaussianPrior, posterior_agreement
 from slams.observations import MeasurementOperator
-from slams.studies.exact_posterior import TrajectoryProblem, timed_sample
+from slams.studies.exact_posterior import TrajectoryProblem, sda_label, timed_sample
 
 
 def settings(args, steps: int, corrections: int) -> SamplerSettings:
@@ -47,7 +47,7 @@ def settings(args, steps: int, corrections: int) -> SamplerSettings:
 
 def trajectory_rows(args) -> None:
     """The table for the trajectory case (see the module docstring)."""
-    problem = TrajectoryProblem(args.window, args.members, args.mmps_iterations)
+    problem = TrajectoryProblem(args.window, args.members, args.mmps_iterations, args.gamma)
     floor = problem.floor
     print(
         f"| trajectory, window {args.window} | exact samples (floor) | – | – "
@@ -82,6 +82,13 @@ def main() -> None:
         "--window", type=int, default=3, help="days per blanket window (trajectory case)"
     )
     parser.add_argument("--guidance", nargs="+", default=["sda", "mmps"], help="sda and/or mmps")
+    parser.add_argument(
+        "--gamma",
+        type=float,
+        nargs="+",
+        default=[1e-2],
+        help="SDA's gamma, one row each (1e-2: the paper's)",
+    )
     parser.add_argument("--solver", default="ddim", choices=["ddim", "dpm2m"])
     parser.add_argument("--tau", type=float, default=0.5)
     parser.add_argument("--tau-reference-steps", type=int, default=None,
@@ -119,13 +126,16 @@ def main() -> None:
         y = prior.observation(operator, args.variance)
         _, post_mean, post_cov = prior.kalman(operator, y, args.variance)
         guidances = {
-            "sda": GaussianGuidance(operator, y, args.variance),
+            sda_label(gamma): GaussianGuidance(operator, y, args.variance, gamma=gamma)
+            for gamma in args.gamma
         }
         for solver in ("gmres", "cg"):
             guidances[f"mmps-{solver}{args.mmps_iterations}"] = MomentMatchingGuidance(
                 operator, y, args.variance, iterations=args.mmps_iterations, linear_solver=solver
             )
         for label, guidance in guidances.items():
+            if label.split("-")[0] not in args.guidance:
+                continue
             for steps in args.steps:
                 for corrections in args.corrections:
                     x, seconds = timed_sample(

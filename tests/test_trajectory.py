@@ -295,3 +295,21 @@ def test_the_first_order_predictor_under_disperses_the_prior_at_few_steps():
     print(spread)
     assert spread["ddim"] < 0.9
     assert 0.93 < spread["dpm2m"] < 1.02
+
+
+def test_a_larger_sda_gamma_weakens_the_pull_towards_the_observations():
+    """The exact-trajectory study's ``--gamma`` axis (studies/sda-gamma): each gamma is its
+    own SDA guidance, and a larger one closes less of the prior-to-posterior mean gap while
+    widening the ensemble, the trade the study reports."""
+    from slams.studies.exact_posterior import TrajectoryProblem, timed_sample
+
+    problem = TrajectoryProblem(window=3, members=400, gammas=(1e-2, 1.0))
+    assert {"sda", "sda-gamma1"} <= set(problem.guidances)
+    assert problem.guidances["sda"].gamma == 1e-2 and problem.guidances["sda-gamma1"].gamma == 1.0
+    settings = SamplerSettings(steps=16, corrections=0, solver="dpm2m")
+    agreement = {}
+    for label in ("sda", "sda-gamma1"):
+        x, _ = timed_sample(problem.eps_fn(label), problem.shape, settings)
+        agreement[label] = problem.agreement(x)
+    assert agreement["sda-gamma1"]["gap_closed"] < agreement["sda"]["gap_closed"] - 0.3
+    assert agreement["sda-gamma1"]["spread_ratio"] > agreement["sda"]["spread_ratio"] + 0.1

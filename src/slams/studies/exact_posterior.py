@@ -39,13 +39,25 @@ def timed_sample(
     return x, time.perf_counter() - start
 
 
+def sda_label(gamma: float) -> str:
+    """``sda`` at the paper's ``gamma`` (1e-2), else ``sda-gamma<gamma>``."""
+    return "sda" if gamma == 1e-2 else f"sda-gamma{gamma:g}"
+
+
 class TrajectoryProblem:
     """The trajectory case (module docstring) with ``window``-day blanket windows: the guided
-    noise predictions (``sda``, and ``mmps-gmres<iterations>`` and ``mmps-cg<iterations>``: MMPS
-    with either Krylov solver), the exact posterior and the
-    floor that ``members`` exact posterior samples reach (seed 0)."""
+    noise predictions (``sda`` at the paper's ``gamma`` 1e-2, ``sda-gamma<g>`` at each other of
+    ``gammas``, and ``mmps-gmres<iterations>`` and ``mmps-cg<iterations>``: MMPS with either
+    Krylov solver), the exact posterior and the floor that ``members`` exact posterior samples
+    reach (seed 0)."""
 
-    def __init__(self, window: int = 5, members: int = 2000, iterations: int = 3):
+    def __init__(
+        self,
+        window: int = 5,
+        members: int = 2000,
+        iterations: int = 3,
+        gammas: tuple[float, ...] = (1e-2,),
+    ):
         self.sde = sde = VPSDE()
         self.prior = prior = GaussianTrajectory(length=12, height=4, width=8, sde=sde)
         self.case = case = prior.observation_case()
@@ -63,7 +75,8 @@ class TrajectoryProblem:
         exact = case.mean + noise @ torch.linalg.cholesky(case.cov).T
         self.floor = self.agreement(exact)
         self.guidances = {
-            "sda": GaussianGuidance(observe, y, variance, mask),
+            sda_label(gamma): GaussianGuidance(observe, y, variance, mask, gamma=gamma)
+            for gamma in gammas
         }
         for solver in ("gmres", "cg"):
             self.guidances[f"mmps-{solver}{iterations}"] = MomentMatchingGuidance(
