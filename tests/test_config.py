@@ -57,6 +57,25 @@ def test_the_paper_scale_preset_keeps_the_papers_grid_and_network_sizes(root):
     assert scale["resources"]["warm_start"] is False  # each job's peak memory its own
 
 
+def test_the_study_samples_each_network_as_config_yaml_does(root):
+    """The converged run measures the shipped samplers: presets/study.yaml restores
+    config.yaml's over the demo's, every key of every network's sampler the same."""
+    from slams.config import method_assimilation
+
+    paper = load_config(root / "config.yaml")
+    study = load_config(
+        root / "config.yaml", root / "presets/demo.yaml", root / "presets/study.yaml"
+    )
+    demo = load_config(root / "config.yaml", root / "presets/demo.yaml")
+    for method in study["assimilation"]["methods"]:
+        shipped = method_assimilation(paper["assimilation"], method)["sampler"]
+        assert method_assimilation(study["assimilation"], method)["sampler"] == shipped, method
+    assert (
+        method_assimilation(demo["assimilation"], "pixel")["sampler"]
+        != (method_assimilation(paper["assimilation"], "pixel")["sampler"])
+    )  # the demo's own sampler, which the study must not inherit
+
+
 def test_paper_config_is_the_paper(root):
     config = load_config(root / "config.yaml")
     assert config["data"]["levels"] == [10, 50, 100, 200, 300, 500, 700, 850, 925, 1000]
