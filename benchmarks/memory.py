@@ -11,6 +11,10 @@ windows per network call and a few sampler steps (memory does not grow with step
         --members 2 4 --days 365 --solver dpm2m --guidance mmps --corrections 1
     python benchmarks/memory.py --check results/demo [--csv out.csv]
 
+With ``--csv`` the slope's row is appended to that file (``benchmarks/measured/copies.csv``
+is the one docs/benchmarks.md's table of copies is generated from), labelled by ``--label``
+(e.g. the run and the code measured).
+
 ``--check RUN`` compares every job of a finished run with :mod:`slams.memory`'s prediction:
 the peak its log ends with against the predicted peak, one row per kind of job (the largest
 ratio of the kind). Run it on a run made with ``resources.warm_start: false``: a warm-start
@@ -76,7 +80,8 @@ def child(args: argparse.Namespace) -> dict:
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"members": args.members, "days": days, "peak": peak, "member_state": state,
-            "member_output": member_output, "seconds": seconds}  # fmt: skip
+            "member_output": member_output, "seconds": seconds, "solver": sampler["solver"],
+            "guidance": sampler.get("guidance", "sda")}  # fmt: skip
 
 
 def _state_bytes(args, config, analysis, days: int) -> int:
@@ -211,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="compare a finished run's peaks with the predictions of slams.memory",
     )
-    parser.add_argument("--csv", type=Path, help="--check: every job's row to this file")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        help="--check: every job's row to this file; else the slope's row, appended",
+    )
+    parser.add_argument("--label", default="", help="the slope's row: what was measured")
     parser.add_argument(
         "--configfile",
         type=Path,
@@ -256,7 +266,30 @@ def main(argv: list[str] | None = None) -> int:
           f"{first['member_output'] / mb:.1f} MiB; peak per member {slope / mb:.1f} MiB: "
           f"{slope / first['member_state']:.2f} copies of the state, "
           f"{slope / first['member_output']:.2f} of the analysis")  # fmt: skip
+    if args.csv:
+        append_copies(args.csv, args, rows)
     return 0
+
+
+COPIES_FIELDS = ("label", "method", "days", "chunk", "steps", "corrections", "solver",
+                 "guidance", "members", "peak_mib", "state_mib", "output_mib")  # fmt: skip
+
+
+def append_copies(path: Path, args: argparse.Namespace, rows: list[dict]) -> None:
+    """The slope's measurement as one CSV row (the header first in a new file): the member
+    counts and their peaks joined by spaces, one member's state and analysis in MiB."""
+    mb = 2**20
+    new = not path.exists()
+    with open(path, "a", newline="") as out:
+        writer = csv.writer(out)
+        if new:
+            writer.writerow(COPIES_FIELDS)
+        writer.writerow([args.label, args.method, rows[0]["days"], args.chunk, args.steps,
+                         args.corrections, rows[0]["solver"], rows[0]["guidance"],
+                         " ".join(str(r["members"]) for r in rows),
+                         " ".join(f"{r['peak'] / mb:.0f}" for r in rows),
+                         f"{rows[0]['member_state'] / mb:.4f}",
+                         f"{rows[0]['member_output'] / mb:.4f}"])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -384,3 +384,26 @@ def test_the_results_tables_from_a_finished_run(smoke_run, tmp_path):
     assert "| gap 2 | " in docgen.study_multimodality(study)
     assert "| ideal | paper | latent-none | " in docgen.study_calibration(study)
     assert docgen.headline(study).count("**") == 2 * 4  # one best per named case
+    # before and after: the same run gives no change; a run whose CRPS is far higher is worse
+    # beyond every interval, and the window count follows spread/skill
+    same = docgen.calibration_change(study, study).splitlines()
+    diffusion = [line for line in same[2:-1] if "| oi" not in line and "climatology" not in line]
+    assert len(diffusion) == len(same) - 3 and all(line.endswith("| no |") for line in diffusion)
+    inside = sum(0.8 <= float(line.split(" | ")[3].split(" → ")[0]) <= 1.2 for line in diffusion)
+    assert same[-1].startswith("| in 0.8–1.2 |")
+    assert f"| {inside} → {inside} of {len(diffusion)} |" in same[-1]
+    import shutil
+
+    import pandas as pd
+
+    after = tmp_path / "after"
+    shutil.copytree(study, after)
+    intervals = pd.read_csv(after / "intervals.csv")
+    intervals.loc[intervals["metric"] == "crps", ["score", "low", "high"]] += 100.0
+    intervals.to_csv(after / "intervals.csv", index=False)
+    scores = pd.read_csv(after / "scores.csv")
+    scores.loc[scores["metric"] == "spread_skill", "score"] = 1.0
+    scores.to_csv(after / "scores.csv", index=False)
+    worse = docgen.calibration_change(study, after).splitlines()
+    assert all(line.endswith("| yes |") for line in worse[2:-1])
+    assert f"→ {len(diffusion)} of {len(diffusion)} |" in worse[-1]

@@ -363,28 +363,83 @@ def rank_end_excess(counts) -> float:
     return float((shares[0] + shares[-1]) / 2 * len(shares))
 
 
-def study_calibration(study: Path = STUDY) -> str:
-    """Spread/skill (level mean, observed days) and the rank histograms' end-bin excess
-    (:func:`rank_end_excess`, counts summed over levels, observed days) per named case,
-    protocol and method."""
+def _calibration_cells(study: Path) -> dict:
+    """``(case, protocol, method) -> (spread/skill, end-bin excess)`` of every named case's
+    analysis: spread/skill level mean on observed days, the rank histogram's counts summed over
+    levels on observed days (:func:`rank_end_excess`); in the tables' order."""
     config = _study_config(study)
     spread = _level_mean(_read(study, "scores.csv"), "spread_skill")
     ranks = _read(study, "rank-histograms.csv")
     ranks = ranks[ranks["days"] == "observed"]
     summed = ranks.groupby(["protocol", "method", "axis", "value", "rank"])["count"].sum()
-    rows = []
+    cells = {}
     for protocol in ("physical", "paper"):
         for case, axis, value in _cases(config):
             for method in _methods(ranks):
                 key = (protocol, method, axis, value)
-                if key not in spread:
-                    continue
-                ratio = round(float(spread[key]), 2)
-                flag = "" if 0.8 <= ratio <= 1.2 else " ✗"
-                excess = rank_end_excess(summed.loc[key].to_numpy())
-                rows.append([case, protocol, method, f"{ratio:.2f}{flag}", f"{excess:.2f}"])
+                if key in spread:
+                    excess = rank_end_excess(summed.loc[key].to_numpy())
+                    cells[(case, protocol, method)] = (float(spread[key]), excess)
+    return cells
+
+
+def _in_window(ratio: float) -> bool:
+    return 0.8 <= round(ratio, 2) <= 1.2
+
+
+def study_calibration(study: Path = STUDY) -> str:
+    """Spread/skill (level mean, observed days) and the rank histograms' end-bin excess
+    (:func:`rank_end_excess`, counts summed over levels, observed days) per named case,
+    protocol and method."""
+    rows = []
+    for (case, protocol, method), (ratio, excess) in _calibration_cells(study).items():
+        flag = "" if _in_window(ratio) else " ✗"
+        rows.append([case, protocol, method, f"{ratio:.2f}{flag}", f"{excess:.2f}"])
     header = ["case", "protocol", "method", "spread/skill (✗ outside 0.8–1.2)",
               "rank histogram end-bin excess (1 flat)"]  # fmt: skip
+    return _markdown(header, rows, 3)
+
+
+def _named_crps(study: Path) -> dict:
+    """``(case, protocol, method) -> (CRPS, low, high)``: level mean on observed days with its
+    95 % bootstrap interval."""
+    config = _study_config(study)
+    intervals = _read(study, "intervals.csv")
+    crps = intervals[(intervals["level"] == "mean") & (intervals["days"] == "observed")
+                     & (intervals["metric"] == "crps")]  # fmt: skip
+    out = {}
+    for case, axis, value in _cases(config):
+        for row in crps[(crps["axis"] == axis) & (crps["value"] == value)].itertuples():
+            out[(case, row.protocol, row.method)] = (row.score, row.low, row.high)
+    return out
+
+
+def calibration_change(before: Path, after: Path = STUDY) -> str:
+    """Two runs of the study, ``before`` and ``after``, per named case, protocol and diffusion
+    method: spread/skill, the end-bin excess and the CRPS with its interval in each, and
+    whether the later CRPS is above the earlier interval (worse beyond it); a last row counts
+    the cells with spread/skill in 0.8–1.2."""
+    from slams.methods import METHODS
+
+    cells = {key: (_calibration_cells(before).get(key), value)
+             for key, value in _calibration_cells(after).items()
+             if METHODS[key[2]].space is not None}  # fmt: skip
+    crps_before, crps_after = _named_crps(before), _named_crps(after)
+    rows, inside = [], [0, 0]
+    for key, (old, new) in cells.items():
+        if old is None:
+            continue
+        inside = [inside[0] + _in_window(old[0]), inside[1] + _in_window(new[0])]
+        b, a = crps_before[key], crps_after[key]
+        worse = "yes" if a[0] > b[2] else "no"
+        rows.append([*key, f"{old[0]:.2f} → {new[0]:.2f}", f"{old[1]:.2f} → {new[1]:.2f}",
+                     _with_interval(dict(zip(("score", "low", "high"), b, strict=True))),
+                     _with_interval(dict(zip(("score", "low", "high"), a, strict=True))),
+                     worse])  # fmt: skip
+    rows.append(["in 0.8–1.2", "", "", f"{inside[0]} → {inside[1]} of {len(rows)}", "", "", "",
+                 ""])  # fmt: skip
+    header = ["case", "protocol", "method", "spread/skill", "end-bin excess (1 flat)",
+              "CRPS (K) before", "CRPS (K) after", "after above the interval before"]  # fmt: skip
     return _markdown(header, rows, 3)
 
 
@@ -547,6 +602,27 @@ def memory_check(results: Path = BENCHMARK_RESULTS) -> str:
                       "predicted / measured"], rows, 2)  # fmt: skip
 
 
+def copies(results: Path = BENCHMARK_RESULTS) -> str:
+    """How many copies of its ensemble an analysis holds at its peak (``benchmarks/memory.py
+    --csv``: one row per slope measured): the peak's rise per member over one member's state
+    and over one member's analysis in kelvin."""
+    import pandas as pd
+
+    frame = pd.read_csv(results / "copies.csv", dtype={"members": str, "peak_mib": str})
+    rows = []
+    for row in frame.itertuples():
+        members = [int(m) for m in row.members.split()]
+        peaks = [float(p) for p in row.peak_mib.split()]
+        slope = (peaks[-1] - peaks[0]) / (members[-1] - members[0])
+        rows.append([row.label, row.method,
+                     f"{row.solver} {row.steps} + {row.corrections}, {row.guidance}",
+                     str(row.days), " → ".join(map(str, members)),
+                     " → ".join(f"{p:.0f}" for p in peaks), f"{slope / row.state_mib:.2f}",
+                     f"{slope / row.output_mib:.2f}"])  # fmt: skip
+    return _markdown(["measured", "method", "sampler, guidance", "days", "members", "peak (MiB)",
+                      "copies of the state", "copies of the analysis"], rows, 3)  # fmt: skip
+
+
 def paper_scale(results: Path = BENCHMARK_RESULTS) -> str:
     """Every stage of the paper-size run (``benchmarks/paper_scale.py --csv``: one row per job):
     jobs, wall seconds, the largest peak memory and what the stage wrote."""
@@ -587,6 +663,7 @@ def _blocks() -> dict[str, Callable[[], str]]:
         "config-sampler": config_sampler,
         "memory-check": lambda: memory_check(BENCHMARK_RESULTS),
         "paper-scale": lambda: paper_scale(BENCHMARK_RESULTS),
+        "copies": lambda: copies(BENCHMARK_RESULTS),
     }
 
 
