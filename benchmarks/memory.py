@@ -162,7 +162,7 @@ def _rule_of(parts: tuple[str, ...], config: dict) -> tuple[str, dict]:
     return head, {}
 
 
-def check(run: Path, csv_path: Path | None, overlays: list[Path]) -> int:
+def check(run: Path, csv_path: Path | None, overlays: list[Path], own: bool = False) -> int:
     """Every job's measured peak against its prediction; one row per kind of job."""
     from slams.config import load_config, run_config
     from slams.memory import predicted_peak_mb
@@ -174,6 +174,8 @@ def check(run: Path, csv_path: Path | None, overlays: list[Path]) -> int:
     kinds: dict[str, list] = {}
     rows = []
     for rule, wildcards, peak, log in job_logs(run, config):
+        if own and run not in log.parents:  # the dataset's shared resources/ logs
+            continue
         predicted = predicted_peak_mb(rule, wildcards, config)
         kind = rule
         if rule in ("assimilate", "assimilate_classical"):
@@ -221,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="--check: every job's row to this file; else the slope's row, appended",
     )
+    parser.add_argument(
+        "--own-logs",
+        action="store_true",
+        help="--check: only the run's own jobs, not its dataset's downloads",
+    )
     parser.add_argument("--label", default="", help="the slope's row: what was measured")
     parser.add_argument(
         "--configfile",
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.check:
-        return check(args.check.resolve(), args.csv, args.configfile)
+        return check(args.check.resolve(), args.csv, args.configfile, args.own_logs)
     if args.run is None:
         parser.error("--run or --check is needed")
     if args.child:
