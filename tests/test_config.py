@@ -55,6 +55,14 @@ def test_the_paper_scale_preset_keeps_the_papers_grid_and_network_sizes(root):
     assert scale["autoencoder"]["max_batches"] == scale["score"]["max_batches"] == 1
     assert paper["autoencoder"]["max_batches"] is None and paper["score"]["max_batches"] is None
     assert scale["resources"]["warm_start"] is False  # each job's peak memory its own
+    # the whole year's pixel analysis over it (benchmarks/paper-year.yaml): the paper's
+    # network, 8 members, the whole test year in one pass
+    year = load_config(root / "config.yaml", root / "presets/paper-scale.yaml",
+                       root / "benchmarks/paper-year.yaml")  # fmt: skip
+    assert year["score"]["pixel"] == paper["score"]["pixel"]
+    assert year["data"]["resolution"] == paper["data"]["resolution"]
+    section = year["assimilation"]
+    assert (section["members"], section["period"], section["segment_days"]) == (8, None, None)
 
 
 def test_the_study_samples_each_network_as_config_yaml_does(root):
