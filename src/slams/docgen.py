@@ -185,6 +185,9 @@ def load_reference_schema() -> dict:
 # --- the converged run's tables (studies/converged) --------------------------------------------
 
 STUDY = ROOT / "studies/converged"
+# The same networks sampled with one DDIM 16 + 1 sampler (tau per step) for every network,
+# before the study took config.yaml's samplers
+STUDY_BEFORE = ROOT / "studies/converged-ddim-16-1"
 PAIRS = (("oi-both", "oi"), ("latent-both", "latent-none"), ("pixel-both", "pixel"))
 
 
@@ -656,6 +659,7 @@ def _blocks() -> dict[str, Callable[[], str]]:
         "study-protocols": lambda: study_protocols(STUDY),
         "study-multimodality": lambda: study_multimodality(STUDY),
         "study-calibration": lambda: study_calibration(STUDY),
+        "study-calibration-change": lambda: calibration_change(STUDY_BEFORE, STUDY),
         "headline": lambda: headline(STUDY),
         "sampler-choice": lambda: sampler_choice(SAMPLER_CHOICE),
         "mmps-solvers": lambda: mmps_solvers(MMPS_SOLVERS),
