@@ -31,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from slams.config import method_assimilation, run_config
+from slams.config import run_config
 from slams.methods import METHODS, score_network
 from slams.models import for_sampling, load_model
 from slams.paths import dataset_path, latents_path, model_path, score_name
-from slams.studies.prior_spread import RunData, exact_ratio, sample_options
+from slams.studies.prior_spread import RunData, exact_ratio, network_sampler, sample_options
 from slams.train import train_score
 from slams.workflow import optimisation_settings
 
@@ -94,7 +94,7 @@ def main() -> None:
     data = RunData(args.run)
     rows = []
     for space in args.networks:
-        sampler = method_assimilation(config["assimilation"], space)["sampler"]  # its own
+        sampler = network_sampler(config, space)  # its own (assimilation.sampler_by_space)
         options = sample_options(sampler, sampler["steps"], sampler["corrections"])
         exact = exact_ratio(max(args.days, window), window, options)
         for lever in args.levers:

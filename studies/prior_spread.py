@@ -36,7 +36,7 @@ from slams.config import run_config
 from slams.methods import SCORE_NETWORKS
 from slams.models import for_sampling, load_model
 from slams.paths import model_path, score_name
-from slams.studies.prior_spread import RunData, exact_ratio, sample_options
+from slams.studies.prior_spread import RunData, exact_ratio, network_sampler, sample_options
 
 
 def main() -> None:
@@ -52,9 +52,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = run_config(args.run)
-    sampler = config["assimilation"]["sampler"]
-    if args.solver:
-        sampler["solver"] = args.solver
     window = config["score"]["blanket_days"]
     networks = args.networks or [
         space for space in SCORE_NETWORKS if Path(model_path(args.run, score_name(space))).exists()
@@ -63,11 +60,14 @@ def main() -> None:
     print(f"run {args.run}: {args.members} members x {args.days} days, validation std per level "
           f"{' '.join(f'{v:.2f}' for v in data.data_std)} (standardised anomaly; the training "
           "years' is 1 at every level)\n")  # fmt: skip
-    print("| network | steps | corrections | codes | decoded | as analysed | as analysed / "
-          "training std | exact score | per level (final) | s |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    print("| network | solver | steps | corrections | codes | decoded | as analysed | "
+          "as analysed / training std | exact score | per level (final) | s |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     exact = {}
     for name in networks:
+        sampler = network_sampler(config, name)  # its own (assimilation.sampler_by_space)
+        if args.solver:
+            sampler["solver"] = args.solver
         net, meta = load_model(model_path(args.run, score_name(name)))
         for_sampling(net)
         for steps in args.steps or [sampler["steps"]]:
@@ -79,12 +79,14 @@ def main() -> None:
                 spread = data.measure(name, net, meta, window, options, args.members,
                                       args.days, args.seed)  # fmt: skip
                 seconds = time.perf_counter() - start
-                if (steps, corrections) not in exact:
-                    exact[steps, corrections] = exact_ratio(max(args.days, window), window, options)
+                key = tuple(sorted(options.items()))
+                if key not in exact:
+                    exact[key] = exact_ratio(max(args.days, window), window, options)
                 cells = ["–" if v is None else f"{v:.2f}" for v in (spread.codes, spread.decoded)]
-                print(f"| {name} | {steps} | {corrections} | {cells[0]} | {cells[1]} | "
+                print(f"| {name} | {options['solver']} | {steps} | {corrections} | {cells[0]} | "
+                      f"{cells[1]} | "
                       f"{spread.ratio.mean():.2f} | {spread.trained.mean():.2f} | "
-                      f"{exact[steps, corrections]:.2f} | "
+                      f"{exact[key]:.2f} | "
                       f"{' '.join(f'{v:.2f}' for v in spread.ratio)} | {seconds:.0f} |",
                       flush=True)  # fmt: skip
 

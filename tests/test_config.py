@@ -417,3 +417,17 @@ def test_an_overlays_old_key_overrides_the_new_key_below_it(paper, schema, caplo
     assert config["assimilation"]["windows_per_call"] == 8
     validate_config(config, schema)
     assert len(caplog.records) == 2
+
+
+def test_the_prior_studies_sample_each_network_with_its_own_sampler(root):
+    """studies/prior_spread.py and prior_levers.py draw a network's prior with the sampler its
+    analyses take (assimilation.sampler_by_space over the shared one)."""
+    from slams.studies.prior_spread import network_sampler
+
+    paper = load_config(root / "config.yaml")
+    by_space = paper["assimilation"]["sampler_by_space"]
+    for space in ("pixel", "latent-none"):
+        sampler = network_sampler(paper, space)
+        assert all(sampler[key] == value for key, value in by_space[space].items()), space
+    assert network_sampler(paper, "latent-both") == paper["assimilation"]["sampler"]
+    assert network_sampler(paper, "pixel")["steps"] != paper["assimilation"]["sampler"]["steps"]

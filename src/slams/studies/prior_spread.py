@@ -46,6 +46,15 @@ def level_std(x: np.ndarray) -> np.ndarray:
     return np.moveaxis(x, -3, 0).reshape(channels, -1).std(axis=1)
 
 
+def network_sampler(config: dict, space: str) -> dict:
+    """The sampler the analyses take for score network ``space``: the shared one with its
+    ``assimilation.sampler_by_space`` keys in place (a network's name is that of the method
+    that samples with it alone)."""
+    from slams.config import method_assimilation
+
+    return method_assimilation(config["assimilation"], space)["sampler"]
+
+
 def sample_options(sampler: dict, steps: int, corrections: int) -> dict:
     """``sample``'s options for the config's ``sampler`` at ``steps`` + ``corrections``, as the
     analyses take them (``SamplerSettings.sample_options``)."""
