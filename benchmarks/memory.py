@@ -81,7 +81,7 @@ def child(args: argparse.Namespace) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"members": args.members, "days": days, "peak": peak, "member_state": state,
             "member_output": member_output, "seconds": seconds, "solver": sampler["solver"],
-            "guidance": sampler.get("guidance", "sda")}  # fmt: skip
+            "guidance": sampler["guidance"]}  # fmt: skip
 
 
 def _state_bytes(args, config, analysis, days: int) -> int:

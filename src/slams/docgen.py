@@ -424,8 +424,8 @@ def calibration_change(before: Path, after: Path = STUDY) -> str:
     the cells with spread/skill in 0.8–1.2."""
     from slams.methods import METHODS
 
-    cells = {key: (_calibration_cells(before).get(key), value)
-             for key, value in _calibration_cells(after).items()
+    earlier = _calibration_cells(before)
+    cells = {key: (earlier.get(key), value) for key, value in _calibration_cells(after).items()
              if METHODS[key[2]].space is not None}  # fmt: skip
     crps_before, crps_after = _named_crps(before), _named_crps(after)
     rows, inside = [], [0, 0]
