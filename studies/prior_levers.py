@@ -10,9 +10,12 @@ The ``baseline`` is the run's own network, not retrained. Levers:
 - ``ema``: ``score.ema_decay: 0.999`` (sample with a moving average of the weights);
 - ``min-snr``: ``score.loss_weighting: min-snr`` (less weight on the lowest noise levels);
 - ``wide``: twice the channels at every resolution of the network's U-Net;
-- ``long``: twice the patience and no minimum improvement (training runs longer).
+- ``long``: twice the patience and no minimum improvement (training runs longer);
+- ``zonal``: ``zonal_mixing`` in the U-Net (beyond the paper: the coarsest level sees the
+  zonal mean of its features, :class:`slams.nn.ScoreUNet`).
 
-Writes ``<out>/prior-levers.csv`` (one row per network and lever: epochs trained, best
+Writes ``<out>/prior-levers.csv`` (one row per network and lever, keeping the rows of the
+networks and levers not run this time: epochs trained, best
 validation loss, the mean ratio and one column per level) and prints it as a table, with the
 spread an exact score keeps under the same sampler. Usage::
 
@@ -47,6 +50,7 @@ LEVERS = {
     "long": lambda score, network: score.update(
         patience=2 * score["patience"], min_improvement=0.0
     ),
+    "zonal": lambda score, network: network.update(zonal_mixing=True),
 }
 
 
@@ -92,7 +96,13 @@ def main() -> None:
     config = run_config(args.run)
     window = config["score"]["blanket_days"]
     data = RunData(args.run)
+    table = out / "prior-levers.csv"
     rows = []
+    if table.exists():  # the rows of what is not run again stay
+        with open(table, newline="") as handle:
+            rows = [row for row in csv.DictReader(handle)
+                    if (row["network"], row["lever"]) not in
+                    {(s, lever) for s in args.networks for lever in args.levers}]  # fmt: skip
     for space in args.networks:
         sampler = network_sampler(config, space)  # its own (assimilation.sampler_by_space)
         options = sample_options(sampler, sampler["steps"], sampler["corrections"])
@@ -113,7 +123,7 @@ def main() -> None:
             for hpa, value in zip(data.pressure, spread.trained, strict=True):
                 row[f"hpa_{hpa}"] = float(value)
             rows.append(row)
-            with open(out / "prior-levers.csv", "w", newline="") as handle:
+            with open(table, "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)

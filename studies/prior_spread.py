@@ -21,7 +21,12 @@ temperature with the decoder's validation residuals added as the analyses get th
 Usage::
 
     python studies/prior_spread.py [results/demo] [--networks pixel latent-none ...]
-        [--steps 16 64] [--corrections 0 1] [--solver dpm2m] [--members 8] [--days 8]
+        [--steps 16 64] [--corrections 0 1] [--solver dpm2m] [--members 8] [--days 8] [--bands]
+
+``--bands`` adds where the spread is missing: per zonal-wavenumber band (the zonal mean, waves
+1-3, 4-10, 11 and up), the band's share of the training years' variance and the draws'
+variance in that band over the training years', level by level (a variance ratio: the square
+of the spread's).
 """
 
 from __future__ import annotations
@@ -36,7 +41,13 @@ from slams.config import run_config
 from slams.methods import SCORE_NETWORKS
 from slams.models import for_sampling, load_model
 from slams.paths import model_path, score_name
-from slams.studies.prior_spread import RunData, exact_ratio, network_sampler, sample_options
+from slams.studies.prior_spread import (
+    ZONAL_BANDS,
+    RunData,
+    exact_ratio,
+    network_sampler,
+    sample_options,
+)
 
 
 def main() -> None:
@@ -49,6 +60,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--solver", default=None, help="default: the run's sampler")
+    parser.add_argument("--bands", action="store_true", help="variance per zonal band too")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = run_config(args.run)
@@ -63,7 +75,7 @@ def main() -> None:
     print("| network | solver | steps | corrections | codes | decoded | as analysed | "
           "as analysed / training std | exact score | per level (final) | s |")  # fmt: skip
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-    exact = {}
+    exact, bands = {}, []
     for name in networks:
         sampler = network_sampler(config, name)  # its own (assimilation.sampler_by_space)
         if args.solver:
@@ -89,6 +101,26 @@ def main() -> None:
                       f"{exact[key]:.2f} | "
                       f"{' '.join(f'{v:.2f}' for v in spread.ratio)} | {seconds:.0f} |",
                       flush=True)  # fmt: skip
+                bands.append((name, options["solver"], steps, corrections, spread.bands))
+    if args.bands:
+        print_bands(data.train_bands(), bands)
+
+
+def print_bands(train, rows) -> None:
+    """The draws' variance per zonal band over the training years', beside each band's share."""
+    share = train / train.sum(axis=1, keepdims=True)
+    print("\nVariance per zonal wavenumber band, draws over the training years' (1: the "
+          "data's); share: the band's part of the training years' variance (mean over "
+          "levels)\n")  # fmt: skip
+    print("| network | solver | steps | corrections | band | share | variance ratio (mean) | "
+          "per level |")  # fmt: skip
+    print("|---|---|---:|---:|---|---:|---:|---|")
+    for name, solver, steps, corrections, drawn in rows:
+        ratio = drawn / train
+        for j, band in enumerate(ZONAL_BANDS):
+            print(f"| {name} | {solver} | {steps} | {corrections} | {band} | "
+                  f"{share[:, j].mean():.2f} | {ratio[:, j].mean():.2f} | "
+                  f"{' '.join(f'{v:.2f}' for v in ratio[:, j])} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -151,6 +151,7 @@ def test_defaults_are_filled(paper, schema):
         (lambda c: c["assimilation"].update(memebers=8), "assimilation"),
         (lambda c: c["assimilation"].update(members="eight"), "assimilation.members"),
         (lambda c: c["score"]["pixel"].update(hidden=[64, -1]), "score.pixel.hidden[1]"),
+        (lambda c: c["score"]["latent"].update(zonal_mixing="yes"), "score.latent.zonal_mixing"),
         (lambda c: c["data"].update(source="ftp"), "data.source"),
         (
             lambda c: c["assimilation"]["axes"]["gap"].update(values=[4, 8, 4]),
@@ -170,6 +171,16 @@ def test_schema_errors_name_the_key(paper, schema, edit, key):
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(f"config error at {key}:")
+
+
+def test_zonal_mixing_is_off_unless_set(paper, schema):
+    """The paper's U-Net unless a config asks (``score.<pixel|latent>.zonal_mixing``): no default
+    fills the key, so the networks' params, and what Snakemake reruns on them, stay as before."""
+    config = copy.deepcopy(paper)
+    validate_config(config, schema)
+    assert "zonal_mixing" not in config["score"]["pixel"]
+    config["score"]["latent"]["zonal_mixing"] = True
+    validate_config(config, schema)
 
 
 def test_unknown_key_is_named(paper, schema):

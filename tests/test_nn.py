@@ -118,6 +118,27 @@ def test_unet_is_periodic_in_longitude_but_not_latitude():
         assert (shifted - out.roll(4, dims=-2)).abs().max() > 1e-2
 
 
+def test_zonal_mixing_starts_as_the_paper_network_and_sees_the_whole_circle():
+    """``zonal_mixing`` (beyond the paper): zero at start, so the network computes what the
+    paper's does with the same weights; once trained (here: weights set), a change at one
+    longitude reaches the opposite one in one level, which the paper's convolutions do not."""
+    torch.manual_seed(0)
+    paper = ScoreUNet(2, hidden=(8,), blocks=(2,))
+    zonal = ScoreUNet(2, hidden=(8,), blocks=(2,), zonal_mixing=True)
+    missing = zonal.load_state_dict(paper.state_dict(), strict=False).missing_keys
+    assert missing and all(key.startswith("zonal.") for key in missing)
+    x = torch.randn(1, 2, 8, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(zonal(x, 0.5), paper(x, 0.5), rtol=0, atol=0)
+        for mix in zonal.zonal:
+            nn.init.normal_(mix.weight, std=0.3)
+        moved = x.clone()
+        moved[..., 0] += 1.0  # one longitude changes
+        for net, reaches in ((paper, False), (zonal, True)):
+            change = (net(moved, 0.5) - net(x, 0.5))[..., 16].abs().max().item()
+            assert (change > 1e-4) is reaches, (net.zonal, change)
+
+
 def test_unet_backward_in_the_paper_latent_configuration():
     # the paper's latent configuration accepts a 5-day window of 10 channels on 32 x 64
     net = ScoreUNet(50, hidden=(32, 64, 128), blocks=(3, 3, 3))

@@ -525,6 +525,15 @@ def test_train_score_exports_the_best_window_network(tmp_path):
     assert (tmp_path / "checkpoints" / "s" / "last.pt").exists()  # default checkpoint place
     out = net(torch.randn(3, 10, 8, 16), torch.rand(3))
     assert out.shape == (3, 10, 8, 16)
+    assert (
+        len(net.zonal) == 0
+        and "zonal_mixing" not in torch.load(tmp_path / "s.pt", weights_only=False)["kwargs"]
+    )  # the paper's network, as before
+    network = {"hidden": [4, 8], "blocks": [1, 1], "zonal_mixing": True}
+    train_score(train, validation, "pixel", 5, network, settings, tmp_path / "z.pt",
+                tmp_path / "z.csv")  # fmt: skip
+    zonal, _ = load_model(tmp_path / "z.pt")
+    assert len(zonal.zonal) == 1 and zonal.zonal[0].weight.abs().max() > 0  # trained from zero
 
 
 @pytest.mark.parametrize("downsample", [1, 2])

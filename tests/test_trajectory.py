@@ -313,3 +313,24 @@ def test_a_larger_sda_gamma_weakens_the_pull_towards_the_observations():
         agreement[label] = problem.agreement(x)
     assert agreement["sda-gamma1"]["gap_closed"] < agreement["sda"]["gap_closed"] - 0.3
     assert agreement["sda-gamma1"]["spread_ratio"] > agreement["sda"]["spread_ratio"] + 0.1
+
+
+def test_zonal_bands_split_the_variance_by_wavenumber():
+    """``prior_spread.py --bands``: the bands sum to the mean square (Parseval, the Nyquist
+    wave counted once), a zonally uniform field is all zonal mean, and a wave 2 or 7 lands in
+    its own band, on a grid of even and of odd width."""
+    from slams.studies.prior_spread import ZONAL_BANDS, zonal_band_variance
+
+    for width in (64, 63):
+        lon = 2 * np.pi * np.arange(width) / width
+        x = np.random.default_rng(0).normal(size=(3, 2, 4, width))
+        bands = zonal_band_variance(x)
+        assert bands.shape == (2, len(ZONAL_BANDS))
+        np.testing.assert_allclose(bands.sum(axis=1), (x**2).mean(axis=(0, 2, 3)), rtol=1e-10)
+        fields = {"k 0": np.full((1, 1, 4, width), 2.0), "k 1-3": np.cos(2 * lon)[None, None, None],
+                  "k 4-10": np.sin(7 * lon)[None, None, None]}  # fmt: skip
+        for name, field in fields.items():
+            bands = zonal_band_variance(field)[0]
+            expected = np.zeros(len(ZONAL_BANDS))
+            expected[list(ZONAL_BANDS).index(name)] = (field**2).mean()
+            np.testing.assert_allclose(bands, expected, atol=1e-12)

@@ -683,6 +683,8 @@ def train_score(
         "hidden": list(network["hidden"]),
         "blocks": list(network["blocks"]),
     }
+    if network.get("zonal_mixing"):  # only when on: the paper's networks' files stay as they were
+        kwargs["zonal_mixing"] = True
     meta = {"window": window, "state_channels": train_data.channels, "space": space}
     return _train_and_export(
         "score",

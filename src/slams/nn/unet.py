@@ -35,6 +35,13 @@ class ScoreUNet(nn.Module):
     its input (hidden[0] < K * C) cannot pass through, and the sampler's first steps amplify
     any error there by ~1/mu(1) = 1e3 (seen on the demo: samples diverged).
 
+    ``zonal_mixing`` (beyond the paper, off by default): after every residual block of the
+    coarsest level, ``h += W mean_lon(h)``, the zonal mean of the features through a 1 x 1
+    convolution (zero at start, so the network starts as the paper's), broadcast along the
+    longitude. The paper's convolutions see a few thousand kilometres at most, and the draws
+    of the demo's networks lack variance most in the zonal mean (``prior_spread.py --bands``):
+    this gives every point the whole latitude circle at the cost of one small convolution.
+
     Shapes: ``x (B, C, H, W)``, ``t (B,)`` or scalar in ``[0, 1]`` -> ``(B, C, H, W)``, with
     ``H`` and ``W`` divisible by ``2 ** (len(hidden) - 1)``.
     """
@@ -47,6 +54,7 @@ class ScoreUNet(nn.Module):
         time_features: int = 64,
         time_hidden: int = 256,
         kernel_size: int = 3,
+        zonal_mixing: bool = False,
     ):
         super().__init__()
         hidden, blocks = list(hidden), list(blocks)
@@ -82,6 +90,13 @@ class ScoreUNet(nn.Module):
         )
         self.decoder = nn.ModuleList(stack(hidden[i], blocks[i]) for i in range(self.levels - 1))
         self.tail = PeriodicConv2d(hidden[0], in_channels, kernel_size)
+        self.zonal = nn.ModuleList()
+        if zonal_mixing:  # one per block of the coarsest level (see the class docstring)
+            for _ in range(blocks[-1]):
+                mix = nn.Conv2d(hidden[-1], hidden[-1], 1)
+                nn.init.zeros_(mix.weight)
+                nn.init.zeros_(mix.bias)
+                self.zonal.append(mix)
         # Preconditioned output (see the class docstring).
         self.sde = VPSDE()
         self.skip = nn.Linear(time_features, in_channels)
@@ -105,8 +120,10 @@ class ScoreUNet(nn.Module):
         h = self.head(x)
         skips = []
         for level, blocks in enumerate(self.encoder):
-            for block in blocks:
+            for index, block in enumerate(blocks):
                 h = block(h, embedding)
+                if self.zonal and level == self.levels - 1:
+                    h = h + self.zonal[index](h.mean(dim=-1, keepdim=True))
             if level < self.levels - 1:
                 skips.append(h)
                 h = self.downsample[level](h)

@@ -46,6 +46,24 @@ def level_std(x: np.ndarray) -> np.ndarray:
     return np.moveaxis(x, -3, 0).reshape(channels, -1).std(axis=1)
 
 
+# Zonal-wavenumber bands of :func:`zonal_band_variance`: the zonal mean, the planetary waves,
+# the synoptic ones and the rest (half-open ranges of k; None: to the grid's last).
+ZONAL_BANDS = {"k 0": (0, 1), "k 1-3": (1, 4), "k 4-10": (4, 11), "k 11+": (11, None)}
+
+
+def zonal_band_variance(x: np.ndarray) -> np.ndarray:
+    """Mean square of ``x (..., C, H, W)`` per channel and :data:`ZONAL_BANDS` band of zonal
+    wavenumber, ``(C, bands)``: the one-sided power of the FFT along longitude (Parseval, so
+    the bands sum to the channel's mean square), averaged over everything but the channel."""
+    width = x.shape[-1]
+    power = np.abs(np.fft.rfft(x, axis=-1)) ** 2 / width**2
+    power[..., 1:] *= 2.0
+    if width % 2 == 0:
+        power[..., -1] /= 2.0  # the Nyquist wavenumber has no mirror
+    power = np.moveaxis(power, -3, 0).reshape(x.shape[-3], -1, power.shape[-1]).mean(axis=1)
+    return np.stack([power[:, lo:hi].sum(axis=1) for lo, hi in ZONAL_BANDS.values()], axis=1)
+
+
 def network_sampler(config: dict, space: str) -> dict:
     """The sampler the analyses take for score network ``space``: the shared one with its
     ``assimilation.sampler_by_space`` keys in place (a network's name is that of the method
@@ -94,6 +112,7 @@ class PriorSpread:
     trained: np.ndarray
     codes: float | None = None
     decoded: float | None = None
+    bands: np.ndarray | None = None  # zonal_band_variance of the draws, (levels, bands)
 
 
 class RunData:
@@ -108,7 +127,16 @@ class RunData:
         self.levels = data_t.shape[1]
         self.grid = data_t.shape[-2:]
         self.data_std = level_std(data_t)
+        self._train_bands: np.ndarray | None = None
         self._latent: dict[str, tuple] = {}
+
+    def train_bands(self) -> np.ndarray:
+        """:func:`zonal_band_variance` of the training years' temperature (every 4th day)."""
+        if self._train_bands is None:
+            with xr.open_dataset(dataset_path(self.run, "train")) as ds:
+                days = ds.isel(time=slice(None, None, 4)).load()
+            self._train_bands = zonal_band_variance(states_of(days, ["t"]).numpy())
+        return self._train_bands
 
     def latent(self, modalities: str) -> tuple:
         """``(autoencoder, z_mean, z_std, codes_std, code_shape, residuals)``."""
@@ -150,4 +178,5 @@ class RunData:
             decoded = float((level_std(out.numpy()) / self.data_std).mean())
             final = add_decoder_residuals(out, residuals, seed + 2).numpy()
         spread = level_std(final)
-        return PriorSpread(spread / self.data_std, spread, codes, decoded)
+        return PriorSpread(spread / self.data_std, spread, codes, decoded,
+                           zonal_band_variance(final))  # fmt: skip
