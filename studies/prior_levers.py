@@ -20,7 +20,8 @@ validation loss, the mean ratio and one column per level) and prints it as a tab
 spread an exact score keeps under the same sampler. Usage::
 
     python studies/prior_levers.py results/study [--networks latent-none pixel]
-        [--levers baseline ema min-snr wide long] [--out RUN/levers] [--members 8] [--days 8]
+        [--levers baseline ema min-snr wide long zonal] [--out RUN/levers] [--members 8]
+        [--days 8] [--bands]
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ from slams.config import run_config
 from slams.methods import METHODS, score_network
 from slams.models import for_sampling, load_model
 from slams.paths import dataset_path, latents_path, model_path, score_name
-from slams.studies.prior_spread import RunData, exact_ratio, network_sampler, sample_options
+from slams.studies.prior_spread import (
+    RunData,
+    band_table,
+    exact_ratio,
+    network_sampler,
+    sample_options,
+)
 from slams.train import train_score
 from slams.workflow import optimisation_settings
 
@@ -88,6 +95,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=8)
     parser.add_argument("--days", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bands", action="store_true", help="the variance per zonal band too")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -103,6 +111,7 @@ def main() -> None:
             rows = [row for row in csv.DictReader(handle)
                     if (row["network"], row["lever"]) not in
                     {(s, lever) for s in args.networks for lever in args.levers}]  # fmt: skip
+    bands = []
     for space in args.networks:
         sampler = network_sampler(config, space)  # its own (assimilation.sampler_by_space)
         options = sample_options(sampler, sampler["steps"], sampler["corrections"])
@@ -123,6 +132,7 @@ def main() -> None:
             for hpa, value in zip(data.pressure, spread.trained, strict=True):
                 row[f"hpa_{hpa}"] = float(value)
             rows.append(row)
+            rows.sort(key=lambda r: (r["network"], list(LEVERS).index(r["lever"])))
             with open(table, "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
                 writer.writeheader()
@@ -131,6 +141,9 @@ def main() -> None:
             print(f"| {space} | {lever} | {row['best_epoch']}/{row['epochs']} | "
                   f"{row['val_loss']:.4f} | {row['mean']:.2f} | {row['min']:.2f} | "
                   f"{exact:.2f} | {levels} |", flush=True)  # fmt: skip
+            bands.append(((space, lever), spread.bands))
+    if args.bands:
+        print("\n".join(band_table(data.train_bands(), bands, ("network", "lever"))))
 
 
 if __name__ == "__main__":

@@ -42,8 +42,8 @@ from slams.methods import SCORE_NETWORKS
 from slams.models import for_sampling, load_model
 from slams.paths import model_path, score_name
 from slams.studies.prior_spread import (
-    ZONAL_BANDS,
     RunData,
+    band_table,
     exact_ratio,
     network_sampler,
     sample_options,
@@ -101,26 +101,10 @@ def main() -> None:
                       f"{exact[key]:.2f} | "
                       f"{' '.join(f'{v:.2f}' for v in spread.ratio)} | {seconds:.0f} |",
                       flush=True)  # fmt: skip
-                bands.append((name, options["solver"], steps, corrections, spread.bands))
+                bands.append(((name, options["solver"], steps, corrections), spread.bands))
     if args.bands:
-        print_bands(data.train_bands(), bands)
-
-
-def print_bands(train, rows) -> None:
-    """The draws' variance per zonal band over the training years', beside each band's share."""
-    share = train / train.sum(axis=1, keepdims=True)
-    print("\nVariance per zonal wavenumber band, draws over the training years' (1: the "
-          "data's); share: the band's part of the training years' variance (mean over "
-          "levels)\n")  # fmt: skip
-    print("| network | solver | steps | corrections | band | share | variance ratio (mean) | "
-          "per level |")  # fmt: skip
-    print("|---|---|---:|---:|---|---:|---:|---|")
-    for name, solver, steps, corrections, drawn in rows:
-        ratio = drawn / train
-        for j, band in enumerate(ZONAL_BANDS):
-            print(f"| {name} | {solver} | {steps} | {corrections} | {band} | "
-                  f"{share[:, j].mean():.2f} | {ratio[:, j].mean():.2f} | "
-                  f"{' '.join(f'{v:.2f}' for v in ratio[:, j])} |")  # fmt: skip
+        print("\n".join(band_table(data.train_bands(), bands,
+                                    ("network", "solver", "steps", "corrections"))))  # fmt: skip
 
 
 if __name__ == "__main__":

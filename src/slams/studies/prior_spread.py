@@ -64,6 +64,31 @@ def zonal_band_variance(x: np.ndarray) -> np.ndarray:
     return np.stack([power[:, lo:hi].sum(axis=1) for lo, hi in ZONAL_BANDS.values()], axis=1)
 
 
+def band_table(train: np.ndarray, rows: list, columns: tuple[str, ...]) -> list[str]:
+    """The lines of a Markdown table of the draws' variance per zonal band over the training
+    years' (``train``: :func:`zonal_band_variance` of those), beside each band's share of the
+    training years' variance; ``rows``: ``(labels, drawn)`` with one label per ``columns``."""
+    share = train / train.sum(axis=1, keepdims=True)
+    lines = [
+        "",
+        "Variance per zonal wavenumber band, draws over the training years' (1: the data's); "
+        "share: the band's part of the training years' variance (mean over levels)",
+        "",
+        "| " + " | ".join(columns) + " | band | share | variance ratio (mean) | per level |",
+        "|" + "---|" * len(columns) + "---|---:|---:|---|",
+    ]
+    for labels, drawn in rows:
+        ratio = drawn / train
+        for j, band in enumerate(ZONAL_BANDS):
+            lines.append(
+                "| " + " | ".join(str(label) for label in labels) + f" | {band} | "
+                f"{share[:, j].mean():.2f} | {ratio[:, j].mean():.2f} | "
+                + " ".join(f"{v:.2f}" for v in ratio[:, j])
+                + " |"
+            )
+    return lines
+
+
 def network_sampler(config: dict, space: str) -> dict:
     """The sampler the analyses take for score network ``space``: the shared one with its
     ``assimilation.sampler_by_space`` keys in place (a network's name is that of the method
