@@ -1,0 +1,81 @@
+"""Is a score network's denoiser a calibrated estimator of the clean window, noise level by level?
+
+For Markov-blanket windows ``x`` of a finished run's split (default: validation), noised as the
+training loss does, ``x(t) = mu(t) x + sigma(t) eps``, the network's estimate of the clean
+window is ``x_hat = (x(t) - sigma(t) eps_hat) / mu(t)``. For the Bayes estimator
+``E[x | x(t)]``, ``Cov(x, x_hat) = Var(x_hat)``: the regression slope of ``x`` on ``x_hat`` is 1
+(above 1: the estimate is shrunk towards the mean; below: it is noisier than it should be).
+A calibrated estimator can still be less informative than the data allow: then its mean
+squared error is larger and ``Var(x_hat) = Var(x) - MSE`` smaller, and samples drawn with it
+are narrower than the data, though no noise level is biased. Per ``t``, the table gives the
+slope over all points, the same for the zonal mean alone, ``Var(x_hat) / Var(x)`` and
+``MSE / Var(x)``.
+
+Usage::
+
+    python studies/denoiser_calibration.py results/study --network latent-none [--split train]
+        [--windows 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from slams.config import run_config
+from slams.diffusion import VPSDE
+from slams.methods import METHODS
+from slams.models import for_sampling, load_model
+from slams.paths import dataset_path, latents_path, model_path, score_name
+from slams.train import window_samples
+
+TIMES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def slope(x: torch.Tensor, estimate: torch.Tensor) -> float:
+    """The regression slope of ``x`` on ``estimate`` through 0 (both are anomalies)."""
+    return ((x * estimate).mean() / (estimate * estimate).mean()).item()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--network", default="latent-none")
+    parser.add_argument("--split", default="validation")
+    parser.add_argument("--windows", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    config = run_config(args.run)
+    window = config["score"]["blanket_days"]
+    net, _ = load_model(model_path(args.run, score_name(args.network)))
+    for_sampling(net)
+    modalities = METHODS[args.network].modalities
+    path = (dataset_path(args.run, args.split) if modalities is None
+            else latents_path(args.run, modalities, args.split))  # fmt: skip
+    windows = window_samples(path, args.network, window, overlapping=False)
+    picked = np.linspace(0, len(windows) - 1, min(args.windows, len(windows))).astype(int)
+    x = torch.stack([torch.as_tensor(np.asarray(windows[i])) for i in picked]).float()
+    sde, generator = VPSDE(), torch.Generator().manual_seed(args.seed)
+    print(f"{args.run} {args.network}, {args.split}: {len(picked)} windows {tuple(x.shape[1:])}, "
+          f"Var(x) {x.var():.3f}\n")  # fmt: skip
+    print("| t | mu² / sigma² | slope | slope of the zonal mean | Var(x_hat) / Var(x) | "
+          "MSE / Var(x) |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|")
+    for t in TIMES:
+        mu, sigma = sde.mu(torch.tensor(t)), sde.sigma(torch.tensor(t))
+        x_t = mu * x + sigma * torch.randn(x.shape, generator=generator)
+        with torch.no_grad():
+            eps = torch.cat([net(part, torch.full((len(part),), t)) for part in x_t.split(8)])
+        estimate = (x_t - sigma * eps) / mu
+        print(f"| {t:.2f} | {(mu / sigma) ** 2:.2f} | {slope(x, estimate):.3f} | "
+              f"{slope(x.mean(-1), estimate.mean(-1)):.3f} | "
+              f"{estimate.var() / x.var():.3f} | "
+              f"{(x - estimate).square().mean() / x.var():.3f} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
