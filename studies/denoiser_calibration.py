@@ -26,18 +26,13 @@ import numpy as np
 import torch
 
 from slams.config import run_config
-from slams.diffusion import VPSDE
 from slams.methods import METHODS
 from slams.models import for_sampling, load_model
 from slams.paths import dataset_path, latents_path, model_path, score_name
+from slams.studies.prior_spread import denoiser_calibration
 from slams.train import window_samples
 
 TIMES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def slope(x: torch.Tensor, estimate: torch.Tensor) -> float:
-    """The regression slope of ``x`` on ``estimate`` through 0 (both are anomalies)."""
-    return ((x * estimate).mean() / (estimate * estimate).mean()).item()
 
 
 def main() -> None:
@@ -59,22 +54,15 @@ def main() -> None:
     windows = window_samples(path, args.network, window, overlapping=False)
     picked = np.linspace(0, len(windows) - 1, min(args.windows, len(windows))).astype(int)
     x = torch.stack([torch.as_tensor(np.asarray(windows[i])) for i in picked]).float()
-    sde, generator = VPSDE(), torch.Generator().manual_seed(args.seed)
     print(f"{args.run} {args.network}, {args.split}: {len(picked)} windows {tuple(x.shape[1:])}, "
           f"Var(x) {x.var():.3f}\n")  # fmt: skip
     print("| t | mu² / sigma² | slope | slope of the zonal mean | Var(x_hat) / Var(x) | "
           "MSE / Var(x) |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|")
-    for t in TIMES:
-        mu, sigma = sde.mu(torch.tensor(t)), sde.sigma(torch.tensor(t))
-        x_t = mu * x + sigma * torch.randn(x.shape, generator=generator)
-        with torch.no_grad():
-            eps = torch.cat([net(part, torch.full((len(part),), t)) for part in x_t.split(8)])
-        estimate = (x_t - sigma * eps) / mu
-        print(f"| {t:.2f} | {(mu / sigma) ** 2:.2f} | {slope(x, estimate):.3f} | "
-              f"{slope(x.mean(-1), estimate.mean(-1)):.3f} | "
-              f"{estimate.var() / x.var():.3f} | "
-              f"{(x - estimate).square().mean() / x.var():.3f} |", flush=True)  # fmt: skip
+    generator = torch.Generator().manual_seed(args.seed)
+    for row in denoiser_calibration(net, x, TIMES, generator):
+        print(f"| {row['t']:.2f} | {row['snr']:.2f} | {row['slope']:.3f} | "
+              f"{row['zonal_slope']:.3f} | {row['variance']:.3f} | {row['mse']:.3f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

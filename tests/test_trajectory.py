@@ -334,3 +334,28 @@ def test_zonal_bands_split_the_variance_by_wavenumber():
             expected = np.zeros(len(ZONAL_BANDS))
             expected[list(ZONAL_BANDS).index(name)] = (field**2).mean()
             np.testing.assert_allclose(bands, expected, atol=1e-12)
+
+
+def test_denoiser_calibration_tells_the_bayes_estimator_from_a_shrunk_one():
+    """``studies/denoiser_calibration.py``: the exact Gaussian window denoiser (the Bayes
+    estimator) regresses on the truth with slope 1 at every noise level; one whose estimate is
+    shrunk by 0.8 shows it (1.25), with less variance and a larger error."""
+    from slams.studies.prior_spread import denoiser_calibration
+
+    prior = GaussianTrajectory(length=5, height=4, width=8)
+    exact = prior.window_net(5)
+    windows = prior.draw(4000, torch.Generator().manual_seed(0))[:, :, 0]  # (N, 5, 4, 8)
+    sde = VPSDE()
+
+    def shrunk(x, t):  # eps of the estimate 0.8 x_hat: x(t) - sigma eps = 0.8 (x(t) - sigma eps*)
+        sigma = sde.sigma(t)[:, None, None, None]
+        return (x - 0.8 * (x - sigma * exact(x, t))) / sigma
+
+    times = (0.2, 0.5, 0.8)
+    rows = {name: denoiser_calibration(net, windows, times, torch.Generator().manual_seed(1),
+                                       batch=1000)
+            for name, net in (("exact", exact), ("shrunk", shrunk))}  # fmt: skip
+    for bayes, worse in zip(rows["exact"], rows["shrunk"], strict=True):
+        assert abs(bayes["slope"] - 1) < 0.02 and abs(bayes["zonal_slope"] - 1) < 0.03, bayes
+        assert abs(worse["slope"] - 1.25) < 0.03, worse
+        assert worse["variance"] < bayes["variance"] and worse["mse"] > bayes["mse"]

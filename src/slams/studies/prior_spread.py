@@ -89,6 +89,36 @@ def band_table(train: np.ndarray, rows: list, columns: tuple[str, ...]) -> list[
     return lines
 
 
+def denoiser_calibration(
+    net, x: torch.Tensor, times, generator: torch.Generator, batch: int = 8
+) -> list[dict]:
+    """How a noise-predicting ``net`` estimates the clean windows ``x (N, C, H, W)`` at each
+    of ``times`` (``studies/denoiser_calibration.py``): ``x(t) = mu x + sigma eps``,
+    ``x_hat = (x(t) - sigma net(x(t), t)) / mu``; per ``t`` the regression slope of ``x`` on
+    ``x_hat`` through 0 (1 for the Bayes estimator ``E[x | x(t)]``; above 1: shrunk), the same
+    for the zonal means alone, ``Var(x_hat) / Var(x)`` and ``MSE / Var(x)``."""
+    sde = VPSDE()
+    rows = []
+    for t in times:
+        time = torch.tensor(t, dtype=x.dtype)
+        mu, sigma = sde.mu(time), sde.sigma(time)
+        x_t = mu * x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        with torch.no_grad():
+            eps = torch.cat([net(part, torch.full((len(part),), t, dtype=x.dtype))
+                             for part in x_t.split(batch)])  # fmt: skip
+        estimate = (x_t - sigma * eps) / mu
+        zonal, zonal_estimate = x.mean(-1), estimate.mean(-1)
+        zonal_slope = (zonal * zonal_estimate).mean() / zonal_estimate.square().mean()
+        rows.append({
+            "t": t, "snr": ((mu / sigma) ** 2).item(),
+            "slope": ((x * estimate).mean() / estimate.square().mean()).item(),
+            "zonal_slope": zonal_slope.item(),
+            "variance": (estimate.var() / x.var()).item(),
+            "mse": ((x - estimate).square().mean() / x.var()).item(),
+        })  # fmt: skip
+    return rows
+
+
 def network_sampler(config: dict, space: str) -> dict:
     """The sampler the analyses take for score network ``space``: the shared one with its
     ``assimilation.sampler_by_space`` keys in place (a network's name is that of the method
