@@ -359,3 +359,31 @@ def test_denoiser_calibration_tells_the_bayes_estimator_from_a_shrunk_one():
         assert abs(bayes["slope"] - 1) < 0.02 and abs(bayes["zonal_slope"] - 1) < 0.03, bayes
         assert abs(worse["slope"] - 1.25) < 0.03, worse
         assert worse["variance"] < bayes["variance"] and worse["mse"] > bayes["mse"]
+
+
+def test_path_spread_finds_no_gap_for_an_exact_score_and_one_for_a_shrunk_one():
+    """``studies/prior_path.py``: with the exact Gaussian window score, the estimate of the
+    clean window has the same variance on the sampler's states as on noised data at every call,
+    and the draws keep the prior's variance; a score whose estimate is shrunk by 0.8 falls
+    behind along the path and its draws are narrower."""
+    from slams.studies.prior_spread import path_spread
+
+    prior = GaussianTrajectory(length=5, height=4, width=8)
+    exact = prior.window_net(5)
+    windows = prior.draw(2000, torch.Generator().manual_seed(0))[:, :, 0]
+    sde = VPSDE()
+
+    def shrunk(x, t):
+        sigma = sde.sigma(t)[:, None, None, None]
+        return (x - 0.8 * (x - sigma * exact(x, t))) / sigma
+
+    options = {"steps": 32, "corrections": 0, "solver": "dpm2m"}
+    gaps, finals = {}, {}
+    for name, net in (("exact", exact), ("shrunk", shrunk)):
+        *calls, final = path_spread(net, windows, options, torch.Generator().manual_seed(1))
+        assert len(calls) == 32 and final["t"] is None
+        gaps[name] = max(row["estimate_data"] - row["estimate_path"] for row in calls)
+        finals[name] = final["state"]
+    print(gaps, finals)
+    assert gaps["exact"] < 0.05 and 0.93 < finals["exact"] < 1.05, (gaps, finals)
+    assert gaps["shrunk"] > 0.1 and finals["shrunk"] < 0.8, (gaps, finals)

@@ -119,6 +119,44 @@ def denoiser_calibration(
     return rows
 
 
+def path_spread(
+    net, x: torch.Tensor, options: dict, generator: torch.Generator, members: int | None = None
+) -> list[dict]:
+    """Where along the sampling path a prior loses its spread (``studies/prior_path.py``).
+
+    ``members`` unguided draws of one window shaped like the clean windows ``x (N, C, H, W)``
+    with ``sample``'s ``options``; at every network call, at time ``t``: the variance of the
+    sampler's state over the data's marginal at ``t`` (``mu^2 Var(x) + sigma^2``), and the
+    variance of the network's estimate of the clean window ``(x(t) - sigma eps) / mu`` on the
+    sampler's states and on the data noised to the same ``t``, both over ``Var(x)``. An exact
+    score gives the same estimate variance on both; where the first falls behind, the draws
+    commit to less structure than the data hold. The last row (``t = None``) is the draws'
+    variance over the data's."""
+    sde = VPSDE()
+    variance = x.var().item()
+    rows = []
+
+    def eps_fn(state: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        time = t[:1]
+        mu, sigma = sde.mu(time).item(), sde.sigma(time).item()
+        eps = net(state, t)
+        noised = mu * x + sigma * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        on_data = (noised - sigma * net(noised, time.expand(len(x)))) / mu
+        rows.append({
+            "t": time.item(),
+            "state": state.var().item() / (mu**2 * variance + sigma**2),
+            "estimate_path": ((state - sigma * eps) / mu).var().item() / variance,
+            "estimate_data": on_data.var().item() / variance,
+        })  # fmt: skip
+        return eps
+
+    with torch.no_grad():
+        draws = sample(eps_fn, (members or len(x), *x.shape[1:]), sde, **options,
+                       generator=generator, progress=False, dtype=x.dtype)  # fmt: skip
+    rows.append({"t": None, "state": draws.var().item() / variance})
+    return rows
+
+
 def network_sampler(config: dict, space: str) -> dict:
     """The sampler the analyses take for score network ``space``: the shared one with its
     ``assimilation.sampler_by_space`` keys in place (a network's name is that of the method
