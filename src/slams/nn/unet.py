@@ -38,9 +38,10 @@ class ScoreUNet(nn.Module):
     ``zonal_mixing`` (beyond the paper, off by default): after every residual block of the
     coarsest level, ``h += W mean_lon(h)``, the zonal mean of the features through a 1 x 1
     convolution (zero at start, so the network starts as the paper's), broadcast along the
-    longitude. The paper's convolutions see a few thousand kilometres at most, and the draws
-    of the demo's networks lack variance most in the zonal mean (``prior_spread.py --bands``):
-    this gives every point the whole latitude circle at the cost of one small convolution.
+    longitude: every point sees its whole latitude circle, at the cost of one small
+    convolution. The draws of the study's networks lack variance most in the stratosphere's
+    zonal mean (``prior_spread.py --bands``); as a lever on ``latent-none`` this path did not
+    widen the prior (docs/benchmarks.md, training levers).
 
     Shapes: ``x (B, C, H, W)``, ``t (B,)`` or scalar in ``[0, 1]`` -> ``(B, C, H, W)``, with
     ``H`` and ``W`` divisible by ``2 ** (len(hidden) - 1)``.
