@@ -22,15 +22,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from slams.config import run_config
-from slams.methods import METHODS
 from slams.models import for_sampling, load_model
-from slams.paths import dataset_path, latents_path, model_path, score_name
-from slams.studies.prior_spread import denoiser_calibration
-from slams.train import window_samples
+from slams.paths import model_path, score_name
+from slams.studies.prior_spread import clean_windows, denoiser_calibration
 
 TIMES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -44,17 +40,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    config = run_config(args.run)
-    window = config["score"]["blanket_days"]
     net, _ = load_model(model_path(args.run, score_name(args.network)))
     for_sampling(net)
-    modalities = METHODS[args.network].modalities
-    path = (dataset_path(args.run, args.split) if modalities is None
-            else latents_path(args.run, modalities, args.split))  # fmt: skip
-    windows = window_samples(path, args.network, window, overlapping=False)
-    picked = np.linspace(0, len(windows) - 1, min(args.windows, len(windows))).astype(int)
-    x = torch.stack([torch.as_tensor(np.asarray(windows[i])) for i in picked]).float()
-    print(f"{args.run} {args.network}, {args.split}: {len(picked)} windows {tuple(x.shape[1:])}, "
+    x = clean_windows(args.run, args.network, args.split, args.windows)
+    print(f"{args.run} {args.network}, {args.split}: {len(x)} windows {tuple(x.shape[1:])}, "
           f"Var(x) {x.var():.3f}\n")  # fmt: skip
     print("| t | mu² / sigma² | slope | slope of the zonal mean | Var(x_hat) / Var(x) | "
           "MSE / Var(x) |")  # fmt: skip

@@ -14,10 +14,10 @@ The ``baseline`` is the run's own network, not retrained. Levers:
 - ``zonal``: ``zonal_mixing`` in the U-Net (beyond the paper: the coarsest level sees the
   zonal mean of its features, :class:`slams.nn.ScoreUNet`).
 
-Writes ``<out>/prior-levers.csv`` (one row per network and lever, keeping the rows of the
-networks and levers not run this time: epochs trained, best
-validation loss, the mean ratio and one column per level) and prints it as a table, with the
-spread an exact score keeps under the same sampler. Usage::
+Writes ``<out>/prior-levers.csv`` (one row per network and lever: epochs trained, best
+validation loss, the mean ratio and one column per level; the rows of the networks and levers
+not run this time stay) and prints it as a table, with the spread an exact score keeps under
+the same sampler. Usage::
 
     python studies/prior_levers.py results/study [--networks latent-none pixel]
         [--levers baseline ema min-snr wide long zonal] [--out RUN/levers] [--members 8]
@@ -107,10 +107,10 @@ def main() -> None:
     table = out / "prior-levers.csv"
     rows = []
     if table.exists():  # the rows of what is not run again stay
+        rerun = {(space, lever) for space in args.networks for lever in args.levers}
         with open(table, newline="") as handle:
             rows = [row for row in csv.DictReader(handle)
-                    if (row["network"], row["lever"]) not in
-                    {(s, lever) for s in args.networks for lever in args.levers}]  # fmt: skip
+                    if (row["network"], row["lever"]) not in rerun]  # fmt: skip
     bands = []
     for space in args.networks:
         sampler = network_sampler(config, space)  # its own (assimilation.sampler_by_space)

@@ -23,11 +23,14 @@ import numpy as np
 import torch
 
 from slams.config import run_config
-from slams.methods import METHODS
 from slams.models import for_sampling, load_model
-from slams.paths import dataset_path, latents_path, model_path, score_name
-from slams.studies.prior_spread import network_sampler, path_spread, sample_options
-from slams.train import window_samples
+from slams.paths import model_path, score_name
+from slams.studies.prior_spread import (
+    clean_windows,
+    network_sampler,
+    path_spread,
+    sample_options,
+)
 
 
 def main() -> None:
@@ -54,12 +57,7 @@ def main() -> None:
             args.steps if args.steps is not None else sampler["steps"],
             args.corrections if args.corrections is not None else sampler["corrections"],
         )
-        modalities = METHODS[name].modalities
-        path = (dataset_path(args.run, "train") if modalities is None
-                else latents_path(args.run, modalities, "train"))  # fmt: skip
-        windows = window_samples(path, name, window, overlapping=False)
-        picked = np.linspace(0, len(windows) - 1, min(args.windows, len(windows))).astype(int)
-        x = torch.stack([torch.as_tensor(np.asarray(windows[i])) for i in picked]).float()
+        x = clean_windows(args.run, name, "train", args.windows)
         model = args.model or Path(model_path(args.run, score_name(name)))
         net, _ = load_model(model)
         for_sampling(net)
