@@ -6,11 +6,12 @@ days: RMSE of the ensemble mean, CRPS and spread/skill (mean over the levels). F
 methods the spread/skill of the sampled codes themselves is printed too, against the encoded
 truth (``E(true stack)``, standardised), which tells whether the spread is lost in the latent
 space or by the decoder. Variants: the run's sampler, 2x and 4x its steps, ``gamma`` x10,
-``tau`` x2, ``mmps`` guidance and, for latent methods, no decoder residuals, no decoder error
-in the likelihood, the paper protocol. Usage::
+``tau`` x2, ``mmps`` guidance, ``eps_scale K`` for each ``--eps-scale K`` and, for latent
+methods, no decoder residuals, no decoder error in the likelihood, the paper protocol. Usage::
 
     python studies/calibration.py [results/demo] [--methods pixel latent-none latent-both]
         [--protocol physical] [--cases ideal coarse noisy sparse] [--variants ...]
+        [--eps-scale 1.02 1.04]
 """
 
 from __future__ import annotations
@@ -58,8 +59,11 @@ def encoded_truth(run: Path, method: str, period) -> torch.Tensor:
     return (z - z_mean) / z_std
 
 
-def variants(assimilation: dict, protocol: str, method: str) -> dict[str, tuple[str, dict]]:
-    """name -> (protocol, assimilation section) of each variant."""
+def variants(
+    assimilation: dict, protocol: str, method: str, eps_scales: tuple[float, ...] = ()
+) -> dict[str, tuple[str, dict]]:
+    """name -> (protocol, assimilation section) of each variant; one ``eps_scale K`` variant
+    per ``eps_scales`` value (the sampler's epsilon scaling, beyond the paper)."""
     base = copy.deepcopy(assimilation)
     out = {"run's sampler": (protocol, base)}
 
@@ -74,6 +78,8 @@ def variants(assimilation: dict, protocol: str, method: str) -> dict[str, tuple[
     out["gamma x10"] = changed(gamma=10 * sampler["gamma"])
     out["tau x2"] = changed(tau=2 * sampler["tau"])
     out["mmps"] = changed(guidance="mmps")
+    for scale in eps_scales:
+        out[f"eps_scale {scale:g}"] = changed(eps_scale=scale)
     if METHODS[method].modalities is not None:
         no_residuals = copy.deepcopy(base)
         no_residuals["decoder_residuals_in_members"] = False
@@ -94,6 +100,8 @@ def main() -> None:
     parser.add_argument("--protocol", default="physical")
     parser.add_argument("--cases", nargs="+", default=["ideal", "coarse", "noisy", "sparse"])
     parser.add_argument("--variants", nargs="+", help="only these variants (default: all)")
+    parser.add_argument("--eps-scale", nargs="+", type=float, default=[],
+                        help="add an 'eps_scale K' variant per value")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = run_config(args.run)  # the config the run was made with
@@ -102,7 +110,8 @@ def main() -> None:
           "| s |")  # fmt: skip
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for method in args.methods:
-        for name, (protocol, assimilation) in variants(section, args.protocol, method).items():
+        chosen = variants(section, args.protocol, method, tuple(args.eps_scale))
+        for name, (protocol, assimilation) in chosen.items():
             if args.variants and name not in args.variants:
                 continue
             for case in args.cases:

@@ -10,18 +10,23 @@ The ``baseline`` is the run's own network, not retrained. Levers:
 - ``ema``: ``score.ema_decay: 0.999`` (sample with a moving average of the weights);
 - ``min-snr``: ``score.loss_weighting: min-snr`` (less weight on the lowest noise levels);
 - ``wide``: twice the channels at every resolution of the network's U-Net;
+- ``wide4``: four times (``config.yaml``'s widths, the paper's, over the study's);
 - ``long``: twice the patience and no minimum improvement (training runs longer);
 - ``zonal``: ``zonal_mixing`` in the U-Net (beyond the paper: the coarsest level sees the
-  zonal mean of its features, :class:`slams.nn.ScoreUNet`).
+  zonal mean of its features, :class:`slams.nn.ScoreUNet`);
+- ``perturbed``: ``score.input_perturbation: 0.1`` (beyond the paper: the training inputs a
+  little noisier than their level, against the sampler's exposure bias,
+  :func:`slams.diffusion.denoising_loss`).
 
 Writes ``<out>/prior-levers.csv`` (one row per network and lever: epochs trained, best
-validation loss, the mean ratio and one column per level; the rows of the networks and levers
-not run this time stay) and prints it as a table, with the spread an exact score keeps under
-the same sampler. Usage::
+validation loss (of the loss it trained with), the paper's loss on the validation windows
+(``paper_loss``: comparable across levers), the mean ratio and one column per level; the rows
+of the networks and levers not run this time stay) and prints it as a table, with the spread
+an exact score keeps under the same sampler. Usage::
 
     python studies/prior_levers.py results/study [--networks latent-none pixel]
-        [--levers baseline ema min-snr wide long zonal] [--out RUN/levers] [--members 8]
-        [--days 8] [--bands]
+        [--levers baseline ema min-snr wide wide4 long zonal perturbed] [--out RUN/levers]
+        [--members 8] [--days 8] [--bands]
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pathlib import Path
 import torch
 
 from slams.config import run_config
+from slams.diffusion import VPSDE
 from slams.methods import METHODS, score_network
 from slams.models import for_sampling, load_model
 from slams.paths import dataset_path, latents_path, model_path, score_name
@@ -46,7 +52,7 @@ from slams.studies.prior_spread import (
     network_sampler,
     sample_options,
 )
-from slams.train import train_score
+from slams.train import evaluate_loss, score_loss, train_score, window_samples
 from slams.workflow import optimisation_settings
 
 LEVERS = {
@@ -54,11 +60,21 @@ LEVERS = {
     "ema": lambda score, network: score.update(ema_decay=0.999),
     "min-snr": lambda score, network: score.update(loss_weighting="min-snr"),
     "wide": lambda score, network: network.update(hidden=[2 * h for h in network["hidden"]]),
+    "wide4": lambda score, network: network.update(hidden=[4 * h for h in network["hidden"]]),
     "long": lambda score, network: score.update(
         patience=2 * score["patience"], min_improvement=0.0
     ),
     "zonal": lambda score, network: network.update(zonal_mixing=True),
+    "perturbed": lambda score, network: score.update(input_perturbation=0.1),
 }
+
+
+def split_path(run: Path, space: str, split: str) -> str:
+    """The file a ``space`` network trains on for ``split``: the dataset, or the codes."""
+    modalities = METHODS[space].modalities
+    if modalities is None:
+        return dataset_path(run, split)
+    return latents_path(run, modalities, split)
 
 
 def lever_network(run: Path, config: dict, space: str, lever: str, out: Path) -> Path:
@@ -69,12 +85,7 @@ def lever_network(run: Path, config: dict, space: str, lever: str, out: Path) ->
     score = copy.deepcopy(config["score"])
     network = copy.deepcopy(score_network(config, space))
     LEVERS[lever](score, network)
-    modalities = METHODS[space].modalities
-    paths = {
-        split: dataset_path(run, split) if modalities is None
-        else latents_path(run, modalities, split)
-        for split in ("train", "validation")
-    }  # fmt: skip
+    paths = {split: split_path(run, space, split) for split in ("train", "validation")}
     target = out / f"{score_name(space)}-{lever}.pt"
     if not target.exists():
         settings = optimisation_settings(score, config["training"], config["seed"])
@@ -84,6 +95,16 @@ def lever_network(run: Path, config: dict, space: str, lever: str, out: Path) ->
             checkpoint_dir=out / "checkpoints" / f"{score_name(space)}-{lever}",
         )  # fmt: skip
     return target
+
+
+def paper_loss(path: Path, space: str, window: int, net, seed: int) -> float:
+    """The paper's denoising loss (uniform weighting, no input perturbation) of ``net`` over
+    the validation windows of ``path`` with a fixed noise seed: comparable across levers,
+    whichever loss each was trained and validated with."""
+    samples = window_samples(path, space, window, overlapping=False)
+    loader = torch.utils.data.DataLoader(samples, batch_size=64)
+    with torch.no_grad():
+        return evaluate_loss(net, score_loss(VPSDE()), loader, torch.device("cpu"), seed)
 
 
 def main() -> None:
@@ -121,9 +142,11 @@ def main() -> None:
             net, meta = load_model(lever_network(args.run, config, space, lever, out))
             for_sampling(net)
             spread = data.measure(space, net, meta, window, options, args.members, args.days)
+            validation = split_path(args.run, space, "validation")
             row = {
                 "network": space, "lever": lever, "epochs": meta.get("epochs"),
                 "best_epoch": meta.get("epoch"), "val_loss": meta.get("val_loss"),
+                "paper_loss": paper_loss(validation, space, window, net, config["seed"]),
                 "steps": sampler["steps"], "corrections": sampler["corrections"],
                 "exact_score": exact, "mean": float(spread.trained.mean()),
                 "min": float(spread.trained.min()),
@@ -134,13 +157,13 @@ def main() -> None:
             rows.append(row)
             rows.sort(key=lambda r: (r["network"], list(LEVERS).index(r["lever"])))
             with open(table, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer = csv.DictWriter(handle, fieldnames=list(row), restval="")
                 writer.writeheader()
                 writer.writerows(rows)
             levels = " ".join(f"{v:.2f}" for v in spread.trained)
             print(f"| {space} | {lever} | {row['best_epoch']}/{row['epochs']} | "
-                  f"{row['val_loss']:.4f} | {row['mean']:.2f} | {row['min']:.2f} | "
-                  f"{exact:.2f} | {levels} |", flush=True)  # fmt: skip
+                  f"{row['val_loss']:.4f} | {row['paper_loss']:.4f} | {row['mean']:.2f} | "
+                  f"{row['min']:.2f} | {exact:.2f} | {levels} |", flush=True)  # fmt: skip
             bands.append(((space, lever), spread.bands))
     if args.bands:
         print("\n".join(band_table(data.train_bands(), bands, ("network", "lever"))))

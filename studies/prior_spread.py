@@ -32,6 +32,7 @@ of the spread's).
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--solver", default=None, help="default: the run's sampler")
     parser.add_argument("--bands", action="store_true", help="variance per zonal band too")
+    parser.add_argument("--eps-scale", nargs="+", type=float, default=[1.0],
+                        help="the sampler's eps_scale (epsilon scaling; 1: off)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = run_config(args.run)
@@ -72,9 +75,9 @@ def main() -> None:
     print(f"run {args.run}: {args.members} members x {args.days} days, validation std per level "
           f"{' '.join(f'{v:.2f}' for v in data.data_std)} (standardised anomaly; the training "
           "years' is 1 at every level)\n")  # fmt: skip
-    print("| network | solver | steps | corrections | codes | decoded | as analysed | "
+    print("| network | solver | steps | corrections | eps_scale | codes | decoded | as analysed | "
           "as analysed / training std | exact score | per level (final) | s |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     exact, bands = {}, []
     for name in networks:
         sampler = network_sampler(config, name)  # its own (assimilation.sampler_by_space)
@@ -82,29 +85,31 @@ def main() -> None:
             sampler["solver"] = args.solver
         net, meta = load_model(model_path(args.run, score_name(name)))
         for_sampling(net)
-        for steps in args.steps or [sampler["steps"]]:
-            for corrections in (
-                args.corrections if args.corrections is not None else [sampler["corrections"]]
-            ):
-                options = sample_options(sampler, steps, corrections)
-                start = time.perf_counter()
-                spread = data.measure(name, net, meta, window, options, args.members,
-                                      args.days, args.seed)  # fmt: skip
-                seconds = time.perf_counter() - start
-                key = tuple(sorted(options.items()))
-                if key not in exact:
-                    exact[key] = exact_ratio(max(args.days, window), window, options)
-                cells = ["–" if v is None else f"{v:.2f}" for v in (spread.codes, spread.decoded)]
-                print(f"| {name} | {options['solver']} | {steps} | {corrections} | {cells[0]} | "
-                      f"{cells[1]} | "
-                      f"{spread.ratio.mean():.2f} | {spread.trained.mean():.2f} | "
-                      f"{exact[key]:.2f} | "
-                      f"{' '.join(f'{v:.2f}' for v in spread.ratio)} | {seconds:.0f} |",
-                      flush=True)  # fmt: skip
-                bands.append(((name, options["solver"], steps, corrections), spread.bands))
+        grid = itertools.product(
+            args.steps or [sampler["steps"]],
+            args.corrections if args.corrections is not None else [sampler["corrections"]],
+            args.eps_scale,
+        )
+        for steps, corrections, eps_scale in grid:
+            options = sample_options(sampler, steps, corrections) | {"eps_scale": eps_scale}
+            start = time.perf_counter()
+            spread = data.measure(name, net, meta, window, options, args.members, args.days,
+                                  args.seed)  # fmt: skip
+            seconds = time.perf_counter() - start
+            key = tuple(sorted(options.items()))
+            if key not in exact:
+                exact[key] = exact_ratio(max(args.days, window), window, options)
+            cells = ["–" if v is None else f"{v:.2f}" for v in (spread.codes, spread.decoded)]
+            print(f"| {name} | {options['solver']} | {steps} | {corrections} | {eps_scale:g} | "
+                  f"{cells[0]} | {cells[1]} | "
+                  f"{spread.ratio.mean():.2f} | {spread.trained.mean():.2f} | {exact[key]:.2f} | "
+                  f"{' '.join(f'{v:.2f}' for v in spread.ratio)} | {seconds:.0f} |",
+                  flush=True)  # fmt: skip
+            bands.append(((name, options["solver"], steps, corrections, f"{eps_scale:g}"),
+                          spread.bands))  # fmt: skip
     if args.bands:
-        print("\n".join(band_table(data.train_bands(), bands,
-                                    ("network", "solver", "steps", "corrections"))))  # fmt: skip
+        columns = ("network", "solver", "steps", "corrections", "eps_scale")
+        print("\n".join(band_table(data.train_bands(), bands, columns)))
 
 
 if __name__ == "__main__":

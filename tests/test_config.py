@@ -442,3 +442,32 @@ def test_the_prior_studies_sample_each_network_with_its_own_sampler(root):
         assert all(sampler[key] == value for key, value in by_space[space].items()), space
     assert network_sampler(paper, "latent-both") == paper["assimilation"]["sampler"]
     assert network_sampler(paper, "pixel")["steps"] != paper["assimilation"]["sampler"]["steps"]
+
+
+def test_the_eps_scale_preset_holds_the_rules_choice_and_the_defaults_leave_it_off(root):
+    """presets/eps-scale.yaml sets, per network, the scale the sampler rule chose on the
+    study's measurements (studies/eps-scale/, docs/sampler.md's table); without it no shipped
+    config scales eps (an inflation: off by default)."""
+    import pandas as pd
+
+    from slams.docgen import calibration_rows
+    from slams.studies.sampler_choice import choose_eps_scale
+
+    rows = [r for p in sorted((root / "studies/eps-scale").glob("calibration-*.md"))
+            for r in calibration_rows(p)]  # fmt: skip
+    frame = pd.DataFrame(rows).drop_duplicates(["method", "case", "eps_scale"], keep="last")
+    table = choose_eps_scale(frame)
+    chosen = dict(zip(table[table.chosen].method, table[table.chosen].eps_scale, strict=True))
+    preset = yaml.safe_load((root / "presets/eps-scale.yaml").read_text())
+    by_space = preset["assimilation"]["sampler_by_space"]
+    assert {k: v["eps_scale"] for k, v in by_space.items()} == {
+        k: v for k, v in chosen.items() if v != 1.0
+    }
+    overlaid = load_config(root / "config.yaml", root / "presets/eps-scale.yaml")
+    assert overlaid["assimilation"]["sampler_by_space"]["pixel"]["steps"] == 16  # merged
+    for preset_name in (None, "demo", "smoke", "paper-sampler", "paper-scale"):
+        paths = [root / "config.yaml"]
+        paths += [root / "presets" / f"{preset_name}.yaml"] if preset_name else []
+        section = load_config(*paths)["assimilation"]
+        samplers = [section["sampler"], *(section["sampler_by_space"] or {}).values()]
+        assert all(s.get("eps_scale", 1.0) == 1.0 for s in samplers), preset_name

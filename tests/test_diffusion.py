@@ -118,6 +118,34 @@ def test_min_snr_weighting_weighs_the_data_error_by_min_snr_5():
     assert weighted < uniform
 
 
+def test_input_perturbation_is_minimised_by_the_noisier_inputs_denoiser():
+    """Gaussian data ``N(0, v)``: with the input noised by ``sigma (eps + gamma xi)`` and the
+    target ``eps``, the least-squares predictor is ``sigma x_t / (mu^2 v + sigma^2 (1 +
+    gamma^2))``, not the exact score's ``sigma x_t / (mu^2 v + sigma^2)``; each loss prefers
+    its own (which fails if the perturbation reached the target, or not the input)."""
+    v, gamma = 2.0, 0.5
+    x = math.sqrt(v) * torch.randn(20000, 4, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def predictor(extra):
+        def net(x_t, t):
+            mu, sigma = SDE.mu(t)[:, None], SDE.sigma(t)[:, None]
+            return sigma * x_t / (mu**2 * v + sigma**2 * (1 + extra**2))
+
+        return net
+
+    def loss(net, perturbation):
+        return denoising_loss(net, x, SDE, torch.Generator().manual_seed(1),
+                              input_perturbation=perturbation)  # fmt: skip
+
+    exact, noisier = predictor(0.0), predictor(gamma)
+    assert loss(noisier, gamma) < loss(exact, gamma)
+    assert loss(exact, 0.0) < loss(noisier, 0.0)
+    # off, the paper's loss bit for bit (the same draws)
+    assert torch.equal(
+        loss(exact, 0.0), denoising_loss(exact, x, SDE, torch.Generator().manual_seed(1))
+    )
+
+
 # --------------------------------------------------------------------------- sampler
 
 
@@ -359,6 +387,51 @@ def test_the_langevin_step_on_a_correction_grid_is_that_of_the_grid():
     assert SamplerSettings(steps=256, tau=0.5, correction_grid_steps=16).step_tau == 0.5
     with pytest.raises(ValueError, match="correction_grid_steps"):
         SamplerSettings(correction_grid_steps=0)
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpm2m"])
+def test_eps_scale_divides_the_predictors_eps_only(prior, solver):
+    """``eps_scale = k`` is the unscaled sampler with the predictor's ``eps`` divided by
+    ``1 + (k - 1) t``: without corrections the same as scaling ``eps_fn``; with corrections
+    (DDIM, whose predictor keeps nothing of them) the corrections' calls stay unscaled."""
+    k = 1.05
+
+    def draw(eps_fn, corrections, eps_scale=1.0):
+        return sample(eps_fn, (16, *prior.shape), SDE, steps=8, corrections=corrections,
+                      tau=0.3, generator=torch.Generator().manual_seed(5), progress=False,
+                      dtype=F64, solver=solver, eps_scale=eps_scale)  # fmt: skip
+
+    def scaled(x, t):
+        return prior.eps(x, t) / (1 + (k - 1) * t.reshape(-1, *[1] * (x.ndim - 1)))
+
+    assert torch.allclose(draw(prior.eps, 0, k), draw(scaled, 0), rtol=0, atol=1e-12)
+    assert not torch.allclose(draw(prior.eps, 0, k), draw(prior.eps, 0), atol=1e-3)
+    if solver == "ddim":
+        calls = []
+
+        def predictor_scaled(x, t):  # calls alternate: predictor at s, correction at t
+            calls.append(None)
+            return scaled(x, t) if len(calls) % 2 else prior.eps(x, t)
+
+        assert torch.allclose(draw(prior.eps, 1, k), draw(predictor_scaled, 1), atol=1e-12)
+
+
+def test_eps_scale_widens_an_exact_scores_samples(prior):
+    """What ``eps_scale`` does to a sampler whose score is exact: its draws widen with ``k``
+    (so it inflates; docs/benchmarks.md), and ``k = 1`` is the sampler unchanged."""
+
+    def trace_ratio(eps_scale):
+        x = sample(prior.eps, (2000, *prior.shape), SDE, steps=16, corrections=0,
+                   generator=torch.Generator().manual_seed(0), progress=False, dtype=F64,
+                   eps_scale=eps_scale)  # fmt: skip
+        return _prior_statistics(prior, x)["trace_ratio"]
+
+    plain, wider = trace_ratio(1.0), trace_ratio(1.03)
+    print(f"\nexact score, ddim 16: trace ratio {plain:.3f}, with eps_scale 1.03 {wider:.3f}")
+    assert 0.8 < plain < 1.05  # the first-order predictor at 16 steps under-disperses
+    assert wider > 1.1 * plain
+    with pytest.raises(ValueError, match="eps_scale"):
+        sample(prior.eps, (1, *prior.shape), SDE, steps=2, eps_scale=0.0)
 
 
 def test_an_unknown_solver_is_refused():

@@ -70,11 +70,57 @@ def test_the_mmps_solver_table_scores_each_guidance_against_its_cells_best(tmp_p
 
 def test_the_prior_levers_table_names_the_levels_by_pressure(tmp_path):
     (tmp_path / "prior-levers.csv").write_text(
-        "network,lever,epochs,best_epoch,val_loss,steps,corrections,exact_score,mean,min,"
-        "seconds,hpa_10,hpa_500\n"
-        "latent-none,ema,20,15,0.15,16,1,0.93,0.81,0.62,9,0.62,1.0\n"
+        "network,lever,epochs,best_epoch,val_loss,paper_loss,steps,corrections,exact_score,mean,"
+        "min,seconds,hpa_10,hpa_500\n"
+        "latent-none,ema,20,15,0.15,0.16,16,1,0.93,0.81,0.62,9,0.62,1.0\n"
     )
     assert docgen.prior_levers(tmp_path).splitlines()[-1] == (
-        "| `latent-none` | ema | 15/20 | 0.1500 | 0.81 | 0.62 | 0.62 1.00 | 0.93 |"
+        "| `latent-none` | ema | 15/20 | 0.1500 | 0.1600 | 0.81 | 0.62 | 0.62 1.00 | 0.93 |"
     )
     assert "per level (10/500 hPa)" in docgen.prior_levers(tmp_path)
+
+
+def test_the_eps_scale_table_reads_the_calibration_tables_and_marks_the_rules_choice(tmp_path):
+    header = ("| method | variant | case | RMSE (K) | CRPS (K) | spread/skill | latent "
+              "spread/skill | s |\n|---|---|---|---:|---:|---:|---:|---:|\n")  # fmt: skip
+    rows = [
+        ("run's sampler", "ideal", 0.55, 0.83),
+        ("run's sampler", "coarse", 1.39, 0.72),
+        ("eps_scale 1.02", "ideal", 0.548, 0.86),
+        ("eps_scale 1.02", "coarse", 1.37, 0.81),
+    ]
+    (tmp_path / "calibration-a.md").write_text(header + "".join(
+        f"| latent-none | {v} | {c} | 1.0 | {crps} | {ss} | – | 9 |\n" for v, c, crps, ss in rows
+    ))  # fmt: skip
+    table = docgen.eps_scale_choice(tmp_path).splitlines()
+    assert table[2] == ("| `latent-none` | off | 0.550 / 1.390 / – / – | 0.83 / 0.72 / – / – "
+                        "| 1.015 | 1 of 4 |  |")  # fmt: skip
+    assert table[3].startswith("| `latent-none` | 1.02 | 0.548 / 1.370 / – / – |")
+    assert table[3].endswith("| 1.000 | 2 of 4 | ✓ |")
+
+
+def test_the_eps_scale_cells_count_the_window_off_and_with_the_chosen_scales(tmp_path):
+    header = "| method | variant | case | RMSE | CRPS | spread/skill | latent | s |\n|---|\n"
+
+    def table(rows):
+        return header + "".join(f"| {m} | {v} | {c} | 1.0 | {crps} | {ss} | – | 9 |\n"
+                                for m, v, c, crps, ss in rows)  # fmt: skip
+
+    physical, paper = [], []
+    for case in docgen.CASES:
+        physical += [("pixel", "run's sampler", case, 1.0, 0.7),
+                     ("pixel", "eps_scale 1.03", case, 1.0, 0.9),
+                     ("latent-none", "run's sampler", case, 1.0, 0.9),
+                     ("latent-none", "eps_scale 1.02", case, 1.05, 1.0)]  # fmt: skip
+        paper += [("latent-none", "run's sampler", case, 1.0, 0.75)]
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "calibration-a.md").write_text(table(physical))
+    (tmp_path / "paper" / "calibration-b.md").write_text(table(paper))
+    text = docgen.eps_scale_cells(tmp_path)
+    # pixel takes 1.03 (4 cases in the window); latent-none stays off (1.02 is 5 % behind), so
+    # its paper cells are the same off and on; pixel's paper cells are its physical ones
+    assert "| physical | `pixel` | ideal | 1.03 | 0.70 → 0.90 | 1.000 → 1.000 |" in text
+    assert "| paper | `latent-none` | sparse | off | 0.75 → 0.75 | 1.000 → 1.000 |" in text
+    assert "| paper | `pixel` | coarse | 1.03 | 0.70 → 0.90 | 1.000 → 1.000 |" in text
+    assert text.endswith("In the 0.8-1.2 window: 4 of 16 cells off, 12 of 16 with "
+                         "`presets/eps-scale.yaml`.")  # fmt: skip

@@ -83,3 +83,27 @@ def test_the_fallback_takes_the_sampler_nearest_the_spread_window_within_two_per
         "- pixel: none in the spread/skill window; the fallback, within 2 % and nearest the "
         "window, is ddim 32 + 1 (sda, τ × 16 / steps) (64 calls, worst 1.010" in out
     )
+
+
+def _scales(rows):
+    return pd.DataFrame(rows, columns=["method", "case", "eps_scale", "crps", "spread_skill"])
+
+
+def test_the_eps_scale_rule_takes_the_best_crps_of_the_scales_calibrated_everywhere():
+    frame = _scales([
+        ("a", "ideal", 1.0, 1.00, 0.90), ("a", "coarse", 1.0, 2.00, 0.70),
+        ("a", "ideal", 1.02, 1.00, 0.95), ("a", "coarse", 1.02, 1.98, 0.85),
+        ("a", "ideal", 1.04, 1.01, 1.00), ("a", "coarse", 1.04, 2.01, 1.00),
+        # b: the widest is calibrated everywhere but 3 % behind in one case; none qualifies,
+        # so the fallback: within 2 % and nearest the window
+        ("b", "ideal", 1.0, 1.00, 0.75), ("b", "coarse", 1.0, 2.00, 0.60),
+        ("b", "ideal", 1.04, 1.00, 0.78), ("b", "coarse", 1.04, 2.02, 0.70),
+        ("b", "ideal", 1.08, 1.03, 0.90), ("b", "coarse", 1.08, 2.03, 0.85),
+    ])  # fmt: skip
+    table = choice.choose_eps_scale(frame)
+    chosen = table[table.chosen].set_index("method").eps_scale
+    # a: 1.02 and 1.04 qualify in both cases; 1.02 has the lower worst share (1.0 vs 1.015)
+    assert chosen["a"] == 1.02
+    assert chosen["b"] == 1.04
+    row = table.set_index(["method", "eps_scale"]).loc[("b", 1.08)]
+    assert row.good == 1 and row.worst == pytest.approx(1.03)  # the coarse case qualifies

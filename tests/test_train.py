@@ -216,6 +216,10 @@ def test_training_with_a_weight_average_exports_it_and_resumes_to_it(tmp_path):
     assert weighted.fingerprint() != raw.fingerprint()
     with pytest.raises(ValueError, match="loss_weighting must be one of"):
         TrainSettings(**{**raw.__dict__, "loss_weighting": "snr"})
+    perturbed = TrainSettings(**{**raw.__dict__, "input_perturbation": 0.1})
+    assert perturbed.fingerprint() != raw.fingerprint()
+    with pytest.raises(ValueError, match="input_perturbation must be >= 0"):
+        TrainSettings(**{**raw.__dict__, "input_perturbation": -0.1})
     with pytest.raises(ValueError, match="ema_decay must be in"):
         TrainSettings(epochs=1, batch_size=1, learning_rate=1.0, weight_decay=0.0, ema_decay=1.0)
     export = {"kind": "autoencoder", "kwargs": {}, "meta": {}}

@@ -57,7 +57,8 @@ class SamplerSettings:
     ``correction_grid_steps``: corrections only where the steps reach the times of a grid of
     this many steps, so that more steps refine the predictor without adding corrections
     (``None``: after every step, the paper's); ``tau_reference_steps`` then scales by the
-    grid's step count instead of ``steps``.
+    grid's step count instead of ``steps``. ``eps_scale``: the predictor's epsilon scaling
+    (beyond the paper; 1 is off), which widens any sampler's ensemble, so an inflation.
     """
 
     steps: int = 512
@@ -71,12 +72,15 @@ class SamplerSettings:
     correction_min_sigma: float = 0.0
     tau_reference_steps: int | None = None
     correction_grid_steps: int | None = None
+    eps_scale: float = 1.0
 
     def __post_init__(self):
         if self.guidance not in ("sda", "mmps"):
             raise ValueError(f"guidance must be 'sda' or 'mmps', got {self.guidance!r}")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if not self.eps_scale > 0:
+            raise ValueError(f"eps_scale must be > 0, got {self.eps_scale}")
         if self.tau_reference_steps is not None and self.tau_reference_steps < 1:
             raise ValueError(f"tau_reference_steps must be >= 1, got {self.tau_reference_steps}")
         if self.correction_grid_steps is not None and self.correction_grid_steps < 1:
@@ -107,6 +111,7 @@ class SamplerSettings:
             "solver": self.solver,
             "correction_min_sigma": self.correction_min_sigma,
             "correction_grid_steps": self.correction_grid_steps,
+            "eps_scale": self.eps_scale,
         }
 
     def make_guidance(self, observe, y: Tensor, variance: Tensor | float, mask=None, days=None):
@@ -161,6 +166,7 @@ def sampler_attrs(context: Context) -> dict:
         "step_tau": sampler.step_tau,
         "mmps_iterations": sampler.mmps_iterations if sampler.guidance == "mmps" else 0,
         "mmps_solver": sampler.mmps_solver if sampler.guidance == "mmps" else "",
+        "eps_scale": sampler.eps_scale,
     }
 
 

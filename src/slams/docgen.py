@@ -9,6 +9,7 @@ block that names its generator (a marker line, the table, an end line) in README
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -219,6 +220,13 @@ def _cases(config: Mapping) -> list[tuple[str, str, float]]:
         axis, value = cell.split("-", 1)
         cases.append((name, axis, float(value)))
     return cases
+
+
+def _number(value, fmt: str) -> str:
+    """``value`` formatted, or "–" where it is missing (a column added after the row was
+    measured)."""
+    missing = value is None or (isinstance(value, float) and math.isnan(value))
+    return "–" if missing else fmt.format(value)
 
 
 def _markdown(header: list[str], rows: list[list[str]], text_columns: int) -> str:
@@ -548,9 +556,10 @@ PRIOR_LEVERS = ROOT / "studies/prior-levers"
 
 def prior_levers(folder: Path = PRIOR_LEVERS) -> str:
     """The prior's spread per network and training lever (``prior-levers.csv`` of
-    ``studies/prior_levers.py``): unconditional samples' standard deviation over the training
-    years', its mean and lowest over the levels and each level, beside what an exact score
-    keeps under the same sampler."""
+    ``studies/prior_levers.py``): the validation loss each trained with and the paper's loss
+    on the same windows, the standard deviation of unconditional samples over the training
+    years' (its mean, lowest and each level), beside what an exact score keeps under the same
+    sampler."""
     import pandas as pd
 
     frame = pd.read_csv(folder / "prior-levers.csv")
@@ -558,14 +567,107 @@ def prior_levers(folder: Path = PRIOR_LEVERS) -> str:
     rows = []
     for _, row in frame.iterrows():
         rows.append([f"`{row['network']}`", row["lever"], f"{row['best_epoch']}/{row['epochs']}",
-                     f"{row['val_loss']:.4f}", f"{row['mean']:.2f}", f"{row['min']:.2f}",
+                     f"{row['val_loss']:.4f}", _number(row.get("paper_loss"), "{:.4f}"),
+                     f"{row['mean']:.2f}", f"{row['min']:.2f}",
                      " ".join(f"{row[c]:.2f}" for c in levels),
                      f"{row['exact_score']:.2f}"])  # fmt: skip
     pressure = "/".join(c.removeprefix("hpa_") for c in levels)
-    header = ["network", "lever", "best epoch / trained", "validation loss",
-              "spread / data (mean)", "lowest level",
+    header = ["network", "lever", "best epoch / trained", "validation loss (its own)",
+              "the paper's loss", "spread / data (mean)", "lowest level",
               f"per level ({pressure} hPa)", "exact score"]  # fmt: skip
     return _markdown(header, rows, 2)
+
+
+EPS_SCALE = ROOT / "studies/eps-scale"
+CASES = ("ideal", "coarse", "noisy", "sparse")
+
+
+def calibration_rows(path: Path) -> list[dict]:
+    """The rows of a table printed by ``studies/calibration.py`` (method, variant, case, RMSE,
+    CRPS, spread/skill), with the variant's ``eps_scale`` (1 for the run's sampler)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 6 or cells[0] in ("method", "") or cells[0].startswith("---"):
+            continue
+        method, variant, case = cells[:3]
+        scale = 1.0 if variant == "run's sampler" else float(variant.removeprefix("eps_scale "))
+        rows.append({"method": method, "case": case, "eps_scale": scale, "rmse": float(cells[3]),
+                     "crps": float(cells[4]), "spread_skill": float(cells[5])})  # fmt: skip
+    return rows
+
+
+def eps_scale_choice(folder: Path = EPS_SCALE) -> str:
+    """The epsilon scaling per network under the sampler rule
+    (:func:`slams.studies.sampler_choice.choose_eps_scale`), from the ``calibration-*.md``
+    tables of ``studies/calibration.py --eps-scale``: per network and scale, CRPS and
+    spread/skill in each named case, the worst share of a case's best CRPS, and the choice."""
+    from slams.studies.sampler_choice import choose_eps_scale
+
+    frame = _calibration_frame(folder)
+    table = choose_eps_scale(frame).set_index(["method", "eps_scale"])
+    cells = frame.set_index(["method", "eps_scale", "case"])
+    rows = []
+    for (method, scale), row in table.iterrows():
+        crps, ratio = [], []
+        for case in CASES:
+            measured = (method, scale, case) in cells.index
+            crps.append(f"{cells.loc[(method, scale, case), 'crps']:.3f}" if measured else "–")
+            ratio.append(
+                f"{cells.loc[(method, scale, case), 'spread_skill']:.2f}" if measured else "–"
+            )
+        rows.append([f"`{method}`", "off" if scale == 1 else f"{scale:g}", " / ".join(crps),
+                     " / ".join(ratio), f"{row.worst:.3f}", f"{int(row.good)} of {len(CASES)}",
+                     "✓" if row.chosen else ""])  # fmt: skip
+    header = ["network", "eps_scale", "CRPS (K), " + " / ".join(CASES),
+              "spread/skill, " + " / ".join(CASES), "worst share of a case's best CRPS",
+              "cases meeting the rule", "chosen"]  # fmt: skip
+    return _markdown(header, rows, 2)
+
+
+def _calibration_frame(folder: Path):
+    import pandas as pd
+
+    frame = pd.DataFrame([r for p in sorted(folder.glob("calibration-*.md"))
+                          for r in calibration_rows(p)])  # fmt: skip
+    return frame.drop_duplicates(["method", "case", "eps_scale"], keep="last")
+
+
+def eps_scale_cells(folder: Path = EPS_SCALE) -> str:
+    """Every diffusion cell of the study (method, named case, protocol) without and with the
+    epsilon scaling the rule chose for its network (:func:`eps_scale_choice`): spread/skill and
+    CRPS, and how many cells are in the 0.8-1.2 window either way. ``physical`` from the
+    ``calibration-*.md`` tables of ``folder``, ``paper`` from those of ``folder/paper``;
+    ``pixel`` observes the same under both protocols, so its ``paper`` cells are its
+    ``physical`` ones."""
+    import pandas as pd
+
+    from slams.studies.sampler_choice import WINDOW, choose_eps_scale
+
+    physical = _calibration_frame(folder)
+    table = choose_eps_scale(physical)
+    chosen = dict(zip(table[table.chosen].method, table[table.chosen].eps_scale, strict=True))
+    paper = _calibration_frame(folder / "paper")
+    paper = [physical[physical.method == "pixel"], paper[paper.method != "pixel"]]
+    frames = {"physical": physical, "paper": pd.concat(paper, ignore_index=True)}
+    rows, inside = [], [0, 0]
+    for protocol, frame in frames.items():
+        cells = frame.set_index(["method", "eps_scale", "case"])
+        for method in sorted(frame.method.unique()):
+            for case in CASES:
+                off = cells.loc[(method, 1.0, case)]
+                on = cells.loc[(method, chosen[method], case)]
+                inside[0] += WINDOW[0] <= off.spread_skill <= WINDOW[1]
+                inside[1] += WINDOW[0] <= on.spread_skill <= WINDOW[1]
+                scale = "off" if chosen[method] == 1 else f"{chosen[method]:g}"
+                rows.append([protocol, f"`{method}`", case, scale,
+                             f"{off.spread_skill:.2f} → {on.spread_skill:.2f}",
+                             f"{off.crps:.3f} → {on.crps:.3f}"])  # fmt: skip
+    header = ["protocol", "network", "case", "eps_scale chosen", "spread/skill, off → chosen",
+              "CRPS (K), off → chosen"]  # fmt: skip
+    total = len(rows)
+    return (_markdown(header, rows, 4) + f"\n\nIn the 0.8-1.2 window: {inside[0]} of {total} "
+            f"cells off, {inside[1]} of {total} with `presets/eps-scale.yaml`.")  # fmt: skip
 
 
 def config_sampler(config: Path = ROOT / "config.yaml") -> str:
@@ -664,6 +766,8 @@ def _blocks() -> dict[str, Callable[[], str]]:
         "sampler-choice": lambda: sampler_choice(SAMPLER_CHOICE),
         "mmps-solvers": lambda: mmps_solvers(MMPS_SOLVERS),
         "prior-levers": lambda: prior_levers(PRIOR_LEVERS),
+        "eps-scale": lambda: eps_scale_choice(EPS_SCALE),
+        "eps-scale-cells": lambda: eps_scale_cells(EPS_SCALE),
         "config-sampler": config_sampler,
         "memory-check": lambda: memory_check(BENCHMARK_RESULTS),
         "paper-scale": lambda: paper_scale(BENCHMARK_RESULTS),

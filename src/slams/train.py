@@ -86,6 +86,8 @@ class TrainSettings:
     then those of the average (``None``: the raw weights, the paper's). ``loss_weighting``
     (score networks): the weighting of the denoising loss across noise levels
     (:func:`slams.diffusion.sde.loss_weight`; ``uniform`` is the paper's).
+    ``input_perturbation`` (score networks; 0 is the paper's): the extra input noise of
+    :func:`slams.diffusion.sde.denoising_loss`.
     """
 
     epochs: int
@@ -106,6 +108,7 @@ class TrainSettings:
     max_batches: int | None = None
     ema_decay: float | None = None
     loss_weighting: str = "uniform"
+    input_perturbation: float = 0.0
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
@@ -114,6 +117,8 @@ class TrainSettings:
             raise ValueError(f"schedule must be 'linear' or 'plateau', got {self.schedule!r}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.input_perturbation < 0:
+            raise ValueError(f"input_perturbation must be >= 0, got {self.input_perturbation}")
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(
                 f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {self.loss_weighting!r}"
@@ -135,6 +140,8 @@ class TrainSettings:
                 keys.pop(k)
         if keys["loss_weighting"] == "uniform":
             keys.pop("loss_weighting")
+        if not keys["input_perturbation"]:
+            keys.pop("input_perturbation")
         text = json.dumps({**keys, **extra}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -625,12 +632,14 @@ def train_autoencoder(
 # --------------------------------------------------------------------------- score networks
 
 
-def score_loss(sde: VPSDE, weighting: str = "uniform") -> LossFn:
+def score_loss(sde: VPSDE, weighting: str = "uniform", input_perturbation: float = 0.0) -> LossFn:
     """Denoising score matching ``w(t) ||eps_phi(mu x + sigma eps, t) - eps||^2``,
-    ``t ~ U(0, 1)``, ``w`` of ``weighting`` (:func:`slams.diffusion.sde.loss_weight`)."""
+    ``t ~ U(0, 1)``, ``w`` of ``weighting`` (:func:`slams.diffusion.sde.loss_weight`), the
+    input noised further by ``input_perturbation`` (:func:`slams.diffusion.denoising_loss`)."""
 
     def loss(model: nn.Module, batch: Tensor, generator: torch.Generator) -> Tensor:
-        return denoising_loss(model, batch, sde, generator=generator, weighting=weighting)
+        return denoising_loss(model, batch, sde, generator=generator, weighting=weighting,
+                              input_perturbation=input_perturbation)  # fmt: skip
 
     return loss
 
@@ -689,7 +698,7 @@ def train_score(
     return _train_and_export(
         "score",
         kwargs,
-        score_loss(VPSDE(), settings.loss_weighting),
+        score_loss(VPSDE(), settings.loss_weighting, settings.input_perturbation),
         train_data,
         window_samples(validation_path, space, window, overlapping=False),
         settings,

@@ -131,6 +131,7 @@ def optimisation_settings(
         weight_decay=optimisation["weight_decay"],
         ema_decay=optimisation.get("ema_decay"),
         loss_weighting=optimisation.get("loss_weighting", "uniform"),
+        input_perturbation=optimisation.get("input_perturbation", 0.0),
         seed=seed,
         device=device,
         precision=options["precision"],

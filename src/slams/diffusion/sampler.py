@@ -189,6 +189,7 @@ def sample(
     solver: str = "ddim",
     correction_min_sigma: float = 0.0,
     correction_grid_steps: int | None = None,
+    eps_scale: float = 1.0,
 ) -> Tensor:
     """Draw ``x(0)`` by integrating the reverse SDE from ``x(1) ~ N(0, I)`` (paper eqs. 10-11).
 
@@ -200,6 +201,15 @@ def sample(
     = N``, only at the steps that reach the times ``1 - k / N`` of an N-step grid, so that
     raising ``steps`` refines the predictor without changing the Langevin dynamics (``tau``
     is per correction either way).
+
+    ``eps_scale = k`` (beyond the paper; 1, the default, is off): the predictor divides the
+    ``eps`` of ``eps_fn`` at ``s`` (guided where ``eps_fn`` is) by ``1 + (k - 1) s``, the
+    epsilon scaling of Ning et al. (2024), "Elucidating the exposure bias in diffusion
+    models": a network's ``eps`` on the sampler's own states is larger than on the noised data
+    it was trained on, so its data prediction is shrunk; the scaling, largest at high noise and
+    none at ``t = 0``, takes that back. The Langevin corrections keep the unscaled ``eps``.
+    ``k`` is a tuned constant, not a derived one, and it widens an exact score's draws too
+    (``tests/test_diffusion.py``).
 
     The predictors take ``x0`` from ``eps_fn``, so a guided ``eps_fn`` (SDA or MMPS, through
     the Markov blanket, in chunks) works with either unchanged. ``eps_fn(x, t)`` gets ``x``
@@ -227,6 +237,8 @@ def sample(
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if correction_grid_steps is not None and correction_grid_steps < 1:
         raise ValueError(f"correction_grid_steps must be >= 1, got {correction_grid_steps}")
+    if not eps_scale > 0:
+        raise ValueError(f"eps_scale must be > 0, got {eps_scale}")
     dtype = dtype if dtype is not None else torch.get_default_dtype()
     if device is None:
         device = generator.device if generator is not None else torch.device("cpu")
@@ -239,18 +251,29 @@ def sample(
     def eps_at(x: Tensor, level: Level) -> Tensor:
         return eps_fn(x, torch.full((batch,), level.t, dtype=dtype, device=device))
 
+    def scale(level: Level) -> float:  # the predictor's eps = the network's / scale
+        return 1.0 + (eps_scale - 1.0) * level.t
+
     correct = corrected_steps(steps, correction_min_sigma, sde, correction_grid_steps)
     x = _randn(shape, generator, device, dtype)
     with torch.no_grad():
         for i in tqdm(range(steps), desc="sampling", disable=not progress, leave=False):
             s, t = levels[i], levels[i + 1]
-            predictor.step(x, eps_at(x, s), s, t, last=i == steps - 1)
+            eps = eps_at(x, s)
+            if eps_scale != 1.0:
+                eps.div_(scale(s))
+            predictor.step(x, eps, s, t, last=i == steps - 1)
+            del eps
             if not correct[i]:
                 continue
             for correction in range(corrections):
                 eps = eps_at(x, t)
                 if correction == 0:
-                    predictor.end_of_segment(x, eps, t)
+                    if eps_scale != 1.0:  # the predictor's slope takes the scaled eps
+                        predictor.end_of_segment(x, eps.div_(scale(t)), t)
+                        eps.mul_(scale(t))
+                    else:
+                        predictor.end_of_segment(x, eps, t)
                 corrector.step(x, eps, t)
                 del eps
     return x

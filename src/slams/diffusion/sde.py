@@ -69,12 +69,19 @@ def denoising_loss(
     sde: VPSDE | None = None,
     generator: torch.Generator | None = None,
     weighting: str = "uniform",
+    input_perturbation: float = 0.0,
 ) -> Tensor:
     """Denoising score-matching loss (paper eq. 5), a scalar:
 
     ``mean w(t) ||eps_net(mu(t) x + sigma(t) eps, t) - eps||^2`` with ``t ~ U(0, 1)`` per
     batch member and ``eps ~ N(0, I)``; the mean runs over batch members and elements.
     ``w``: :func:`loss_weight` (``uniform``, 1, is the paper's).
+
+    ``input_perturbation = gamma`` (beyond the paper; 0, the default, is the paper's loss):
+    the network's input is noised by ``sigma(t) (eps + gamma xi)``, ``xi ~ N(0, I)``, while its
+    target stays ``eps`` (Ning et al. 2023, "Input perturbation reduces exposure bias in
+    diffusion models"): the network learns inputs a little noisier than their level, as the
+    sampler's own states are, and to leave that extra noise in.
 
     ``x`` is ``(B, ...)`` (e.g. Markov-blanket windows ``(B, K*C, H, W)``); ``eps_net``
     receives ``x(t)`` of the same shape and ``t`` of shape ``(B,)``. ``sde`` defaults to
@@ -84,7 +91,11 @@ def denoising_loss(
     t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
     eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     shape = (-1,) + (1,) * (x.ndim - 1)
-    x_t = sde.mu(t).reshape(shape) * x + sde.sigma(t).reshape(shape) * eps
+    noise = eps
+    if input_perturbation:  # drawn after eps, so that the paper's loss draws what it drew
+        xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        noise = eps + input_perturbation * xi
+    x_t = sde.mu(t).reshape(shape) * x + sde.sigma(t).reshape(shape) * noise
     error = (eps_net(x_t, t) - eps).square()
     if weighting == "uniform":  # the paper's, bit for bit as before
         return error.mean()

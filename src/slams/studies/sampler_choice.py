@@ -180,3 +180,27 @@ def sampler_name(row) -> str:
     if row.corrections and row.grid_steps:
         text += f", corrections at {row.grid_steps} steps' σ"
     return text + ")"
+
+
+def choose_eps_scale(frame: pd.DataFrame) -> pd.DataFrame:
+    """The sampler rule applied to the epsilon scaling (``assimilation.sampler.eps_scale``),
+    which costs no network call: per method, over the rows ``frame`` (``method``, ``case``,
+    ``eps_scale``, ``crps``, ``spread_skill``; 1 is off), the scale whose CRPS is within 2 % of
+    each case's best over the scales measured with spread/skill in 0.8-1.2 in every case, the
+    lowest worst share of the best among those; where none is, :func:`fallback`'s. One row per
+    method and scale: ``worst`` share of the best, ``ss_low``, ``ss_high``, ``good`` cases, and
+    ``chosen``."""
+    best = frame.groupby(["method", "case"])["crps"].transform("min")
+    frame = frame.assign(share=frame.crps / best)
+    frame = frame.assign(good=(frame.share <= MARGIN) & frame.spread_skill.between(*WINDOW))
+    table = frame.groupby(["method", "eps_scale"], as_index=False).agg(
+        cases=("case", "nunique"), good=("good", "sum"), worst=("share", "max"),
+        ss_low=("spread_skill", "min"), ss_high=("spread_skill", "max"),
+    )  # fmt: skip
+    table = table.assign(calls=0, chosen=False)
+    for method, group in table.groupby("method"):
+        complete = group[group.cases == group.cases.max()]
+        fine = complete[complete.good == complete.cases].sort_values("worst")
+        pick = fine.iloc[0] if not fine.empty else fallback(complete)
+        table.loc[(table.method == method) & (table.eps_scale == pick.eps_scale), "chosen"] = True
+    return table.drop(columns="calls")
