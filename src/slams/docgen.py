@@ -768,6 +768,7 @@ def _blocks() -> dict[str, Callable[[], str]]:
         "prior-levers": lambda: prior_levers(PRIOR_LEVERS),
         "eps-scale": lambda: eps_scale_choice(EPS_SCALE),
         "eps-scale-cells": lambda: eps_scale_cells(EPS_SCALE),
+        "eps-scale-study": lambda: calibration_change(STUDY, EPS_SCALE / "study"),
         "config-sampler": config_sampler,
         "memory-check": lambda: memory_check(BENCHMARK_RESULTS),
         "paper-scale": lambda: paper_scale(BENCHMARK_RESULTS),
