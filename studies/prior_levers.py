@@ -42,15 +42,16 @@ import torch
 
 from slams.config import run_config
 from slams.diffusion import VPSDE
-from slams.methods import METHODS, score_network
+from slams.methods import score_network
 from slams.models import for_sampling, load_model
-from slams.paths import dataset_path, latents_path, model_path, score_name
+from slams.paths import model_path, score_name
 from slams.studies.prior_spread import (
     RunData,
     band_table,
     exact_ratio,
     network_sampler,
     sample_options,
+    split_path,
 )
 from slams.train import evaluate_loss, score_loss, train_score, window_samples
 from slams.workflow import optimisation_settings
@@ -67,14 +68,6 @@ LEVERS = {
     "zonal": lambda score, network: network.update(zonal_mixing=True),
     "perturbed": lambda score, network: score.update(input_perturbation=0.1),
 }
-
-
-def split_path(run: Path, space: str, split: str) -> str:
-    """The file a ``space`` network trains on for ``split``: the dataset, or the codes."""
-    modalities = METHODS[space].modalities
-    if modalities is None:
-        return dataset_path(run, split)
-    return latents_path(run, modalities, split)
 
 
 def lever_network(run: Path, config: dict, space: str, lever: str, out: Path) -> Path:

@@ -89,6 +89,15 @@ def band_table(train: np.ndarray, rows: list, columns: tuple[str, ...]) -> list[
     return lines
 
 
+def split_path(run: str | Path, network: str, split: str) -> str:
+    """The file score network ``network`` learns ``split`` from: the dataset, or its modality
+    set's latent codes."""
+    modalities = METHODS[network].modalities
+    if modalities is None:
+        return dataset_path(run, split)
+    return latents_path(run, modalities, split)
+
+
 def clean_windows(run: str | Path, network: str, split: str, count: int) -> torch.Tensor:
     """``count`` evenly spaced non-overlapping Markov-blanket windows ``(N, K * C, H, W)`` of a
     finished run's ``split``, in the space score network ``network`` learnt (the standardised
@@ -96,11 +105,8 @@ def clean_windows(run: str | Path, network: str, split: str, count: int) -> torc
     from slams.config import run_config
     from slams.train import window_samples
 
-    modalities = METHODS[network].modalities
-    path = (dataset_path(run, split) if modalities is None
-            else latents_path(run, modalities, split))  # fmt: skip
     window = run_config(run)["score"]["blanket_days"]
-    windows = window_samples(path, network, window, overlapping=False)
+    windows = window_samples(split_path(run, network, split), network, window, overlapping=False)
     picked = np.linspace(0, len(windows) - 1, min(count, len(windows))).astype(int)
     return torch.stack([torch.as_tensor(np.asarray(windows[i])) for i in picked]).float()
 
