@@ -22,11 +22,13 @@ Writes ``<out>/prior-levers.csv`` (one row per network and lever: epochs trained
 validation loss (of the loss it trained with), the paper's loss on the validation windows
 (``paper_loss``: comparable across levers), the mean ratio and one column per level; the rows
 of the networks and levers not run this time stay) and prints it as a table, with the spread
-an exact score keeps under the same sampler. Usage::
+an exact score keeps under the same sampler. With ``--unfinished``, a lever whose training has
+not finished is not trained on: its best checkpoint so far is measured instead (column
+``finished`` false; rerun without the flag to resume the training from its checkpoint). Usage::
 
     python studies/prior_levers.py results/study [--networks latent-none pixel]
         [--levers baseline ema min-snr wide wide4 long zonal perturbed] [--out RUN/levers]
-        [--members 8] [--days 8] [--bands]
+        [--members 8] [--days 8] [--bands] [--unfinished]
 """
 
 from __future__ import annotations
@@ -53,7 +55,13 @@ from slams.studies.prior_spread import (
     sample_options,
     split_path,
 )
-from slams.train import evaluate_loss, score_loss, train_score, window_samples
+from slams.train import (
+    evaluate_loss,
+    export_unfinished,
+    score_loss,
+    train_score,
+    window_samples,
+)
 from slams.workflow import optimisation_settings
 
 LEVERS = {
@@ -70,24 +78,37 @@ LEVERS = {
 }
 
 
-def lever_network(run: Path, config: dict, space: str, lever: str, out: Path) -> Path:
-    """The model file of ``space``'s network under ``lever``: the run's own for the baseline,
-    else trained (or resumed) into ``out``."""
+def lever_network(
+    run: Path, config: dict, space: str, lever: str, out: Path, unfinished: bool = False
+) -> tuple[Path, bool]:
+    """The model file of ``space``'s network under ``lever`` and whether its training finished:
+    the run's own for the baseline, else trained (or resumed) into ``out``; with
+    ``unfinished``, a training not finished is left as it is and its best checkpoint so far
+    exported instead (to ``<name>-<lever>-unfinished.pt``)."""
     if lever == "baseline":
-        return Path(model_path(run, score_name(space)))
+        return Path(model_path(run, score_name(space))), True
+    target = out / f"{score_name(space)}-{lever}.pt"
+    checkpoints = out / "checkpoints" / f"{score_name(space)}-{lever}"
+    if target.exists():
+        return target, True
+    if unfinished:
+        partial = out / f"{score_name(space)}-{lever}-unfinished.pt"
+        try:
+            export_unfinished(checkpoints, partial)
+        except FileNotFoundError as error:
+            raise SystemExit(f"{space} {lever}: {error}; train it first") from None
+        return partial, False
     score = copy.deepcopy(config["score"])
     network = copy.deepcopy(score_network(config, space))
     LEVERS[lever](score, network)
     paths = {split: split_path(run, space, split) for split in ("train", "validation")}
-    target = out / f"{score_name(space)}-{lever}.pt"
-    if not target.exists():
-        settings = optimisation_settings(score, config["training"], config["seed"])
-        train_score(
-            paths["train"], paths["validation"], space, score["blanket_days"], network,
-            settings, target, out / f"{score_name(space)}-{lever}-losses.csv",
-            checkpoint_dir=out / "checkpoints" / f"{score_name(space)}-{lever}",
-        )  # fmt: skip
-    return target
+    settings = optimisation_settings(score, config["training"], config["seed"])
+    train_score(
+        paths["train"], paths["validation"], space, score["blanket_days"], network,
+        settings, target, out / f"{score_name(space)}-{lever}-losses.csv",
+        checkpoint_dir=checkpoints,
+    )  # fmt: skip
+    return target, True
 
 
 def paper_loss(path: Path, space: str, window: int, net, seed: int) -> float:
@@ -110,6 +131,10 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bands", action="store_true", help="the variance per zonal band too")
+    parser.add_argument(
+        "--unfinished", action="store_true",
+        help="measure a lever whose training has not finished at its best checkpoint so far",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
@@ -125,6 +150,8 @@ def main() -> None:
         with open(table, newline="") as handle:
             rows = [row for row in csv.DictReader(handle)
                     if (row["network"], row["lever"]) not in rerun]  # fmt: skip
+        for row in rows:  # rows from before the column: only finished trainings were measured
+            row["finished"] = row.get("finished") or True
     bands = []
     for space in args.networks:
         sampler = network_sampler(config, space)  # its own (assimilation.sampler_by_space)
@@ -132,13 +159,15 @@ def main() -> None:
         exact = exact_ratio(max(args.days, window), window, options)
         for lever in args.levers:
             start = time.perf_counter()
-            net, meta = load_model(lever_network(args.run, config, space, lever, out))
+            path, finished = lever_network(args.run, config, space, lever, out, args.unfinished)
+            net, meta = load_model(path)
             for_sampling(net)
             spread = data.measure(space, net, meta, window, options, args.members, args.days)
             validation = split_path(args.run, space, "validation")
             row = {
                 "network": space, "lever": lever, "epochs": meta.get("epochs"),
-                "best_epoch": meta.get("epoch"), "val_loss": meta.get("val_loss"),
+                "best_epoch": meta.get("epoch"), "finished": finished,
+                "val_loss": meta.get("val_loss"),
                 "paper_loss": paper_loss(validation, space, window, net, config["seed"]),
                 "steps": sampler["steps"], "corrections": sampler["corrections"],
                 "exact_score": exact, "mean": float(spread.trained.mean()),
@@ -154,7 +183,8 @@ def main() -> None:
                 writer.writeheader()
                 writer.writerows(rows)
             levels = " ".join(f"{v:.2f}" for v in spread.trained)
-            print(f"| {space} | {lever} | {row['best_epoch']}/{row['epochs']} | "
+            trained = f"{row['best_epoch']}/{row['epochs']}" + ("" if finished else " unfinished")
+            print(f"| {space} | {lever} | {trained} | "
                   f"{row['val_loss']:.4f} | {row['paper_loss']:.4f} | {row['mean']:.2f} | "
                   f"{row['min']:.2f} | {exact:.2f} | {levels} |", flush=True)  # fmt: skip
             bands.append(((space, lever), spread.bands))

@@ -80,6 +80,18 @@ def test_the_prior_levers_table_names_the_levels_by_pressure(tmp_path):
     assert "per level (10/500 hPa)" in docgen.prior_levers(tmp_path)
 
 
+def test_the_prior_levers_table_marks_a_lever_measured_before_its_training_finished(tmp_path):
+    (tmp_path / "prior-levers.csv").write_text(
+        "network,lever,epochs,best_epoch,finished,val_loss,paper_loss,steps,corrections,"
+        "exact_score,mean,min,seconds,hpa_10\n"
+        "latent-none,wide,43,43,True,0.11,0.11,16,1,0.94,0.69,0.57,9,0.57\n"
+        "latent-none,wide4,21,20,False,0.10,0.10,16,1,0.94,0.70,0.58,9,0.58\n"
+    )
+    lines = docgen.prior_levers(tmp_path).splitlines()
+    assert "| wide | 43/43 |" in lines[-2]
+    assert "| wide4 | 20/21 (unfinished) |" in lines[-1]
+
+
 def test_the_eps_scale_table_reads_the_calibration_tables_and_marks_the_rules_choice(tmp_path):
     header = ("| method | variant | case | RMSE (K) | CRPS (K) | spread/skill | latent "
               "spread/skill | s |\n|---|---|---|---:|---:|---:|---:|---:|\n")  # fmt: skip

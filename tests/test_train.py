@@ -21,6 +21,7 @@ from slams.train import (
     epochs_since_best,
     evaluate_loss,
     export_model,
+    export_unfinished,
     fit,
     plateau_scale,
     stop_reason,
@@ -515,6 +516,23 @@ def test_the_exported_model_counts_every_epoch_trained_not_only_those_up_to_the_
     meta = export_model(tmp_path / "best.pt", tmp_path / "m.pt", epochs=4)
     assert (meta["epoch"], meta["epochs"], meta["val_loss"]) == (2, 4, 0.5)
     assert torch.load(tmp_path / "m.pt", weights_only=False)["meta"] == meta
+
+
+def test_an_unfinished_training_exports_its_best_checkpoint_and_counts_its_epochs(tmp_path):
+    settings = TrainSettings(epochs=3, batch_size=4, learning_rate=1e-2, weight_decay=1e-3)
+    export = {"kind": "autoencoder", "kwargs": {}, "meta": {}}
+    with pytest.raises(FileNotFoundError, match="no training checkpoint under"):
+        export_unfinished(tmp_path / "a", tmp_path / "m.pt")
+    x, model, loss = _tiny_problem()
+    history = fit(
+        model, loss, x, x[:8], settings, tmp_path / "a.csv", tmp_path / "a", export=export
+    )
+    best = torch.load(tmp_path / "a" / "best.pt", weights_only=False)
+    meta = export_unfinished(tmp_path / "a", tmp_path / "m.pt")
+    assert (meta["epoch"], meta["epochs"]) == (best["epoch"], len(history)) and meta["epochs"] == 3
+    exported = torch.load(tmp_path / "m.pt", weights_only=False)
+    for name, value in best["model"].items():
+        assert torch.equal(exported["state_dict"][name], value), name
 
 
 def test_train_score_exports_the_best_window_network(tmp_path):

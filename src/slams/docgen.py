@@ -559,14 +559,17 @@ def prior_levers(folder: Path = PRIOR_LEVERS) -> str:
     ``studies/prior_levers.py``): the validation loss each trained with and the paper's loss
     on the same windows, the standard deviation of unconditional samples over the training
     years' (its mean, lowest and each level), beside what an exact score keeps under the same
-    sampler."""
+    sampler; a lever whose training had not finished is marked."""
     import pandas as pd
 
     frame = pd.read_csv(folder / "prior-levers.csv")
     levels = [c for c in frame.columns if c.startswith("hpa_")]
     rows = []
     for _, row in frame.iterrows():
-        rows.append([f"`{row['network']}`", row["lever"], f"{row['best_epoch']}/{row['epochs']}",
+        trained = f"{row['best_epoch']}/{row['epochs']}"
+        if str(row.get("finished", True)) == "False":  # measured at its best checkpoint so far
+            trained += " (unfinished)"
+        rows.append([f"`{row['network']}`", row["lever"], trained,
                      f"{row['val_loss']:.4f}", _number(row.get("paper_loss"), "{:.4f}"),
                      f"{row['mean']:.2f}", f"{row['min']:.2f}",
                      " ".join(f"{row[c]:.2f}" for c in levels),
@@ -766,6 +769,7 @@ def _blocks() -> dict[str, Callable[[], str]]:
         "sampler-choice": lambda: sampler_choice(SAMPLER_CHOICE),
         "mmps-solvers": lambda: mmps_solvers(MMPS_SOLVERS),
         "prior-levers": lambda: prior_levers(PRIOR_LEVERS),
+        "prior-levers-rebuilt": lambda: prior_levers(PRIOR_LEVERS / "rebuilt"),
         "eps-scale": lambda: eps_scale_choice(EPS_SCALE),
         "eps-scale-cells": lambda: eps_scale_cells(EPS_SCALE),
         "eps-scale-study": lambda: calibration_change(STUDY, EPS_SCALE / "study"),

@@ -519,6 +519,17 @@ def export_model(checkpoint_path: str | Path, model_path: str | Path, epochs: in
     return meta
 
 
+def export_unfinished(checkpoint_dir: str | Path, model_path: str | Path) -> dict:
+    """:func:`export_model` of a training that has not finished (stopped, or still running):
+    its best checkpoint so far, with ``epochs`` the number trained up to its last checkpoint.
+    Resuming the training later is unaffected."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not (checkpoint_dir / "best.pt").exists():
+        raise FileNotFoundError(f"no training checkpoint under {checkpoint_dir}")
+    last = torch.load(checkpoint_dir / "last.pt", map_location="cpu", weights_only=False)
+    return export_model(checkpoint_dir / "best.pt", model_path, len(last["history"]))
+
+
 def _train_and_export(
     kind: str,
     kwargs: dict,
