@@ -770,6 +770,7 @@ def _blocks() -> dict[str, Callable[[], str]]:
         "mmps-solvers": lambda: mmps_solvers(MMPS_SOLVERS),
         "prior-levers": lambda: prior_levers(PRIOR_LEVERS),
         "prior-levers-rebuilt": lambda: prior_levers(PRIOR_LEVERS / "rebuilt"),
+        "prior-levers-more-data": lambda: prior_levers(PRIOR_LEVERS / "more-data"),
         "eps-scale": lambda: eps_scale_choice(EPS_SCALE),
         "eps-scale-cells": lambda: eps_scale_cells(EPS_SCALE),
         "eps-scale-study": lambda: calibration_change(STUDY, EPS_SCALE / "study"),
